@@ -1,0 +1,94 @@
+"""``python -m service serve [--port 50051]``: serve the model behind the alias."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from service.config import Settings, load_settings
+from service.errors import OmnirecError
+from service.features import FeatureStore, connect
+from service.registry import ModelRegistry, quiet_mlflow
+from service.server import build_server
+
+log = logging.getLogger("service")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="omnirec gRPC service (settings: environment variables, see README.md)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve recommendations over gRPC")
+    serve.add_argument("--port", type=int, help="gRPC port (OMNIREC_PORT, default 50051)")
+    serve.add_argument("--host", help="bind address (OMNIREC_HOST, default [::])")
+    serve.add_argument("--alias", help="model alias to serve (OMNIREC_MODEL_ALIAS)")
+    serve.add_argument("--workers", type=int, help="RPC threads (OMNIREC_WORKERS)")
+    return parser.parse_args(argv)
+
+
+def serve(settings: Settings) -> None:
+    registry = ModelRegistry(settings)
+    model = registry.load_alias(settings.model_alias)
+    store = FeatureStore(
+        connect(settings.redis_url, settings.redis_timeout_seconds), settings.key_prefix
+    )
+    if not store.ping():
+        log.warning(
+            "Redis at %s is unreachable; answering UNAVAILABLE until it is back", settings.redis_url
+        )
+    elif store.current_publication() is None:
+        log.warning(
+            "no features published in Redis yet: popular items and exclusions are "
+            "empty until a training run publishes"
+        )
+    running = build_server(
+        settings,
+        model,
+        store,
+        reload_model=registry.load_version,
+        current_version=lambda: registry.version_behind(settings.model_alias),
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info(
+            "%s received: finishing in-flight calls (grace %.0f s)",
+            signal.Signals(signum).name,
+            settings.grace_seconds,
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"omnirec serving {model.label} on port {running.port}", flush=True)
+    stop.wait()
+    running.stop(settings.grace_seconds)
+    store.client.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(
+            port=args.port, host=args.host, model_alias=args.alias, workers=args.workers
+        )
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        quiet_mlflow()
+        serve(settings)
+    except OmnirecError as exc:
+        print(f"omnirec serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The model bundle: the one artifact format a trained model travels in.
+
+A bundle is a folder with ``manifest.json`` (small, human-readable metadata) and
+``arrays.npz`` (numbers and ids, saved without pickle so loading a bundle never runs code).
+The training job writes it (``save``), MLflow stores it as a run artifact, the service
+reads it (``load``). Nothing else knows the layout.
+
+Kinds:
+
+``als`` / ``bpr``
+    matrix factorisation: ``user_factors`` (users × f) and ``item_factors`` (items × f);
+    score(user, item) = user_factors[user] · item_factors[item]. BPR's item bias is the
+    last factor column, paired with a constant 1 in the user factors.
+``item_knn``
+    item-item neighbourhood: a sparse ``similarity`` (items × items); a person's scores
+    are their (weighted) history times ``similarity``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from service.errors import OmnirecError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = "arrays.npz"
+FACTOR_KINDS = ("als", "bpr")
+KINDS = (*FACTOR_KINDS, "item_knn")
+
+
+class BundleError(OmnirecError):
+    """A bundle folder is missing, incomplete, or of a format this code cannot read."""
+
+
+@dataclass
+class ModelBundle:
+    """A trained model plus the id mappings needed to use it."""
+
+    kind: str
+    user_ids: np.ndarray
+    """Row ``i`` of ``user_factors`` belongs to ``user_ids[i]`` (unicode array)."""
+    item_ids: np.ndarray
+    """Row ``j`` of ``item_factors`` / ``similarity`` belongs to ``item_ids[j]``."""
+    user_factors: np.ndarray | None = None
+    item_factors: np.ndarray | None = None
+    similarity: sp.csr_matrix | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Free-form facts: params, event weights, data cut-off, metrics, run id."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise BundleError(f"unknown model kind {self.kind!r}; expected one of {KINDS}")
+        n_items = len(self.item_ids)
+        if self.kind in FACTOR_KINDS:
+            if self.user_factors is None or self.item_factors is None:
+                raise BundleError(f"a {self.kind} bundle needs user and item factors")
+            if self.item_factors.shape[0] != n_items:
+                raise BundleError("item_factors rows do not match item_ids")
+            if self.user_factors.shape[0] != len(self.user_ids):
+                raise BundleError("user_factors rows do not match user_ids")
+            if self.user_factors.shape[1] != self.item_factors.shape[1]:
+                raise BundleError("user and item factors differ in width")
+        elif self.similarity is None or self.similarity.shape != (n_items, n_items):
+            raise BundleError("an item_knn bundle needs an items × items similarity")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle into ``folder`` (created); returns the folder."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {
+            "user_ids": np.asarray(self.user_ids, dtype=np.str_),
+            "item_ids": np.asarray(self.item_ids, dtype=np.str_),
+        }
+        if self.kind in FACTOR_KINDS:
+            arrays["user_factors"] = np.ascontiguousarray(self.user_factors, dtype=np.float32)
+            arrays["item_factors"] = np.ascontiguousarray(self.item_factors, dtype=np.float32)
+        else:
+            sim = sp.csr_matrix(self.similarity, dtype=np.float32)
+            arrays |= {
+                "similarity_data": sim.data,
+                "similarity_indices": sim.indices,
+                "similarity_indptr": sim.indptr,
+            }
+        np.savez(out / ARRAYS, **arrays)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "users": len(self.user_ids),
+            "items": len(self.item_ids),
+            "metadata": self.metadata,
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelBundle:
+        """Read a bundle written by :meth:`save`. Raises :class:`BundleError`."""
+        src = Path(folder)
+        try:
+            manifest = json.loads((src / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise BundleError(f"{src}: not a model bundle (no {MANIFEST})") from None
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{src / MANIFEST}: unreadable ({exc})") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{src}: bundle format {manifest.get('format_version')!r}, "
+                f"this omnirec reads {FORMAT_VERSION}"
+            )
+        try:
+            with np.load(src / ARRAYS, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except FileNotFoundError:
+            raise BundleError(f"{src}: incomplete bundle (no {ARRAYS})") from None
+        kind = manifest["kind"]
+        similarity = None
+        if kind == "item_knn":
+            n = len(arrays["item_ids"])
+            similarity = sp.csr_matrix(
+                (
+                    arrays["similarity_data"],
+                    arrays["similarity_indices"],
+                    arrays["similarity_indptr"],
+                ),
+                shape=(n, n),
+            )
+        return cls(
+            kind=kind,
+            user_ids=arrays["user_ids"],
+            item_ids=arrays["item_ids"],
+            user_factors=arrays.get("user_factors"),
+            item_factors=arrays.get("item_factors"),
+            similarity=similarity,
+            metadata=manifest.get("metadata", {}),
+        )

@@ -1,0 +1,171 @@
+"""Settings shared by the service and the training job: one typed object, loaded once.
+
+Every setting comes from an environment variable with a documented default (the table in
+README.md is generated from ``SETTINGS``); command-line flags override them. Values are
+validated before anything runs, and a bad one fails with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConfigError
+
+DEFAULT_MLFLOW_URI = "sqlite:///.omnirec/mlflow.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration; build it with :func:`load_settings`."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    """REDIS_URL: the feature store. ``redis://``, ``rediss://`` (TLS) or ``unix://``."""
+    mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
+    """MLFLOW_TRACKING_URI: MLflow tracking and registry store (sqlite file by default)."""
+    artifact_root: str = ".omnirec/mlartifacts"
+    """OMNIREC_ARTIFACT_ROOT: where a new MLflow experiment keeps artifacts, when omnirec
+    creates the experiment; ignored when the experiment already exists."""
+    experiment: str = "omnirec"
+    """OMNIREC_EXPERIMENT: MLflow experiment of training runs."""
+    model_name: str = "omnirec"
+    """OMNIREC_MODEL_NAME: registered model name in the MLflow registry."""
+    model_alias: str = "champion"
+    """OMNIREC_MODEL_ALIAS: alias of the model version the service serves."""
+    key_prefix: str = "omnirec"
+    """OMNIREC_KEY_PREFIX: prefix of every Redis key, so several deployments share a Redis."""
+    port: int = 50051
+    """OMNIREC_PORT: gRPC port of ``serve`` (0 picks a free one)."""
+    host: str = "[::]"
+    """OMNIREC_HOST: address the gRPC server binds."""
+    workers: int = 16
+    """OMNIREC_WORKERS: threads answering gRPC calls."""
+    default_limit: int = 10
+    """OMNIREC_DEFAULT_LIMIT: items returned when a request leaves ``limit`` at 0."""
+    max_limit: int = 100
+    """OMNIREC_MAX_LIMIT: the largest ``limit`` a request may ask for."""
+    history_length: int = 200
+    """OMNIREC_HISTORY_LENGTH: recent events kept per person in Redis."""
+    grace_seconds: float = 10.0
+    """OMNIREC_GRACE_SECONDS: how long SIGTERM waits for in-flight calls."""
+    model_poll_seconds: float = 30.0
+    """OMNIREC_MODEL_POLL_SECONDS: how often the service checks whether the alias moved
+    (0 turns hot reload off)."""
+    redis_timeout_seconds: float = 0.5
+    """OMNIREC_REDIS_TIMEOUT_SECONDS: socket timeout of each Redis call."""
+    keep_publications: int = 2
+    """OMNIREC_KEEP_PUBLICATIONS: published feature sets kept in Redis (the live one and
+    its predecessors), so a replica still reading the previous one never sees it vanish."""
+    identity_secret: str = ""
+    """OMNIREC_IDENTITY_SECRET: key of the hash that stands in for raw emails and phones."""
+    log_level: str = "INFO"
+    """OMNIREC_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+
+
+#: Environment variable of each field. The first three are the names deployments use
+#: already (see DESIGN.md), the rest carry the ``OMNIREC_`` prefix.
+ENV_NAMES: Mapping[str, str] = {
+    f.name: (
+        {"redis_url": "REDIS_URL", "mlflow_tracking_uri": "MLFLOW_TRACKING_URI"}.get(f.name)
+        or f"OMNIREC_{f.name.upper()}"
+    )
+    for f in fields(Settings)
+}
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``), then ``overrides``.
+
+    Overrides whose value is ``None`` are ignored, so CLI flags left unset fall through
+    to the environment. Raises :class:`ConfigError` naming the variable at fault.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = ENV_NAMES[f.name]
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        values[f.name] = _convert(name, raw, type(getattr(Settings, f.name)))
+    settings = replace(Settings(), **values)
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    _validate(settings)
+    return settings
+
+
+def _convert(name: str, raw: str, kind: Callable[[str], Any]) -> Any:
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _validate(s: Settings) -> None:
+    def need(ok: bool, field: str, reason: str) -> None:
+        if not ok:
+            raise ConfigError(f"{ENV_NAMES[field]}={getattr(s, field)!r}: {reason}")
+
+    need(
+        s.redis_url.startswith(("redis://", "rediss://", "unix://")),
+        "redis_url",
+        "must start with redis://, rediss:// or unix://",
+    )
+    need(bool(s.mlflow_tracking_uri), "mlflow_tracking_uri", "must not be empty")
+    need(0 <= s.port <= 65535, "port", "must be 0..65535")
+    need(s.workers >= 1, "workers", "must be at least 1")
+    need(s.max_limit >= 1, "max_limit", "must be at least 1")
+    need(1 <= s.default_limit <= s.max_limit, "default_limit", "must be 1..max_limit")
+    need(s.history_length >= 1, "history_length", "must be at least 1")
+    need(s.grace_seconds >= 0, "grace_seconds", "must not be negative")
+    need(s.model_poll_seconds >= 0, "model_poll_seconds", "must not be negative")
+    need(s.redis_timeout_seconds > 0, "redis_timeout_seconds", "must be positive")
+    need(s.keep_publications >= 2, "keep_publications", "must be at least 2")
+    need(s.log_level.upper() in _LOG_LEVELS, "log_level", f"must be one of {_LOG_LEVELS}")
+    for field in ("experiment", "model_name", "model_alias", "key_prefix"):
+        need(bool(getattr(s, field)), field, "must not be empty")
+
+
+def local_store_dirs(settings: Settings) -> list[Path]:
+    """Folders a local (sqlite / file) MLflow store needs, so they can be created first."""
+    dirs = []
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        dirs.append(Path(uri.removeprefix("sqlite:///")).parent)
+    if "://" not in settings.artifact_root:
+        dirs.append(Path(settings.artifact_root))
+    return dirs
+
+
+def settings_table() -> str:
+    """Markdown table of every setting: variable, default, meaning (for README.md)."""
+    doc = _field_docs()
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = getattr(Settings, f.name)
+        text = " ".join(doc.get(f.name, "").split()).split(": ", 1)[-1]
+        rows.append(f"| `{ENV_NAMES[f.name]}` | `{default}` | {text} |")
+    return "\n".join(rows)
+
+
+def _field_docs() -> dict[str, str]:
+    # Attribute docstrings are not kept at run time; read them from the source instead.
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        ):
+            docs[node.target.id] = after.value.value
+    return docs

@@ -1,0 +1,116 @@
+"""The event contract: the vocabulary every event source (files, live TrackEvents) shares.
+
+The names here are part of the public contract (see DESIGN.md, "Events"): clients send
+them as lower-case strings, and an unknown value is bad input, never a silent default.
+"""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from service.errors import BadInput
+
+#: Events about an item: they need an ``item_id``.
+ITEM_EVENT_TYPES: tuple[str, ...] = (
+    "view",
+    "click",
+    "favourite",
+    "add_to_cart",
+    "purchase",
+    "dislike",
+)
+#: Events about a message or a visit: ``item_id`` is empty.
+ENGAGEMENT_EVENT_TYPES: tuple[str, ...] = (
+    "message_delivered",
+    "message_open",
+    "message_click",
+    "session_start",
+)
+EVENT_TYPES: tuple[str, ...] = ITEM_EVENT_TYPES + ENGAGEMENT_EVENT_TYPES
+
+CHANNELS: tuple[str, ...] = (
+    "web",
+    "app",
+    "email",
+    "sms",
+    "push",
+    "messenger",
+    "store",
+    "call_center",
+)
+#: Channels a message can be sent on (what the orchestrator chooses between).
+MESSAGE_CHANNELS: tuple[str, ...] = ("email", "sms", "push", "messenger")
+
+#: Column order of the event files (CSV header / Parquet schema).
+COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "item_id",
+    "event_type",
+    "timestamp",
+    "channel",
+    "timezone",
+    "value",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "event_type", "timestamp")
+
+#: Longest id accepted; longer ones are almost always a column mix-up.
+MAX_ID_LENGTH = 256
+
+
+class InvalidEvent(BadInput):
+    """One event breaks the contract; ``field`` names the offending field."""
+
+
+def is_valid_timezone(name: str) -> bool:
+    """True when ``name`` is an IANA zone this machine knows (e.g. ``Europe/Berlin``)."""
+    return name in _known_zones() or _loads_zone(name)
+
+
+def validate_event(
+    user_id: str,
+    item_id: str,
+    event_type: str,
+    channel: str = "",
+    timezone: str = "",
+) -> None:
+    """Check one event's fields against the contract.
+
+    Raises
+    ------
+    InvalidEvent
+        naming the first field that is wrong and why.
+    """
+    if not user_id:
+        raise InvalidEvent("user_id", "is required")
+    if len(user_id) > MAX_ID_LENGTH:
+        raise InvalidEvent("user_id", f"is longer than {MAX_ID_LENGTH} characters")
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent("event_type", f"{event_type!r} is not one of {', '.join(EVENT_TYPES)}")
+    if event_type in ITEM_EVENT_TYPES and not item_id:
+        raise InvalidEvent("item_id", f"is required for a {event_type!r} event")
+    if len(item_id) > MAX_ID_LENGTH:
+        raise InvalidEvent("item_id", f"is longer than {MAX_ID_LENGTH} characters")
+    if channel and channel not in CHANNELS:
+        raise InvalidEvent("channel", f"{channel!r} is not one of {', '.join(CHANNELS)}")
+    if timezone and not is_valid_timezone(timezone):
+        raise InvalidEvent("timezone", f"{timezone!r} is not a known IANA time zone")
+
+
+_ZONES: frozenset[str] | None = None
+
+
+def _known_zones() -> frozenset[str]:
+    global _ZONES
+    if _ZONES is None:
+        _ZONES = frozenset(available_timezones())
+    return _ZONES
+
+
+def _loads_zone(name: str) -> bool:
+    # available_timezones() can miss zones that tzdata still loads (links such as "UTC").
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a folder name ("America") or a path too long for the file system.
+        return False
+    return True

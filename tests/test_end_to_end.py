@@ -1,0 +1,224 @@
+"""The whole path with real parts: synthetic events → implicit ALS → MLflow (sqlite) →
+Redis (a real redis-server) → gRPC (a real server on loopback)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from omnirec.v1 import recommender_pb2 as pb
+from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.features import FeatureStore, connect
+from service.registry import ModelRegistry
+from service.server import build_server
+from training.catalogue import load_catalogue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    settings = replace(trained.settings, port=0, host="127.0.0.1")
+    registry = ModelRegistry(settings)
+    store = FeatureStore(connect(settings.redis_url), settings.key_prefix)
+    running = build_server(
+        settings,
+        registry.load_alias(settings.model_alias),
+        store,
+        reload_model=registry.load_version,
+        current_version=lambda: registry.version_behind(settings.model_alias),
+    )
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield pb_grpc.RecommenderStub(channel)
+
+
+@pytest.fixture(scope="module")
+def categories(synthetic):
+    return {i: m["category"] for i, m in load_catalogue(synthetic.items).items()}
+
+
+def test_training_logs_everything_to_mlflow_and_names_a_champion(trained):
+    from mlflow import MlflowClient
+
+    s = trained.settings
+    client = MlflowClient(s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
+    run = client.get_run(trained.result.run_id)
+    assert run.data.params["model.kind"] == "als"
+    assert run.data.params["weight.purchase"] == "10.0"
+    for name in (
+        "als_ndcg_at_10",
+        "als_recall_at_10",
+        "als_map_at_10",
+        "als_coverage_at_10",
+        "popularity_ndcg_at_10",
+    ):
+        assert name in run.data.metrics
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(losses) == 15
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
+    assert artifacts == {"bundle/manifest.json", "bundle/arrays.npz"}
+    assert str(client.get_model_version_by_alias(s.model_name, "champion").version) == "1"
+    assert trained.result.promoted
+
+
+def test_model_beats_popularity_on_the_time_based_holdout(trained):
+    m = trained.result.holdout.metrics
+    assert m["als"]["ndcg"] > 1.2 * m["popularity"]["ndcg"]
+    assert m["als"]["recall"] > m["popularity"]["recall"]
+    assert m["als"]["coverage"] > 2 * m["popularity"]["coverage"]
+
+
+def test_features_are_published_under_a_live_publication(trained, truth):
+    s = trained.settings
+    store = FeatureStore(connect(s.redis_url), s.key_prefix)
+    pub = store.current_publication(refresh=True)
+    assert pub == trained.result.publication
+    meta = store.publication_meta(pub)
+    assert meta["model_version"] == "1" and int(meta["users"]) > 300
+    user = sorted(truth["users"])[0]
+    view = store.serving_view(user, 5)
+    assert view.user.history and len(view.popular) == 5
+    stamps = [ts for _, _, ts in view.user.history]
+    assert stamps == sorted(stamps, reverse=True)
+
+
+def test_known_user_gets_personalised_items_with_reasons_and_version(stub, trained, truth):
+    s = trained.settings
+    store = FeatureStore(connect(s.redis_url), s.key_prefix)
+    for user in sorted(truth["users"])[:20]:
+        reply = stub.Recommend(pb.RecommendRequest(user_id=user, limit=10), timeout=5)
+        assert len(reply.items) == 10
+        assert reply.model_version == "omnirec/1"
+        assert len(reply.recommendation_id) == 32
+        assert all(r.reason.startswith(("similar: ", "personalised")) for r in reply.items)
+        scores = [r.score for r in reply.items]
+        assert scores == sorted(scores, reverse=True)
+        features = store.serving_view(user, 1).user
+        assert not {r.item_id for r in reply.items} & (features.purchased | features.disliked)
+
+
+def test_planted_tastes_are_recovered_far_better_than_by_popularity(stub, truth, categories):
+    personal = popular = shown = 0
+    for user in sorted(truth["users"])[:150]:
+        tastes = set(truth["users"][user]["tastes"])
+        reply = stub.Recommend(pb.RecommendRequest(user_id=user, limit=10), timeout=5)
+        personal += sum(categories[r.item_id] in tastes for r in reply.items)
+        shown += len(reply.items)
+        pop = stub.Recommend(pb.RecommendRequest(user_id=f"new-{user}", limit=10), timeout=5)
+        popular += sum(categories[r.item_id] in tastes for r in pop.items)
+    assert personal / shown > 0.7
+    assert personal / shown > popular / shown + 0.3
+
+
+def test_unknown_user_gets_popular_items(stub):
+    reply = stub.Recommend(pb.RecommendRequest(user_id="never-seen", limit=5), timeout=5)
+    assert len(reply.items) == 5
+    assert {r.reason for r in reply.items} == {"popular"}
+    assert reply.model_version == "omnirec/1"
+
+
+def test_exclusions_can_be_asked_for_and_switched_off(stub, trained, truth):
+    s = trained.settings
+    store = FeatureStore(connect(s.redis_url), s.key_prefix)
+    buyer = next(u for u in sorted(truth["users"]) if store.serving_view(u, 1).user.purchased)
+    first = stub.Recommend(pb.RecommendRequest(user_id=buyer, limit=5), timeout=5)
+    excluded = [r.item_id for r in first.items[:2]]
+    again = stub.Recommend(
+        pb.RecommendRequest(user_id=buyer, limit=5, exclude_item_ids=excluded), timeout=5
+    )
+    assert not set(excluded) & {r.item_id for r in again.items}
+    bought = store.serving_view(buyer, 1).user.purchased
+    everything = stub.Recommend(
+        pb.RecommendRequest(user_id=buyer, limit=100, exclude_purchased=False), timeout=5
+    )
+    assert bought & {r.item_id for r in everything.items}
+
+
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (pb.RecommendRequest(user_id="", limit=5), "user_id"),
+        (pb.RecommendRequest(user_id="u", limit=-1), "limit"),
+        (pb.RecommendRequest(user_id="u", limit=101), "limit"),
+        (pb.RecommendRequest(user_id="x" * 300, limit=5), "user_id"),
+        (pb.RecommendRequest(user_id="u", exclude_item_ids=[""]), "exclude_item_ids"),
+    ],
+)
+def test_bad_requests_are_invalid_argument_naming_the_field(stub, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(request_, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:")
+
+
+def test_limit_zero_means_the_default(stub, truth):
+    reply = stub.Recommend(pb.RecommendRequest(user_id=sorted(truth["users"])[0]), timeout=5)
+    assert len(reply.items) == 10
+
+
+def test_health_and_reflection(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "omnirec.v1.Recommender"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answer = next(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
+        names = {s.name for s in answer.list_services_response.service}
+        assert {"omnirec.v1.Recommender", "grpc.health.v1.Health"} <= names
+
+
+def test_republishing_switches_atomically_and_cleans_up(trained, truth):
+    s = trained.settings
+    store = FeatureStore(connect(s.redis_url), "republish")
+    from service.features import UserFeatures
+
+    def users(seen_during_write: list):
+        for n, user in enumerate(sorted(truth["users"])[:50]):
+            if n == 25:
+                # Halfway through writing, readers still see the previous publication.
+                seen_during_write.append(store.current_publication(refresh=True))
+            yield user, UserFeatures([("i1", "view", n)], set(), set())
+
+    first = store.publish(users([]), {"i1": 1.0}, {"i1": {}}, {}, keep=2)
+    during: list = []
+    second = store.publish(users(during), {"i1": 2.0}, {"i1": {}}, {}, keep=2)
+    assert during == [first]
+    assert store.current_publication(refresh=True) == second
+    third = store.publish(users([]), {"i1": 3.0}, {"i1": {}}, {}, keep=2)
+    assert store.publications() == [third, second]
+    client = redis.Redis.from_url(s.redis_url)
+    assert not list(client.scan_iter(match=f"republish:pub:{first}:*"))
+    assert len(list(client.scan_iter(match=f"republish:pub:{third}:*"))) == 53
+
+
+def test_catalogue_metadata_is_published(trained, synthetic):
+    s = trained.settings
+    store = FeatureStore(connect(s.redis_url), s.key_prefix)
+    pub = store.current_publication(refresh=True)
+    catalogue = load_catalogue(synthetic.items)
+    some = sorted(catalogue)[:5]
+    assert store.items(pub, some) == {i: json.loads(json.dumps(catalogue[i])) for i in some}
+
+
+def test_bundle_file_is_the_served_one(trained):
+    registry = ModelRegistry(trained.settings)
+    model = registry.load_alias("champion")
+    assert model.label == "omnirec/1"
+    assert model.bundle.metadata["run_id"] == trained.result.run_id

@@ -1,0 +1,182 @@
+"""``python -m training <command>``: generate data, train, promote, list models, demo.
+
+Every error a person can cause (bad files, bad flags, unreachable stores) ends with one
+readable line on stderr and exit code 2; reports (bad rows) follow on extra lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.config import Settings, load_settings
+from service.errors import OmnirecError
+
+log = logging.getLogger("training")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="omnirec training job (settings: environment variables, see README.md)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write a synthetic omnichannel event log")
+    gen.add_argument("--users", type=_positive_int, default=2000)
+    gen.add_argument("--items", type=_positive_int, default=500)
+    gen.add_argument("--days", type=_positive_int, default=60)
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--out", type=Path, required=True, help="output folder")
+    gen.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+
+    tr = sub.add_parser("train", help="train, evaluate, log to MLflow, register, publish")
+    tr.add_argument("--events", type=Path, required=True, help="events CSV / Parquet / folder")
+    tr.add_argument("--items", type=Path, help="item catalogue CSV / Parquet")
+    tr.add_argument("--model", choices=("als", "bpr", "item_knn"), default="als")
+    tr.add_argument("--factors", type=_positive_int, default=32)
+    tr.add_argument("--iterations", type=_positive_int, help="default: 15 for ALS, 100 for BPR")
+    tr.add_argument("--regularization", type=float, default=5.0)
+    tr.add_argument(
+        "--alpha", type=float, default=1.0, help="ALS: confidence = 1 + alpha × event weight"
+    )
+    tr.add_argument("--learning-rate", type=float, default=0.01, help="BPR step size")
+    tr.add_argument("--neighbours", type=_positive_int, default=50, help="item-kNN K")
+    tr.add_argument("--seed", type=int, default=42)
+    tr.add_argument(
+        "--event-weights",
+        default="",
+        help="e.g. 'view=1,favourite=4,add_to_cart=6,purchase=10' (dislike is never positive)",
+    )
+    tr.add_argument("--half-life-days", type=float, help="time decay of event weights")
+    tr.add_argument("--test-fraction", type=float, default=0.2)
+    tr.add_argument("--min-user-events", type=_positive_int, default=5)
+    tr.add_argument("--k", type=_positive_int, default=10, help="metric cut-off")
+    tr.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows (still reported)")
+    tr.add_argument("--promote", action="store_true", help="move the alias to this version")
+    tr.add_argument("--no-publish", action="store_true", help="do not write features to Redis")
+    tr.add_argument("--popularity-half-life-days", type=float, default=30.0)
+
+    pr = sub.add_parser("promote", help="point the alias at a registered version (roll back)")
+    pr.add_argument("--version", required=True)
+    pr.add_argument("--alias", help="default: OMNIREC_MODEL_ALIAS (champion)")
+
+    sub.add_parser("models", help="list registered versions and their aliases")
+
+    demo = sub.add_parser("demo", help="generate → train → serve → print recommendations")
+    demo.add_argument("--users", type=_positive_int, default=2000)
+    demo.add_argument("--items", type=_positive_int, default=500)
+    demo.add_argument("--days", type=_positive_int, default=60)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--workdir", type=Path, default=Path(".omnirec/demo"))
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "generate":
+        from training.synthetic import generate
+
+        out = generate(args.users, args.items, args.days, args.seed, args.out, fmt=args.format)
+        print(f"events: {out.events}\nitems:  {out.items}\ntruth:  {out.truth}")
+        return 0
+    if args.command == "train":
+        return _train(args, settings)
+    if args.command == "promote":
+        from service.registry import ModelRegistry, ensure_version_exists
+
+        registry = ModelRegistry(settings)
+        ensure_version_exists(registry, args.version)
+        alias = args.alias or settings.model_alias
+        registry.set_alias(alias, args.version)
+        print(f"{alias} → {registry.name}/{args.version}")
+        return 0
+    if args.command == "models":
+        from service.registry import ModelRegistry
+
+        rows = ModelRegistry(settings).versions()
+        if not rows:
+            print(f"no versions of {settings.model_name!r} registered yet")
+        for row in rows:
+            label = f"{settings.model_name}/{row['version']}"
+            print(f"{label:<16} {row['aliases']:<12} run {row['run_id']}")
+        return 0
+    if args.command == "demo":
+        from training.demo import run_demo
+
+        return run_demo(settings, args)
+    raise AssertionError(args.command)
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.matrix import parse_weights
+    from training.models import ModelParams
+    from training.pipeline import TrainConfig, train
+
+    if not 0 < args.test_fraction < 1:
+        raise OmnirecError(f"--test-fraction: must be between 0 and 1, got {args.test_fraction}")
+    for flag in ("half_life_days", "popularity_half_life_days"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise OmnirecError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
+    cfg = TrainConfig(
+        events=args.events,
+        items=args.items,
+        params=ModelParams(
+            kind=args.model,
+            factors=args.factors,
+            regularization=args.regularization,
+            alpha=args.alpha,
+            iterations=args.iterations or (100 if args.model == "bpr" else 15),
+            learning_rate=args.learning_rate,
+            neighbours=args.neighbours,
+            seed=args.seed,
+        ),
+        weights=parse_weights(args.event_weights),
+        half_life_days=args.half_life_days,
+        test_fraction=args.test_fraction,
+        min_user_events=args.min_user_events,
+        k=args.k,
+        skip_bad_rows=args.skip_bad_rows,
+        promote=args.promote,
+        publish=not args.no_publish,
+        popularity_half_life_days=args.popularity_half_life_days,
+    )
+    result = train(settings, cfg)
+    print(f"registered {settings.model_name}/{result.version} (run {result.run_id})")
+    print(f"{settings.model_alias}: {result.decision}")
+    if result.publication:
+        print(f"features published to Redis as {result.publication}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        from service.registry import quiet_mlflow
+
+        quiet_mlflow()
+        return run(args, settings)
+    except OmnirecError as exc:
+        print(f"omnirec {args.command}: error: {exc}", file=sys.stderr)
+        report = getattr(exc, "report", None)
+        if report is not None:
+            print(report.details(), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The implicit models omnirec trains: choice by name, fitting with progress, bundling."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.utils import ParameterWarning
+from threadpoolctl import threadpool_limits
+
+from service.bundle import ModelBundle
+from service.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+MODEL_KINDS = ("als", "bpr", "item_knn")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Hyper-parameters; each model reads the ones it knows."""
+
+    kind: str = "als"
+    factors: int = 32
+    regularization: float = 5.0
+    alpha: float = 1.0
+    """ALS: confidence = 1 + alpha × summed event weight."""
+    iterations: int = 15
+    learning_rate: float = 0.01
+    """BPR only."""
+    neighbours: int = 50
+    """item-kNN only: neighbours kept per item."""
+    seed: int = 42
+
+    def validate(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise BadInput("model", f"{self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        for name in ("factors", "iterations", "neighbours"):
+            if getattr(self, name) < 1:
+                raise BadInput(name, "must be at least 1")
+        for name in ("regularization", "alpha", "learning_rate"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise BadInput(name, "must be a finite number ≥ 0")
+
+    def relevant(self) -> dict[str, Any]:
+        """The parameters that matter for this kind (what gets logged)."""
+        keys = {
+            "als": ("kind", "factors", "regularization", "alpha", "iterations", "seed"),
+            "bpr": ("kind", "factors", "regularization", "learning_rate", "iterations", "seed"),
+            "item_knn": ("kind", "neighbours"),
+        }[self.kind]
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+IterationHook = Callable[[int, float, str, float], None]
+"""``(iteration, seconds, metric name, value)`` after each training iteration: ALS reports
+its training loss, BPR the share of sampled pairs it already ranks correctly."""
+
+
+def make_model(params: ModelParams) -> Any:
+    """An unfitted implicit model (CPU)."""
+    params.validate()
+    if params.kind == "als":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            # implicit uses the matrix values as the confidence itself; ``confidence``
+            # below gives it 1 + alpha × weight, so its own scaling stays neutral.
+            alpha=1.0,
+            iterations=params.iterations,
+            calculate_training_loss=True,
+            random_state=params.seed,
+        )
+    if params.kind == "bpr":
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        return BayesianPersonalizedRanking(
+            factors=params.factors,
+            learning_rate=params.learning_rate,
+            regularization=params.regularization,
+            iterations=params.iterations,
+            random_state=params.seed,
+        )
+    from implicit.nearest_neighbours import CosineRecommender
+
+    return CosineRecommender(K=params.neighbours)
+
+
+def fit(
+    params: ModelParams, matrix: sp.csr_matrix, on_iteration: IterationHook | None = None
+) -> Any:
+    """Fit a fresh model on ``matrix`` (users × items), logging progress."""
+    total = params.iterations if params.kind != "item_knn" else 1
+    started = time.perf_counter()
+
+    def callback(iteration: int, elapsed: float, *progress: float) -> None:
+        # implicit calls back with (loss) for ALS and (correct, skipped) for BPR.
+        name = "train_loss" if params.kind == "als" else "train_correct"
+        value = float(progress[0]) if progress else float("nan")
+        log.info(
+            "%s iteration %d/%d: %.2f s, %s %.5f",
+            params.kind,
+            iteration + 1,
+            total,
+            elapsed,
+            name,
+            value,
+        )
+        if on_iteration is not None:
+            on_iteration(iteration, elapsed, name, value)
+
+    log.info(
+        "fitting %s on %d users × %d items (%d interactions)",
+        params.kind,
+        matrix.shape[0],
+        matrix.shape[1],
+        matrix.nnz,
+    )
+    # implicit parallelises itself; a multi-threaded BLAS underneath only fights it.
+    with threadpool_limits(1, "blas"):
+        model = make_model(params)
+        if params.kind == "item_knn":
+            with warnings.catch_warnings():
+                # implicit converts its own normalised matrix and warns about it.
+                warnings.simplefilter("ignore", ParameterWarning)
+                model.fit(matrix, show_progress=False)
+        else:
+            model.fit(confidence(matrix, params), show_progress=False, callback=callback)
+    log.info("fitted %s in %.1f s", params.kind, time.perf_counter() - started)
+    return model
+
+
+def confidence(matrix: sp.csr_matrix, params: ModelParams) -> sp.csr_matrix:
+    """ALS confidence 1 + alpha × weight on observed pairs (Hu, Koren & Volinsky 2008);
+    BPR only reads which pairs are observed."""
+    if params.kind != "als":
+        return matrix
+    out = matrix.copy()
+    out.data = 1.0 + params.alpha * out.data
+    return out
+
+
+def to_bundle(
+    model: Any,
+    params: ModelParams,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    metadata: dict[str, Any],
+) -> ModelBundle:
+    """Package a fitted model with its id mappings in the serving format."""
+    meta = {"params": params.relevant(), **metadata}
+    if params.kind == "item_knn":
+        return ModelBundle(
+            kind="item_knn",
+            user_ids=user_ids,
+            item_ids=item_ids,
+            similarity=sp.csr_matrix(model.similarity, dtype=np.float32),
+            metadata=meta,
+        )
+    return ModelBundle(
+        kind=params.kind,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        user_factors=np.asarray(model.user_factors, dtype=np.float32),
+        item_factors=np.asarray(model.item_factors, dtype=np.float32),
+        metadata=meta,
+    )

@@ -1,0 +1,288 @@
+"""The training job: events → holdout evaluation → final model → MLflow → Redis."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from service.config import Settings
+from service.features import FeatureStore, connect
+from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
+from training import evaluation
+from training.catalogue import load_catalogue
+from training.event_log import load_events
+from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions, index_of
+from training.models import ModelParams, fit, to_bundle
+from training.publish import publish
+
+log = logging.getLogger(__name__)
+
+#: The metric that decides promotion, at the configured k.
+PRIMARY = "ndcg"
+
+
+@dataclass
+class TrainConfig:
+    events: Path
+    items: Path | None = None
+    params: ModelParams = field(default_factory=ModelParams)
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    half_life_days: float | None = None
+    """Time decay of event weights in the matrix (None: no decay)."""
+    test_fraction: float = 0.2
+    min_user_events: int = 5
+    k: int = 10
+    skip_bad_rows: bool = False
+    promote: bool = False
+    """Move the alias to the new version whatever the holdout says."""
+    publish: bool = True
+    popularity_half_life_days: float = 30.0
+
+
+@dataclass
+class HoldoutResult:
+    metrics: dict[str, dict[str, float]]
+    """name (the model kind, ``popularity``) → metric → value."""
+    users_evaluated: int
+    k: int
+
+    def flat(self) -> dict[str, float]:
+        """``<name>_<metric>_at_<k>`` → value, as logged to MLflow."""
+        return {
+            f"{name}_{metric}_at_{self.k}": value
+            for name, values in self.metrics.items()
+            for metric, value in values.items()
+        }
+
+    def table(self) -> str:
+        names = list(self.metrics)
+        lines = [
+            f"holdout: {self.users_evaluated} people, k={self.k}",
+            f"{'metric':<14}" + "".join(f"{n:>12}" for n in names),
+        ]
+        for metric in evaluation.METRICS:
+            row = "".join(f"{self.metrics[n][metric]:>12.4f}" for n in names)
+            lines.append(f"{metric + '@' + str(self.k):<14}{row}")
+        return "\n".join(lines)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    version: str
+    promoted: bool
+    decision: str
+    holdout: HoldoutResult
+    publication: str | None
+
+
+def evaluate_holdout(
+    frame: pd.DataFrame,
+    params: ModelParams,
+    weights: Mapping[str, float],
+    *,
+    half_life_days: float | None = None,
+    test_fraction: float = 0.2,
+    min_user_events: int = 5,
+    k: int = 10,
+) -> HoldoutResult:
+    """Fit on the past of each person, score the latest part: model vs popularity."""
+    split = evaluation.time_split(frame, test_fraction, min_user_events)
+    items = frame[frame["event_type"].isin(list(weights) + ["dislike"])]
+    user_ids, item_ids = index_of(items["user_id"]), index_of(items["item_id"])
+    train = build_interactions(
+        split.train, weights, half_life_days=half_life_days, user_ids=user_ids, item_ids=item_ids
+    )
+    relevant = evaluation.relevant_items(split.test, train.matrix, user_ids, item_ids, weights)
+    log.info(
+        "holdout: %d held-out events, %d people with something new to find",
+        len(split.test),
+        len(relevant),
+    )
+    model = fit(params, train.matrix)
+    n_items = len(item_ids)
+    metrics = {
+        params.kind: evaluation.evaluate(
+            evaluation.model_ranker(model, train.matrix), relevant, n_items, k
+        ),
+        "popularity": evaluation.evaluate(
+            evaluation.popularity_ranker(train.matrix), relevant, n_items, k
+        ),
+    }
+    return HoldoutResult(metrics, len(relevant), k)
+
+
+def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
+    """Run the whole job; see the README for what each step writes where."""
+    import mlflow
+
+    cfg.params.validate()
+    started = time.perf_counter()
+    log_ = load_events(cfg.events, skip_bad_rows=cfg.skip_bad_rows)
+    frame = log_.frame
+    catalogue = load_catalogue(cfg.items) if cfg.items else {}
+
+    holdout = evaluate_holdout(
+        frame,
+        cfg.params,
+        cfg.weights,
+        half_life_days=cfg.half_life_days,
+        test_fraction=cfg.test_fraction,
+        min_user_events=cfg.min_user_events,
+        k=cfg.k,
+    )
+    print(holdout.table(), flush=True)
+
+    registry = ModelRegistry(settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment_id = _experiment(settings)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(_params(cfg, frame, log_.report.bad_rows))
+        mlflow.log_metrics(holdout.flat())
+        mlflow.log_metric("holdout_users", holdout.users_evaluated)
+
+        log.info("fitting the final model on all %d events", len(frame))
+        full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
+        model = fit(
+            cfg.params,
+            full.matrix,
+            on_iteration=lambda it, _s, name, value: mlflow.log_metric(name, value, step=it),
+        )
+        bundle = to_bundle(
+            model,
+            cfg.params,
+            full.user_ids,
+            full.item_ids,
+            _bundle_meta(cfg, full, frame, holdout, run.info.run_id),
+        )
+        with tempfile.TemporaryDirectory(prefix="omnirec-bundle-") as tmp:
+            bundle.save(tmp)
+            mlflow.log_artifacts(tmp, artifact_path=BUNDLE_ARTIFACT_PATH)
+        source = mlflow.get_artifact_uri(BUNDLE_ARTIFACT_PATH)
+        version = registry.register(run.info.run_id, source)
+        promoted, decision = _decide(registry, settings.model_alias, version, holdout, cfg)
+        if promoted:
+            registry.set_alias(settings.model_alias, version)
+        mlflow.set_tags(
+            {
+                "omnirec.model_version": version,
+                "omnirec.promoted": str(promoted).lower(),
+                "omnirec.decision": decision,
+            }
+        )
+        publication = None
+        if cfg.publish:
+            store = FeatureStore(
+                connect(settings.redis_url, max(settings.redis_timeout_seconds, 10.0)),
+                settings.key_prefix,
+            )
+            publication = publish(
+                store,
+                frame,
+                catalogue,
+                cfg.weights,
+                {"run_id": run.info.run_id, "model_version": version},
+                history_length=settings.history_length,
+                popularity_half_life_days=cfg.popularity_half_life_days,
+                keep=settings.keep_publications,
+            )
+            mlflow.set_tag("omnirec.publication", publication)
+        mlflow.log_metric("train_seconds", time.perf_counter() - started)
+    log.info("done in %.1f s", time.perf_counter() - started)
+    return TrainResult(run.info.run_id, version, promoted, decision, holdout, publication)
+
+
+def _experiment(settings: Settings) -> str:
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(settings.experiment)
+    if found is not None:
+        return found.experiment_id
+    root = settings.artifact_root
+    location = root if "://" in root else Path(root).resolve().as_uri()
+    return mlflow.create_experiment(settings.experiment, artifact_location=location)
+
+
+def _decide(
+    registry: ModelRegistry, alias: str, version: str, holdout: HoldoutResult, cfg: TrainConfig
+) -> tuple[bool, str]:
+    key = f"{cfg.params.kind}_{PRIMARY}_at_{cfg.k}"
+    new = holdout.flat()[key]
+    if cfg.promote:
+        return True, f"promoted by request ({PRIMARY}@{cfg.k} {new:.4f})"
+    baseline = holdout.metrics["popularity"][PRIMARY]
+    if new <= baseline:
+        return False, (
+            f"kept the champion: {PRIMARY}@{cfg.k} {new:.4f} does not beat popularity "
+            f"{baseline:.4f}"
+        )
+    current = registry.version_behind(alias)
+    if current is None:
+        return True, f"first champion ({PRIMARY}@{cfg.k} {new:.4f})"
+    champion = _champion_metric(registry, current, cfg.k)
+    if champion is None:
+        return False, (
+            f"kept {registry.name}/{current}: it logged no {PRIMARY}@{cfg.k} to compare; "
+            "use --promote"
+        )
+    if new >= champion:
+        # Ties go to the new version: it has seen fresher data.
+        return True, f"beat {registry.name}/{current}: {PRIMARY}@{cfg.k} {new:.4f} ≥ {champion:.4f}"
+    return False, (f"kept {registry.name}/{current}: {PRIMARY}@{cfg.k} {new:.4f} < {champion:.4f}")
+
+
+def _champion_metric(registry: ModelRegistry, version: str, k: int) -> float | None:
+    mv = registry.client.get_model_version(registry.name, version)
+    if not mv.run_id:
+        return None
+    metrics = registry.client.get_run(mv.run_id).data.metrics
+    found = [
+        v
+        for name, v in metrics.items()
+        if name.endswith(f"_{PRIMARY}_at_{k}") and not name.startswith("popularity_")
+    ]
+    return found[0] if found else None
+
+
+def _params(cfg: TrainConfig, frame: pd.DataFrame, bad_rows: int) -> dict[str, Any]:
+    return {
+        **{f"model.{k}": v for k, v in cfg.params.relevant().items()},
+        **{f"weight.{k}": v for k, v in cfg.weights.items()},
+        "half_life_days": cfg.half_life_days or "none",
+        "test_fraction": cfg.test_fraction,
+        "min_user_events": cfg.min_user_events,
+        "k": cfg.k,
+        "events_path": str(cfg.events),
+        "items_path": str(cfg.items or ""),
+        "events_rows": len(frame),
+        "events_bad_rows_skipped": bad_rows,
+        "events_users": frame["user_id"].nunique(),
+        "events_items": frame.loc[frame["item_id"] != "", "item_id"].nunique(),
+        "data_start": _iso(frame["timestamp"].min()),
+        "data_end": _iso(frame["timestamp"].max()),
+    }
+
+
+def _bundle_meta(
+    cfg: TrainConfig, full: Interactions, frame: pd.DataFrame, holdout: HoldoutResult, run_id: str
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "weights": dict(cfg.weights),
+        "half_life_days": cfg.half_life_days,
+        "data_end": int(frame["timestamp"].max()),
+        "interactions": int(full.matrix.nnz),
+        "holdout": holdout.flat(),
+        "trained_at": int(time.time()),
+    }
+
+
+def _iso(ts: Any) -> str:
+    return pd.Timestamp(int(ts), unit="s", tz="UTC").isoformat() if pd.notna(ts) else ""
