@@ -59,8 +59,6 @@ class Settings:
     keep_publications: int = 2
     """OMNIREC_KEEP_PUBLICATIONS: published feature sets kept in Redis (the live one and
     its predecessors), so a replica still reading the previous one never sees it vanish."""
-    identity_secret: str = ""
-    """OMNIREC_IDENTITY_SECRET: key of the hash that stands in for raw emails and phones."""
     log_level: str = "INFO"
     """OMNIREC_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 

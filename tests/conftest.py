@@ -17,6 +17,9 @@ import pytest
 import redis
 
 from service.config import Settings, load_settings
+from service.registry import quiet_mlflow
+
+quiet_mlflow()
 
 
 def free_port() -> int:

@@ -35,7 +35,6 @@ def test_bad_settings_name_the_variable(env, variable):
 def test_deployment_variable_names_are_kept():
     assert ENV_NAMES["redis_url"] == "REDIS_URL"
     assert ENV_NAMES["mlflow_tracking_uri"] == "MLFLOW_TRACKING_URI"
-    assert ENV_NAMES["identity_secret"] == "OMNIREC_IDENTITY_SECRET"
 
 
 def test_settings_table_documents_every_setting():
@@ -43,3 +42,12 @@ def test_settings_table_documents_every_setting():
     for name in ENV_NAMES.values():
         assert f"`{name}`" in table
     assert "feature store" in table
+
+
+def test_readme_documents_every_variable_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for field, name in ENV_NAMES.items():
+        default = getattr(Settings, field)
+        assert f"| `{name}` | `{default}` |" in readme, name

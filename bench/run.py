@@ -1,0 +1,25 @@
+"""`make bench`: every benchmark, each printing its table next to its baseline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = (
+    ("holdout quality (MovieLens 100K)", ["bench_quality.py"]),
+    ("event loading", ["bench_event_log.py", "--rows", "1000000"]),
+)
+
+
+def main() -> int:
+    failed = 0
+    for title, args in BENCHES:
+        print(f"\n=== {title} ===", flush=True)
+        failed |= subprocess.call([sys.executable, str(HERE / args[0]), *args[1:]])
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

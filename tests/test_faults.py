@@ -1,0 +1,147 @@
+"""Faults with real parts: Redis going away and coming back, no model yet, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from omnirec.v1 import recommender_pb2 as pb
+from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.features import FeatureStore, UserFeatures, connect
+from service.registry import ModelRegistry
+from service.server import build_server
+from tests.conftest import RedisProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_redis_outage_is_unavailable_then_recovers_by_itself(trained, truth, tmp_path):
+    own_redis = RedisProcess(tmp_path)
+    settings = replace(trained.settings, redis_url=own_redis.url, port=0, host="127.0.0.1")
+    model = ModelRegistry(settings).load_alias("champion")
+    store = FeatureStore(connect(own_redis.url), "outage")
+    user = sorted(truth["users"])[0]
+    store.publish([(user, UserFeatures([("i0001", "view", 1)]))], {"i0001": 1.0}, {}, {})
+    running = build_server(settings, model, store)
+    request = pb.RecommendRequest(user_id=user, limit=5)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status():
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+            assert len(stub.Recommend(request, timeout=5).items) == 5
+            own_redis.stop()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Recommend(request, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "Redis unreachable" in err.value.details()
+            assert wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+            own_redis.start()
+            assert wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+            assert len(stub.Recommend(request, timeout=5).items) == 5
+    finally:
+        running.stop(grace=1)
+        own_redis.stop()
+
+
+def serve_env(settings, **extra):
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=settings.redis_url,
+        MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
+        OMNIREC_KEY_PREFIX=settings.key_prefix,
+        OMNIREC_GRACE_SECONDS="5",
+        **extra,
+    )
+    return env
+
+
+def test_serve_without_a_registered_model_says_so_and_exits(tmp_path, redis_server):
+    env = serve_env(replace_settings_for(tmp_path, redis_server.url), OMNIREC_PORT=str(free_port()))
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("omnirec serve: error: no model version of 'omnirec'")
+    assert "champion" in last and "Traceback" not in done.stderr
+
+
+def replace_settings_for(tmp_path, redis_url):
+    from tests.conftest import make_settings
+
+    return make_settings(redis_url, tmp_path)
+
+
+def test_sigterm_finishes_calls_in_flight_then_exits_cleanly(trained, truth):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        env=serve_env(trained.settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"on port {port}" in line
+        codes: list = []
+        ok = [0]
+        stop = threading.Event()
+
+        def client():
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.RecommenderStub(channel)
+                user = sorted(truth["users"])[1]
+                while not stop.is_set():
+                    try:
+                        stub.Recommend(pb.RecommendRequest(user_id=user, limit=10), timeout=5)
+                        ok[0] += 1
+                    except grpc.RpcError as exc:
+                        codes.append(exc.code())
+                        return
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        stderr = proc.stderr.read()
+        assert ok[0] > 10
+        # Calls after the shutdown are refused as UNAVAILABLE; none was cut off half-way.
+        assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}
+        assert "SIGTERM received" in stderr and "stopped" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
