@@ -71,7 +71,7 @@ def _circular(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
 
 
 def _taste_flags(frame: pd.DataFrame, catalogue: pd.DataFrame, truth: dict) -> np.ndarray:
-    category = frame["item_id"].map(dict(zip(catalogue.item_id, catalogue.category)))
+    category = frame["item_id"].map(dict(zip(catalogue.item_id, catalogue.category, strict=True)))
     return np.array(
         [c in truth["users"][u]["tastes"] for u, c in zip(frame.user_id, category, strict=True)]
     )
@@ -113,7 +113,7 @@ def test_item_events_carry_items_and_the_others_do_not(
 
     priced = events.event_type.isin(["add_to_cart", "purchase"])
     assert events.value[~priced].isna().all()
-    price = events.item_id[priced].map(dict(zip(catalogue.item_id, catalogue.price)))
+    price = events.item_id[priced].map(dict(zip(catalogue.item_id, catalogue.price, strict=True)))
     np.testing.assert_allclose(events.value[priced], price)
 
 

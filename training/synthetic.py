@@ -403,7 +403,7 @@ class _EventLog:
 
     def to_table(self, people: _People, catalogue: _Catalogue, end: int) -> pa.Table:
         """All events before ``end``, sorted by timestamp, as a table in ``COLUMNS`` order."""
-        user, item, etype, ts, channel = (np.concatenate(c) for c in zip(*self._parts))
+        user, item, etype, ts, channel = (np.concatenate(c) for c in zip(*self._parts, strict=True))
         self._parts.clear()
         # A window export: what would happen after the end has not happened yet.
         keep = np.flatnonzero(ts < end)
