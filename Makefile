@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/omnirec/v1/*.proto)
 GEN    := omnirec/v1
 
-.PHONY: help venv redis proto proto-check lint test test-unit demo serve bench clean
+.PHONY: help venv system-deps proto proto-check lint test test-unit demo serve bench clean
 
 help:
 	@echo "make demo         synthetic data -> train -> serve -> print recommendations"
@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-redis:
-	@scripts/ensure-redis
+system-deps:
+	@scripts/ensure-system-deps
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
@@ -43,19 +43,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) redis proto-check lint
+test: system-deps $(STAMP) proto-check lint
 	$(PY) -m pytest -q
 
-test-unit: $(STAMP)
+test-unit: system-deps $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
-demo: $(STAMP) redis
+demo: system-deps $(STAMP)
 	$(PY) -m training demo
 
 serve: $(STAMP)
 	$(PY) -m service serve
 
-bench: $(STAMP) redis
+bench: system-deps $(STAMP)
 	$(PY) bench/run.py
 
 clean:

@@ -8,9 +8,8 @@ import signal
 import sys
 import threading
 
-from service.config import Settings, load_settings
+from service.config import Settings, feature_store, load_settings
 from service.errors import OmnirecError
-from service.features import FeatureStore, connect
 from service.registry import ModelRegistry, quiet_mlflow
 from service.server import build_server
 
@@ -34,9 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def serve(settings: Settings) -> None:
     registry = ModelRegistry(settings)
     model = registry.load_alias(settings.model_alias)
-    store = FeatureStore(
-        connect(settings.redis_url, settings.redis_timeout_seconds), settings.key_prefix
-    )
+    store = feature_store(settings)
     if not store.ping():
         log.warning(
             "Redis at %s is unreachable; answering UNAVAILABLE until it is back", settings.redis_url

@@ -11,9 +11,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.errors import ConfigError
+
+if TYPE_CHECKING:
+    from service.features import FeatureStore
 
 DEFAULT_MLFLOW_URI = "sqlite:///.omnirec/mlflow.db"
 
@@ -49,6 +52,19 @@ class Settings:
     """OMNIREC_MAX_LIMIT: the largest ``limit`` a request may ask for."""
     history_length: int = 200
     """OMNIREC_HISTORY_LENGTH: recent events kept per person in Redis."""
+    recency_half_life_events: float = 10.0
+    """OMNIREC_RECENCY_HALF_LIFE_EVENTS: in a person's history, an event this many
+    positions back counts half as much as the newest when serving."""
+    recent_events: int = 5
+    """OMNIREC_RECENT_EVENTS: reasons call an item among the newest this many events
+    ``recent: <item>`` (older ones ``similar: <item>``)."""
+    trending_half_life_hours: float = 6.0
+    """OMNIREC_TRENDING_HALF_LIFE_HOURS: how fast live "trending" counts fade."""
+    max_batch: int = 1000
+    """OMNIREC_MAX_BATCH: most events per TrackEvents call (and items per UpsertItems)."""
+    stream_maxlen: int = 5_000_000
+    """OMNIREC_STREAM_MAXLEN: live events kept in the Redis stream until exported; size
+    it for the export interval (export-events reports any gap)."""
     grace_seconds: float = 10.0
     """OMNIREC_GRACE_SECONDS: how long SIGTERM waits for in-flight calls."""
     model_poll_seconds: float = 30.0
@@ -120,12 +136,30 @@ def _validate(s: Settings) -> None:
     need(1 <= s.default_limit <= s.max_limit, "default_limit", "must be 1..max_limit")
     need(s.history_length >= 1, "history_length", "must be at least 1")
     need(s.grace_seconds >= 0, "grace_seconds", "must not be negative")
+    need(s.recency_half_life_events > 0, "recency_half_life_events", "must be positive")
+    need(s.recent_events >= 0, "recent_events", "must not be negative")
+    need(s.trending_half_life_hours > 0, "trending_half_life_hours", "must be positive")
+    need(s.max_batch >= 1, "max_batch", "must be at least 1")
+    need(s.stream_maxlen >= 1000, "stream_maxlen", "must be at least 1000")
     need(s.model_poll_seconds >= 0, "model_poll_seconds", "must not be negative")
     need(s.redis_timeout_seconds > 0, "redis_timeout_seconds", "must be positive")
     need(s.keep_publications >= 2, "keep_publications", "must be at least 2")
     need(s.log_level.upper() in _LOG_LEVELS, "log_level", f"must be one of {_LOG_LEVELS}")
     for field in ("experiment", "model_name", "model_alias", "key_prefix"):
         need(bool(getattr(s, field)), field, "must not be empty")
+
+
+def feature_store(settings: Settings, timeout_seconds: float | None = None) -> FeatureStore:
+    """The feature store these settings describe (client connects lazily)."""
+    from service.features import FeatureStore, connect
+
+    return FeatureStore(
+        connect(settings.redis_url, timeout_seconds or settings.redis_timeout_seconds),
+        settings.key_prefix,
+        history_length=settings.history_length,
+        trending_half_life_hours=settings.trending_half_life_hours,
+        stream_maxlen=settings.stream_maxlen,
+    )
 
 
 def local_store_dirs(settings: Settings) -> list[Path]:
@@ -145,7 +179,7 @@ def settings_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
         default = getattr(Settings, f.name)
-        text = " ".join(doc.get(f.name, "").split()).split(": ", 1)[-1]
+        text = " ".join(doc.get(f.name, "").split()).split(": ", 1)[-1].replace("``", "`")
         rows.append(f"| `{ENV_NAMES[f.name]}` | `{default}` | {text} |")
     return "\n".join(rows)
 

@@ -20,6 +20,10 @@ class BadInput(OmnirecError):
         self.reason = reason
 
 
+class NotFound(OmnirecError):
+    """Something a caller named (an item, a person) is unknown; message names the field."""
+
+
 class ConfigError(OmnirecError):
     """A setting is missing or malformed; raised before anything runs."""
 

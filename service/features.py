@@ -1,23 +1,46 @@
 """The feature store: Redis key schema, value encoding, and the one class that reads and
 writes it. Nothing else in omnirec builds a Redis key.
 
-Training publishes a complete feature set under a fresh *publication* id, then flips one
-pointer key, so a running service sees either the old set or the new one, never a mix.
-Older publications are removed after the flip, keeping a few so that a replica still
-holding the previous pointer for a moment keeps reading complete data.
+Two layers:
+
+* **Published** (batch): training writes a complete feature set under a fresh
+  *publication* id, then flips one pointer key, so a running service sees either the old
+  set or the new one, never a mix. Older publications are removed after the flip,
+  keeping a few so that a replica still holding the previous pointer for a moment keeps
+  reading complete data.
+* **Live** (speed layer): ``TrackEvents`` appends to each person's live history and
+  sets, to time-decayed trending counters, to engagement counters, and to a durable
+  stream that ``python -m training export-events`` turns into Parquet for the next
+  training run. Serving merges both layers, newest first, duplicates dropped.
+
+The catalogue is one live hash per item, written by training (``--items``) and by
+``UpsertItems`` alike; a counter tells replicas when to reload it.
 
 Keys (``P`` is the configured prefix, ``<pub>`` a publication id)::
 
-    P:pub:current                 string  id of the live publication
-    P:pub:all                     list    publication ids, newest first
-    P:pub:<pub>:meta              hash    facts about the publication (run, counts, time)
-    P:pub:<pub>:popular           zset    item_id -> popularity score
-    P:pub:<pub>:items             hash    item_id -> JSON item metadata
-    P:pub:<pub>:user:{<user_id>}  hash    one person's features (fields below)
+    P:pub:current                       string  id of the live publication
+    P:pub:all                           list    publication ids, newest first
+    P:pub:<pub>:meta                    hash    facts about the publication
+    P:pub:<pub>:popular                 zset    item_id -> popularity
+    P:pub:<pub>:cobuy:{<item>}          zset    item_id -> times bought by the same people
+    P:pub:<pub>:user:{<user>}           hash    history / purchased / disliked (JSON)
+    P:live:user:{<user>}:history        list    JSON [item, type, ts], newest first, bounded
+    P:live:user:{<user>}:purchased      set     item ids
+    P:live:user:{<user>}:disliked       set     item ids
+    P:live:user:{<user>}:engagement     hash    "<channel>:<event_type>" -> count, "tz"
+    P:live:trending:<day>               zset    item_id -> decayed weight (see below)
+    P:events                            stream  every accepted live event, bounded
+    P:events:exported                   string  id of the last exported stream entry
+    P:items:ids                         set     every catalogue item id
+    P:items:version                     counter bumped on every catalogue change
+    P:item:{<item>}                     hash    category, title, price, in_stock
 
-User hash fields: ``history`` (JSON list of ``[item_id, event_type, epoch_seconds]``,
-newest first, bounded), ``purchased`` and ``disliked`` (JSON lists of item ids).
-The braces are Redis Cluster hash tags: all of one person's keys share a slot.
+Braces are Redis Cluster hash tags: all of one person's keys share a slot.
+
+Trending uses the "growing weight" trick: an event at time ``t`` adds
+``w · 2^((t − day_start) / H)`` to the zset of its day, so one ZINCRBY keeps the ranking
+equal to an exponentially decayed count with half-life ``H``, without rewriting scores.
+Readers combine today's and yesterday's zsets.
 """
 
 from __future__ import annotations
@@ -27,7 +50,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +63,13 @@ log = logging.getLogger(__name__)
 
 #: How long a service trusts its cached publication pointer before re-reading it.
 POINTER_TTL_SECONDS = 1.0
-#: Users written per pipeline while publishing.
+#: Users (or items) written per pipeline while publishing.
 PUBLISH_BATCH = 1000
+SECONDS_PER_DAY = 86_400
+#: Trending zsets outlive their day by this much, then Redis drops them.
+TRENDING_TTL_SECONDS = 3 * SECONDS_PER_DAY
+#: Item events that make an item trend; a dislike does not.
+TRENDING_TYPES = frozenset({"view", "click", "favourite", "add_to_cart", "purchase"})
 
 
 # --- key schema (pure) ---------------------------------------------------------------
@@ -67,12 +95,41 @@ def popular_key(prefix: str, pub: str) -> str:
     return f"{publication_prefix(prefix, pub)}:popular"
 
 
-def items_key(prefix: str, pub: str) -> str:
-    return f"{publication_prefix(prefix, pub)}:items"
+def cobuy_key(prefix: str, pub: str, item_id: str) -> str:
+    return f"{publication_prefix(prefix, pub)}:cobuy:{{{item_id}}}"
 
 
 def user_key(prefix: str, pub: str, user_id: str) -> str:
     return f"{publication_prefix(prefix, pub)}:user:{{{user_id}}}"
+
+
+def live_key(prefix: str, user_id: str, part: str) -> str:
+    """``part``: ``history``, ``purchased``, ``disliked`` or ``engagement``."""
+    return f"{prefix}:live:user:{{{user_id}}}:{part}"
+
+
+def trending_key(prefix: str, day: int) -> str:
+    return f"{prefix}:live:trending:{day}"
+
+
+def stream_key(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+def export_checkpoint_key(prefix: str) -> str:
+    return f"{prefix}:events:exported"
+
+
+def catalogue_ids_key(prefix: str) -> str:
+    return f"{prefix}:items:ids"
+
+
+def catalogue_version_key(prefix: str) -> str:
+    return f"{prefix}:items:version"
+
+
+def item_key(prefix: str, item_id: str) -> str:
+    return f"{prefix}:item:{{{item_id}}}"
 
 
 def new_publication_id(now: float | None = None) -> str:
@@ -83,13 +140,16 @@ def new_publication_id(now: float | None = None) -> str:
 
 # --- values (pure) -------------------------------------------------------------------
 
+HistoryEntry = tuple[str, str, int]
+"""``(item_id, event_type, epoch_seconds)``."""
+
 
 @dataclass
 class UserFeatures:
     """What serving knows about one person."""
 
-    history: list[tuple[str, str, int]] = field(default_factory=list)
-    """``(item_id, event_type, epoch_seconds)``, newest first."""
+    history: list[HistoryEntry] = field(default_factory=list)
+    """Newest first."""
     purchased: set[str] = field(default_factory=set)
     disliked: set[str] = field(default_factory=set)
 
@@ -100,9 +160,9 @@ class UserFeatures:
 
 def encode_user(features: UserFeatures) -> dict[str, str]:
     return {
-        "history": json.dumps([list(h) for h in features.history], separators=(",", ":")),
-        "purchased": json.dumps(sorted(features.purchased), separators=(",", ":")),
-        "disliked": json.dumps(sorted(features.disliked), separators=(",", ":")),
+        "history": _json([list(h) for h in features.history]),
+        "purchased": _json(sorted(features.purchased)),
+        "disliked": _json(sorted(features.disliked)),
     }
 
 
@@ -116,6 +176,82 @@ def decode_user(raw: Mapping[bytes | str, bytes | str]) -> UserFeatures:
     )
 
 
+def encode_entry(entry: HistoryEntry) -> str:
+    return _json(list(entry))
+
+
+def decode_entry(raw: bytes | str) -> HistoryEntry:
+    item, kind, ts = json.loads(raw)
+    return str(item), str(kind), int(ts)
+
+
+def merge_features(live: UserFeatures, published: UserFeatures, limit: int) -> UserFeatures:
+    """Both layers as one: history newest first without duplicates, at most ``limit``."""
+    seen: set[HistoryEntry] = set()
+    history: list[HistoryEntry] = []
+    for entry in sorted(live.history + published.history, key=lambda h: -h[2]):
+        if entry not in seen:
+            seen.add(entry)
+            history.append(entry)
+    return UserFeatures(
+        history=history[:limit],
+        purchased=live.purchased | published.purchased,
+        disliked=live.disliked | published.disliked,
+    )
+
+
+def trending_increment(weight: float, ts: float, now: float, half_life_hours: float) -> float:
+    """What an event adds to today's trending zset (see the module docstring)."""
+    day_start = (int(now) // SECONDS_PER_DAY) * SECONDS_PER_DAY
+    return weight * 2.0 ** ((min(ts, now) - day_start) / (half_life_hours * 3600.0))
+
+
+def combine_trending(
+    today: Sequence[tuple[str, float]],
+    yesterday: Sequence[tuple[str, float]],
+    now: float,
+    half_life_hours: float,
+) -> list[tuple[str, float]]:
+    """Today's and yesterday's growing-weight zsets → ``(item, decayed weight now)``,
+    best first."""
+    h = half_life_hours * 3600.0
+    day_start = (int(now) // SECONDS_PER_DAY) * SECONDS_PER_DAY
+    scores: dict[str, float] = {}
+    for item, score in yesterday:
+        scores[item] = score * 2.0 ** (-SECONDS_PER_DAY / h)
+    for item, score in today:
+        scores[item] = scores.get(item, 0.0) + score
+    now_factor = 2.0 ** (-(now - day_start) / h)
+    return sorted(((i, s * now_factor) for i, s in scores.items()), key=lambda x: -x[1])
+
+
+def encode_item(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Catalogue fields as hash values (booleans as "1"/"0")."""
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        out[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return out
+
+
+def decode_item(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, value = _text(k), _text(v)
+        if key == "price":
+            meta[key] = float(value)
+        elif key == "in_stock":
+            meta[key] = value == "1"
+        else:
+            meta[key] = value
+    return meta
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -124,13 +260,30 @@ def _text(value: bytes | str) -> str:
 
 
 @dataclass
+class TrackedEvent:
+    """One validated live event (``timestamp`` already resolved to epoch seconds)."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: int
+    channel: str = ""
+    timezone: str = ""
+    value: float = 0.0
+
+
+@dataclass
 class ServingView:
     """Everything one request needs, read in one round trip."""
 
     publication: str | None
     user: UserFeatures
+    """Published and live layers merged."""
     popular: list[tuple[str, float]]
     """Most popular items first, ``(item_id, score)``."""
+    trending: list[tuple[str, float]] = field(default_factory=list)
+    """Items gaining live interactions, best first, ``(item_id, decayed weight)``."""
+    catalogue_version: int = 0
 
 
 def connect(url: str, timeout_seconds: float = 0.5) -> redis.Redis:
@@ -150,9 +303,20 @@ def connect(url: str, timeout_seconds: float = 0.5) -> redis.Redis:
 class FeatureStore:
     """Reads and writes omnirec's features in Redis. The client is injected."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "omnirec") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "omnirec",
+        *,
+        history_length: int = 200,
+        trending_half_life_hours: float = 6.0,
+        stream_maxlen: int = 5_000_000,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.history_length = history_length
+        self.trending_half_life_hours = trending_half_life_hours
+        self.stream_maxlen = stream_maxlen
         self._pointer: tuple[str | None, float] = (None, 0.0)
         self._pointer_lock = threading.Lock()
 
@@ -175,34 +339,186 @@ class FeatureStore:
                 self._pointer = (pub, time.monotonic())
         return pub
 
-    def serving_view(self, user_id: str, popular_count: int) -> ServingView:
-        """One person's features plus the top ``popular_count`` popular items."""
+    def serving_view(
+        self, user_id: str, popular_count: int, now: float | None = None
+    ) -> ServingView:
+        """One person's features (both layers), popular and trending items, and the
+        catalogue version, in one round trip."""
+        now = time.time() if now is None else now
         pub = self.current_publication()
-        if pub is None:
-            return ServingView(None, UserFeatures(), [])
+        day = int(now) // SECONDS_PER_DAY
+        p = self.prefix
         pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(user_key(self.prefix, pub, user_id))
-        pipe.zrevrange(popular_key(self.prefix, pub), 0, popular_count - 1, withscores=True)
+        pipe.lrange(live_key(p, user_id, "history"), 0, self.history_length - 1)
+        pipe.smembers(live_key(p, user_id, "purchased"))
+        pipe.smembers(live_key(p, user_id, "disliked"))
+        pipe.zrevrange(trending_key(p, day), 0, popular_count - 1, withscores=True)
+        pipe.zrevrange(trending_key(p, day - 1), 0, popular_count - 1, withscores=True)
+        pipe.get(catalogue_version_key(p))
+        if pub is not None:
+            pipe.hgetall(user_key(p, pub, user_id))
+            pipe.zrevrange(popular_key(p, pub), 0, popular_count - 1, withscores=True)
         with _unavailable("reading features"):
-            raw_user, raw_popular = pipe.execute()
+            replies = pipe.execute()
+        history, purchased, disliked, today, yesterday, version = replies[:6]
+        live = UserFeatures(
+            history=[decode_entry(e) for e in history],
+            purchased={_text(i) for i in purchased},
+            disliked={_text(i) for i in disliked},
+        )
+        published, popular = UserFeatures(), []
+        if pub is not None:
+            raw_user, raw_popular = replies[6:]
+            published = decode_user(raw_user) if raw_user else UserFeatures()
+            popular = [(_text(item), float(score)) for item, score in raw_popular]
+        trending = combine_trending(
+            [(_text(i), float(s)) for i, s in today],
+            [(_text(i), float(s)) for i, s in yesterday],
+            now,
+            self.trending_half_life_hours,
+        )[:popular_count]
         return ServingView(
             publication=pub,
-            user=decode_user(raw_user) if raw_user else UserFeatures(),
-            popular=[(_text(item), float(score)) for item, score in raw_popular],
+            user=merge_features(live, published, self.history_length),
+            popular=popular,
+            trending=trending,
+            catalogue_version=int(version or 0),
         )
+
+    def bought_together(self, item_id: str, count: int) -> list[tuple[str, float]]:
+        """Items most often bought by the people who bought ``item_id``."""
+        pub = self.current_publication()
+        if pub is None:
+            return []
+        with _unavailable("reading bought-together items"):
+            raw = self.client.zrevrange(
+                cobuy_key(self.prefix, pub, item_id), 0, count - 1, withscores=True
+            )
+        return [(_text(i), float(s)) for i, s in raw]
 
     def publication_meta(self, pub: str) -> dict[str, str]:
         with _unavailable("reading publication metadata"):
             raw = self.client.hgetall(meta_key(self.prefix, pub))
         return {_text(k): _text(v) for k, v in raw.items()}
 
-    def items(self, pub: str, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(item_ids)
-        if not ids:
-            return {}
-        with _unavailable("reading item metadata"):
-            values = self.client.hmget(items_key(self.prefix, pub), ids)
-        return {i: json.loads(v) for i, v in zip(ids, values, strict=True) if v is not None}
+    # -- live events (service) --
+
+    def record(self, events: Sequence[TrackedEvent], weights: Mapping[str, float]) -> None:
+        """Apply accepted live events in one round trip (see the module docstring)."""
+        if not events:
+            return
+        p = self.prefix
+        now = time.time()
+        today = trending_key(p, int(now) // SECONDS_PER_DAY)
+        pipe = self.client.pipeline(transaction=False)
+        histories: set[str] = set()
+        for e in events:
+            pipe.xadd(
+                stream_key(p),
+                {
+                    "user_id": e.user_id,
+                    "item_id": e.item_id,
+                    "event_type": e.event_type,
+                    "timestamp": str(e.timestamp),
+                    "channel": e.channel,
+                    "timezone": e.timezone,
+                    "value": repr(e.value),
+                },
+                maxlen=self.stream_maxlen,
+                approximate=True,
+            )
+            if e.item_id:
+                pipe.lpush(
+                    live_key(p, e.user_id, "history"),
+                    encode_entry((e.item_id, e.event_type, e.timestamp)),
+                )
+                histories.add(e.user_id)
+                if e.event_type == "purchase":
+                    pipe.sadd(live_key(p, e.user_id, "purchased"), e.item_id)
+                elif e.event_type == "dislike":
+                    pipe.sadd(live_key(p, e.user_id, "disliked"), e.item_id)
+                weight = weights.get(e.event_type, 0.0)
+                if e.event_type in TRENDING_TYPES and weight > 0:
+                    inc = trending_increment(
+                        weight, e.timestamp, now, self.trending_half_life_hours
+                    )
+                    pipe.zincrby(today, inc, e.item_id)
+            if e.channel:
+                pipe.hincrby(live_key(p, e.user_id, "engagement"), f"{e.channel}:{e.event_type}")
+            if e.timezone:
+                pipe.hset(live_key(p, e.user_id, "engagement"), "tz", e.timezone)
+        for user in histories:
+            pipe.ltrim(live_key(p, user, "history"), 0, self.history_length - 1)
+        pipe.expire(today, TRENDING_TTL_SECONDS)
+        with _unavailable("recording events"):
+            pipe.execute()
+
+    def engagement(self, user_id: str) -> dict[str, str]:
+        with _unavailable("reading engagement"):
+            raw = self.client.hgetall(live_key(self.prefix, user_id, "engagement"))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    # -- the durable event stream (export for training) --
+
+    def read_events(self, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``count`` stream entries with ids greater than ``after`` ("0" = all)."""
+        with _unavailable("reading the event stream"):
+            raw = self.client.xrange(stream_key(self.prefix), min=f"({after}", count=count)
+        return [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in raw]
+
+    def first_event_id(self) -> str | None:
+        with _unavailable("reading the event stream"):
+            raw = self.client.xrange(stream_key(self.prefix), count=1)
+        return _text(raw[0][0]) if raw else None
+
+    def export_checkpoint(self) -> str:
+        with _unavailable("reading the export checkpoint"):
+            raw = self.client.get(export_checkpoint_key(self.prefix))
+        return _text(raw) if raw else "0"
+
+    def finish_export(self, last_id: str) -> None:
+        """Remember what was exported, then drop it from the stream (memory)."""
+        with _unavailable("finishing an export"):
+            self.client.set(export_checkpoint_key(self.prefix), last_id)
+            # MINID keeps last_id itself; readers start after the checkpoint anyway.
+            self.client.xtrim(stream_key(self.prefix), minid=last_id)
+
+    # -- the catalogue --
+
+    def upsert_items(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        """Set the given fields of each item (others keep their value); returns how many
+        items are new to the catalogue."""
+        if not items:
+            return 0
+        p = self.prefix
+        created = 0
+        with _unavailable("writing the catalogue"):
+            for batch in _chunks(items, PUBLISH_BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for item_id, meta in batch:
+                    pipe.sadd(catalogue_ids_key(p), item_id)
+                    fields_ = encode_item(meta)
+                    if fields_:
+                        pipe.hset(item_key(p, item_id), mapping=fields_)
+                replies = pipe.execute()
+                created += sum(r for r, cmd in zip(replies, _sadd_mask(batch), strict=True) if cmd)
+            self.client.incr(catalogue_version_key(p))
+        return created
+
+    def catalogue(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """``(version, item_id → metadata)`` of the whole catalogue."""
+        p = self.prefix
+        with _unavailable("reading the catalogue"):
+            version = int(self.client.get(catalogue_version_key(p)) or 0)
+            ids = sorted(_text(i) for i in self.client.smembers(catalogue_ids_key(p)))
+            items: dict[str, dict[str, Any]] = {}
+            for batch in _chunks(ids, PUBLISH_BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for item_id in batch:
+                    pipe.hgetall(item_key(p, item_id))
+                for item_id, raw in zip(batch, pipe.execute(), strict=True):
+                    items[item_id] = decode_item(raw)
+        return version, items
 
     # -- writing (training) --
 
@@ -210,7 +526,7 @@ class FeatureStore:
         self,
         users: Iterable[tuple[str, UserFeatures]],
         popular: Mapping[str, float],
-        items: Mapping[str, Mapping[str, Any]],
+        cobuy: Mapping[str, Mapping[str, float]],
         meta: Mapping[str, Any],
         keep: int = 2,
         total_users: int | None = None,
@@ -226,13 +542,11 @@ class FeatureStore:
             pipe = self.client.pipeline(transaction=False)
             if popular:
                 pipe.zadd(popular_key(self.prefix, pub), dict(popular))
-            for chunk in _chunks(list(items.items()), PUBLISH_BATCH):
-                pipe.hset(
-                    items_key(self.prefix, pub),
-                    mapping={k: json.dumps(v, separators=(",", ":")) for k, v in chunk},
-                )
+            for item, partners in cobuy.items():
+                if partners:
+                    pipe.zadd(cobuy_key(self.prefix, pub, item), dict(partners))
             info = {str(k): str(v) for k, v in meta.items()}
-            info |= {"users": str(written), "items": str(len(items)), "created": str(time.time())}
+            info |= {"users": str(written), "created": str(time.time())}
             pipe.hset(meta_key(self.prefix, pub), mapping=info)
             pipe.execute()
             # The flip: one MULTI so the pointer and the list never disagree.
@@ -240,7 +554,7 @@ class FeatureStore:
             flip.set(current_key(self.prefix), pub)
             flip.lpush(publications_key(self.prefix), pub)
             flip.execute()
-            log.info("publication %s is live (%d users, %d items)", pub, written, len(items))
+            log.info("publication %s is live (%d users)", pub, written)
             self._pointer = (pub, time.monotonic())
             self._drop_old(keep)
         return pub
@@ -280,6 +594,16 @@ class FeatureStore:
 
     def publications(self) -> list[str]:
         return [_text(p) for p in self.client.lrange(publications_key(self.prefix), 0, -1)]
+
+
+def _sadd_mask(batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[bool]:
+    """Which pipeline replies are SADD results (one per item, then an HSET when fields)."""
+    mask: list[bool] = []
+    for _, meta in batch:
+        mask.append(True)
+        if encode_item(meta):
+            mask.append(False)
+    return mask
 
 
 @contextmanager

@@ -2,22 +2,37 @@
 
 Pure logic (numpy over the bundle's arrays); it neither talks to Redis nor to gRPC, so it
 can be tested and benchmarked in-process.
+
+Recency: a person's representation is rebuilt at every request from their merged
+history (published + live), each event weighted by its type and by its position in the
+history — the newest event counts fully, the one ``recency_half_life_events`` back half
+as much. For ALS and BPR this is the closed-form ALS user solve against the fixed item
+factors ("fold-in"); for item-kNN it is the weighted sum of neighbour rows. A view
+tracked a moment ago therefore changes the very next answer, and people the model never
+saw get personalised items as soon as they have history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from service.bundle import FACTOR_KINDS, ModelBundle
-from service.features import ServingView
+from service.catalogue import Catalogue, ItemFilter
+from service.features import HistoryEntry, ServingView
 
-#: History items looked at when explaining an item ("similar: <item>").
+#: History items looked at when explaining an item.
 EXPLAIN_HISTORY = 50
-#: Event types whose items explain a recommendation; a dislike explains nothing.
-POSITIVE_TYPES = frozenset({"view", "click", "favourite", "add_to_cart", "purchase"})
+#: Event weights used when a bundle does not carry its own.
+FALLBACK_WEIGHTS: Mapping[str, float] = {
+    "view": 1.0,
+    "click": 1.0,
+    "favourite": 4.0,
+    "add_to_cart": 6.0,
+    "purchase": 10.0,
+}
 
 
 @dataclass(frozen=True)
@@ -28,117 +43,285 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class Exclusions:
-    """What a request asked to leave out."""
+class ServingParams:
+    """Request-time knobs (from settings)."""
 
-    item_ids: frozenset[str] = frozenset()
-    purchased: bool = True
-    disliked: bool = True
+    recency_half_life_events: float = 10.0
+    """An event this many positions back in a person's history counts half."""
+    recent_events: int = 5
+    """Explanations name an item among the newest this many as ``recent: <item>``."""
 
-    def for_view(self, view: ServingView) -> set[str]:
-        excluded = set(self.item_ids)
-        if self.purchased:
-            excluded |= view.user.purchased
-        if self.disliked:
-            excluded |= view.user.disliked
+
+@dataclass(frozen=True)
+class RankingOptions:
+    """What one request asks for."""
+
+    limit: int
+    item_filter: ItemFilter = ItemFilter()
+    exclude_purchased: bool = True
+    exclude_disliked: bool = True
+    exclude_seen: bool = False
+    context_item_id: str = ""
+
+    def excluded(self, view: ServingView | None) -> set[str]:
+        excluded = set(self.item_filter.exclude_item_ids)
+        if view is not None:
+            user = view.user
+            if self.exclude_purchased:
+                excluded |= user.purchased
+            if self.exclude_disliked:
+                excluded |= user.disliked
+            if self.exclude_seen:
+                excluded |= {item for item, _, _ in user.history}
         return excluded
 
 
 class Recommender:
-    """Scores items for one person with one bundle. Thread-safe (read-only after init)."""
+    """Scores items with one bundle. Thread-safe (read-only after init)."""
 
-    def __init__(self, bundle: ModelBundle) -> None:
+    def __init__(self, bundle: ModelBundle, params: ServingParams | None = None) -> None:
         self.bundle = bundle
+        self.params = params or ServingParams()
+        meta = bundle.metadata
+        self.weights: Mapping[str, float] = meta.get("weights") or FALLBACK_WEIGHTS
+        model_params = meta.get("params", {})
+        self.alpha = float(model_params.get("alpha", 1.0))
+        self.regularization = float(model_params.get("regularization", 0.05))
         self.item_index = {str(item): j for j, item in enumerate(bundle.item_ids)}
         self.user_index = {str(user): i for i, user in enumerate(bundle.user_ids)}
         if bundle.kind in FACTOR_KINDS:
-            factors = bundle.item_factors.astype(np.float32)
+            factors = bundle.item_factors.astype(np.float64)
+            self._factors = factors
+            # The fold-in solve needs YᵀY + λI for every request: compute it once.
+            self._gram = factors.T @ factors + self.regularization * np.eye(factors.shape[1])
             norms = np.linalg.norm(factors, axis=1, keepdims=True)
-            # Unit vectors make "which history item is closest" a dot product.
-            self._unit_items = factors / np.maximum(norms, 1e-12)
+            self._unit_items = (factors / np.maximum(norms, 1e-12)).astype(np.float32)
 
-    def popular_count(self, limit: int, exclusions: Exclusions) -> int:
-        """How many popular items to fetch so ``limit`` remain after exclusions."""
-        return min(limit + len(exclusions.item_ids) + 50, 1000)
+    # -- public --
+
+    def popular_count(self, options: RankingOptions) -> int:
+        """How many popular / trending items to fetch so enough survive the filters."""
+        extra = len(options.item_filter.exclude_item_ids) + 50
+        if options.item_filter.uses_metadata:
+            extra += 4 * options.limit
+        return min(options.limit + extra, 1000)
 
     def recommend(
-        self, user_id: str, view: ServingView, limit: int, exclusions: Exclusions
+        self, user_id: str, view: ServingView, catalogue: Catalogue, options: RankingOptions
     ) -> list[Recommendation]:
-        """Top ``limit`` items for ``user_id``: personalised when the model can, then
-        filled up with popular items."""
-        excluded = exclusions.for_view(view)
-        history = [h for h in view.user.history if h[1] in POSITIVE_TYPES]
-        ranked = self._personalised(user_id, history, limit, excluded)
-        if len(ranked) < limit:
+        """Top ``options.limit`` items for ``user_id``: personalised when there is
+        anything to go on, then filled up with trending and popular items."""
+        excluded = options.excluded(view)
+        positives = self._positives(view.user.history)
+        scores = self._user_scores(user_id, positives)
+        context = self.item_index.get(options.context_item_id)
+        context_scores = self._item_scores(context) if context is not None else None
+        ranked: list[Recommendation] = []
+        if scores is not None or context_scores is not None:
+            combined, from_context = _combine(scores, context_scores)
+            blocked = excluded | ({options.context_item_id} if context is not None else set())
+            top = self._top(combined, blocked, catalogue, options)
+            history_idx = self._history_indices(positives)
+            ranked = [
+                Recommendation(
+                    str(self.bundle.item_ids[j]),
+                    float(combined[j]),
+                    f"similar: {options.context_item_id}"
+                    if from_context is not None and from_context[j]
+                    else self._reason(j, history_idx),
+                )
+                for j in top
+            ]
+        if len(ranked) < options.limit:
             taken = excluded | {r.item_id for r in ranked}
-            ranked += self._popular(view.popular, limit - len(ranked), taken)
+            ranked += self._fill(
+                [(view.trending, "trending"), (view.popular, "popular")],
+                options.limit - len(ranked),
+                taken,
+                catalogue,
+                options.item_filter,
+            )
         return ranked
 
-    def _personalised(
-        self, user_id: str, history: list[tuple[str, str, int]], limit: int, excluded: set[str]
+    def similar_items(
+        self,
+        item_id: str,
+        catalogue: Catalogue,
+        options: RankingOptions,
+        view: ServingView | None,
+        bought_together: list[tuple[str, float]],
+        bought_together_first: bool,
     ) -> list[Recommendation]:
-        scores = self._scores(user_id, history)
-        if scores is None:
-            return []
-        scores = scores.astype(np.float32, copy=True)
-        blocked = [self.item_index[i] for i in excluded if i in self.item_index]
-        scores[blocked] = -np.inf
-        top = _top_k(scores, limit)
-        history_idx = self._history_indices(history)
-        return [
-            Recommendation(
-                str(self.bundle.item_ids[j]), float(scores[j]), self._reason(j, history_idx)
+        """Items like ``item_id`` (or bought with it, first, when asked), filtered."""
+        excluded = options.excluded(view) | {item_id}
+        together = self._fill(
+            [(bought_together, f"bought together: {item_id}")],
+            options.limit,
+            excluded,
+            catalogue,
+            options.item_filter,
+        )
+        ranked = together if bought_together_first else []
+        j = self.item_index.get(item_id)
+        if j is not None and len(ranked) < options.limit:
+            taken = excluded | {r.item_id for r in ranked}
+            scores = self._item_scores(j)
+            need = RankingOptions(options.limit - len(ranked), options.item_filter)
+            ranked += [
+                Recommendation(
+                    str(self.bundle.item_ids[k]), float(scores[k]), f"similar: {item_id}"
+                )
+                for k in self._top(scores, taken, catalogue, need)
+            ]
+        if not bought_together_first and len(ranked) < options.limit:
+            taken = {r.item_id for r in ranked}
+            ranked += [r for r in together if r.item_id not in taken][: options.limit - len(ranked)]
+        if len(ranked) < options.limit and view is not None:
+            # An item the model does not know yet (or a narrow filter): popular items of
+            # the same category stand in.
+            category = catalogue.category(item_id)
+            narrowed = options.item_filter
+            if category is not None and not narrowed.include_categories:
+                narrowed = ItemFilter(
+                    frozenset({category}),
+                    narrowed.exclude_categories,
+                    narrowed.exclude_item_ids,
+                    narrowed.in_stock_only,
+                )
+            taken = excluded | {r.item_id for r in ranked}
+            ranked += self._fill(
+                [(view.trending, "trending"), (view.popular, "popular")],
+                options.limit - len(ranked),
+                taken,
+                catalogue,
+                narrowed,
             )
-            for j in top
-        ]
+        return ranked
 
-    def _scores(self, user_id: str, history: list[tuple[str, str, int]]) -> np.ndarray | None:
-        b = self.bundle
-        if b.kind in FACTOR_KINDS:
-            row = self.user_index.get(user_id)
-            if row is None:
-                return None
-            return b.item_factors @ b.user_factors[row]
-        idx = self._history_indices(history)
-        if not idx:
-            return None
-        weights = np.zeros(len(b.item_ids), dtype=np.float32)
-        weights[idx] = 1.0
-        return np.asarray(b.similarity.T @ weights).ravel()
+    def knows_item(self, item_id: str) -> bool:
+        return item_id in self.item_index
 
-    def _history_indices(self, history: list[tuple[str, str, int]]) -> list[int]:
-        seen: dict[int, None] = {}
-        for item, _, _ in history[:EXPLAIN_HISTORY]:
+    # -- the person's representation --
+
+    def _positives(self, history: list[HistoryEntry]) -> list[tuple[int, float, int]]:
+        """``(item index, weight, rank)`` of positive history events the model knows,
+        newest first; rank counts positive events only."""
+        half_life = self.params.recency_half_life_events
+        out: list[tuple[int, float, int]] = []
+        rank = 0
+        for item, kind, _ in history:
+            weight = self.weights.get(kind, 0.0)
+            if weight <= 0:
+                continue
             j = self.item_index.get(item)
             if j is not None:
-                seen.setdefault(j)
-        return list(seen)
+                out.append((j, weight * 2.0 ** (-rank / half_life), rank))
+            rank += 1
+        return out
 
-    def _reason(self, item: int, history_idx: list[int]) -> str:
-        # An item never explains itself: "similar: <item>" names another one.
-        history_idx = [h for h in history_idx if h != item]
-        if not history_idx:
-            return "personalised"
+    def _user_scores(
+        self, user_id: str, positives: list[tuple[int, float, int]]
+    ) -> np.ndarray | None:
+        b = self.bundle
+        if positives:
+            idx = np.fromiter((j for j, _, _ in positives), dtype=np.int64)
+            weight = np.fromiter((w for _, w, _ in positives), dtype=np.float64)
+            items, inverse = np.unique(idx, return_inverse=True)
+            summed = np.bincount(inverse, weights=weight)
+            if b.kind in FACTOR_KINDS:
+                return self._factors @ self._fold_in(items, summed)
+            return np.asarray(b.similarity.T @ _dense(items, summed, len(b.item_ids))).ravel()
+        row = self.user_index.get(user_id)
+        if b.kind in FACTOR_KINDS and row is not None:
+            return b.item_factors @ b.user_factors[row]
+        return None
+
+    def _fold_in(self, items: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """ALS user solve (Hu, Koren & Volinsky 2008) for confidences 1 + alpha·weight:
+        (YᵀY + Yᵢᵀ(Cᵢ − I)Yᵢ + λI) x = Yᵢᵀ Cᵢ 1."""
+        y = self._factors[items]
+        confidence = 1.0 + self.alpha * weight
+        a = self._gram + (y.T * (confidence - 1.0)) @ y
+        return np.linalg.solve(a, y.T @ confidence)
+
+    def _item_scores(self, j: int) -> np.ndarray:
         if self.bundle.kind in FACTOR_KINDS:
-            closeness = self._unit_items[history_idx] @ self._unit_items[item]
+            return self._unit_items @ self._unit_items[j]
+        return self.bundle.similarity[j].toarray().ravel()
+
+    # -- selection --
+
+    def _top(
+        self, scores: np.ndarray, excluded: set[str], catalogue: Catalogue, options: RankingOptions
+    ) -> np.ndarray:
+        scores = np.array(scores, dtype=np.float32, copy=True)
+        blocked = [self.item_index[i] for i in excluded if i in self.item_index]
+        scores[blocked] = -np.inf
+        allowed = catalogue.mask(self.bundle.item_ids, options.item_filter)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        return _top_k(scores, options.limit)
+
+    def _history_indices(self, positives: list[tuple[int, float, int]]) -> list[tuple[int, int]]:
+        seen: dict[int, int] = {}
+        for j, _, rank in positives[:EXPLAIN_HISTORY]:
+            seen.setdefault(j, rank)
+        return list(seen.items())
+
+    def _reason(self, item: int, history: list[tuple[int, int]]) -> str:
+        # An item never explains itself: the reason names another one.
+        history = [(h, rank) for h, rank in history if h != item]
+        if not history:
+            return "personalised"
+        idx = [h for h, _ in history]
+        if self.bundle.kind in FACTOR_KINDS:
+            closeness = self._unit_items[idx] @ self._unit_items[item]
         else:
-            closeness = self.bundle.similarity[history_idx, item].toarray().ravel()
+            closeness = self.bundle.similarity[idx, item].toarray().ravel()
         best = int(np.argmax(closeness))
         if closeness[best] <= 0:
             return "personalised"
-        return f"similar: {self.bundle.item_ids[history_idx[best]]}"
+        label = "recent" if history[best][1] < self.params.recent_events else "similar"
+        return f"{label}: {self.bundle.item_ids[idx[best]]}"
 
     @staticmethod
-    def _popular(
-        popular: Iterable[tuple[str, float]], count: int, excluded: set[str]
+    def _fill(
+        sources: Iterable[tuple[Iterable[tuple[str, float]], str]],
+        count: int,
+        excluded: set[str],
+        catalogue: Catalogue,
+        item_filter: ItemFilter,
     ) -> list[Recommendation]:
         out: list[Recommendation] = []
-        for item, score in popular:
-            if len(out) == count:
-                break
-            if item not in excluded:
-                out.append(Recommendation(item, score, "popular"))
+        taken = set(excluded)
+        for items, reason in sources:
+            for item, score in items:
+                if len(out) == count:
+                    return out
+                if item not in taken and item_filter.allows(item, catalogue.meta(item)):
+                    out.append(Recommendation(item, score, reason))
+                    taken.add(item)
         return out
+
+
+def _combine(
+    user: np.ndarray | None, context: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Blend the person's scores with closeness to the context item, each scaled to its
+    own maximum; also says where the context part dominates (for the reason)."""
+    if context is None:
+        return user, None  # type: ignore[return-value]
+    ctx = context / max(float(np.max(np.abs(context))), 1e-12)
+    if user is None:
+        return ctx, np.ones(len(ctx), dtype=bool)
+    own = user / max(float(np.max(np.abs(user))), 1e-12)
+    return own + ctx, ctx > own
+
+
+def _dense(items: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    out[items] = weight
+    return out
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

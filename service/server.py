@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
@@ -21,11 +23,12 @@ from grpc_reflection.v1alpha import reflection
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.catalogue import MAX_CATEGORY_LENGTH, CatalogueCache, ItemFilter
 from service.config import Settings
-from service.errors import BadInput, ModelNotFound, StoreUnavailable
-from service.events import MAX_ID_LENGTH
-from service.features import FeatureStore
-from service.recommender import Exclusions, Recommender
+from service.errors import BadInput, ModelNotFound, NotFound, StoreUnavailable
+from service.events import MAX_ID_LENGTH, validate_event
+from service.features import FeatureStore, TrackedEvent
+from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
 from service.registry import ServedModel
 
 log = logging.getLogger(__name__)
@@ -49,11 +52,12 @@ class Engine:
 class ModelHolder:
     """Holds the live :class:`Engine`; readers take one reference per request."""
 
-    def __init__(self, model: ServedModel) -> None:
-        self.engine = Engine(model, Recommender(model.bundle))
+    def __init__(self, model: ServedModel, params: ServingParams) -> None:
+        self.params = params
+        self.engine = Engine(model, Recommender(model.bundle, params))
 
     def swap(self, model: ServedModel) -> None:
-        engine = Engine(model, Recommender(model.bundle))
+        engine = Engine(model, Recommender(model.bundle, self.params))
         # One reference assignment: a request sees the old engine or the new one.
         self.engine = engine
         log.info("now serving %s", model.label)
@@ -71,6 +75,8 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except BadInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except StoreUnavailable as exc:
             log.warning("%s: %s", method.__name__, exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store unavailable: {exc}")
@@ -103,6 +109,58 @@ def check_limit(limit: int, settings: Settings) -> int:
     return limit
 
 
+def _flag(request: Any, name: str, default: bool) -> bool:
+    return getattr(request, name) if request.HasField(name) else default
+
+
+#: The modes of SimilarItems.
+SIMILAR_MODES = ("similar", "bought_together")
+#: Newest events a live timestamp may be ahead of the server clock (clock skew).
+MAX_FUTURE_SECONDS = 86_400
+
+
+def to_tracked(event: pb.Event, now: float) -> TrackedEvent:
+    """Validate one live event; raises :class:`BadInput` naming the field."""
+    validate_event(event.user_id, event.item_id, event.event_type, event.channel, event.timezone)
+    if event.HasField("timestamp"):
+        seconds = event.timestamp.seconds
+        if seconds < 0:
+            raise BadInput("timestamp", "is before 1970")
+        if seconds > now + MAX_FUTURE_SECONDS:
+            raise BadInput("timestamp", "is more than a day in the future")
+    else:
+        seconds = int(now)
+    if not math.isfinite(event.value):
+        raise BadInput("value", "must be a finite number")
+    return TrackedEvent(
+        event.user_id,
+        event.item_id,
+        event.event_type,
+        int(seconds),
+        event.channel,
+        event.timezone,
+        event.value,
+    )
+
+
+def to_item_fields(item: pb.Item) -> dict[str, Any]:
+    check_id("item_id", item.item_id)
+    fields_: dict[str, Any] = {}
+    if item.HasField("category"):
+        if not item.category or len(item.category) > MAX_CATEGORY_LENGTH:
+            raise BadInput("category", f"must be 1 to {MAX_CATEGORY_LENGTH} characters")
+        fields_["category"] = item.category
+    if item.HasField("title"):
+        fields_["title"] = item.title
+    if item.HasField("price"):
+        if not math.isfinite(item.price) or item.price < 0:
+            raise BadInput("price", "must be a finite number ≥ 0")
+        fields_["price"] = item.price
+    if item.HasField("in_stock"):
+        fields_["in_stock"] = item.in_stock
+    return fields_
+
+
 # --- the servicer --------------------------------------------------------------------
 
 
@@ -111,31 +169,119 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.settings = settings
         self.models = models
         self.store = store
+        self.catalogue = CatalogueCache(store.catalogue)
 
     @_rpc
     def Recommend(  # noqa: N802 (gRPC method name)
         self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
         user_id = check_id("user_id", request.user_id)
-        limit = check_limit(request.limit, self.settings)
-        for item in request.exclude_item_ids:
-            check_id("exclude_item_ids", item)
-        exclusions = Exclusions(
-            item_ids=frozenset(request.exclude_item_ids),
-            purchased=request.exclude_purchased if request.HasField("exclude_purchased") else True,
-            disliked=request.exclude_disliked if request.HasField("exclude_disliked") else True,
+        options = RankingOptions(
+            limit=check_limit(request.limit, self.settings),
+            item_filter=ItemFilter.from_request(
+                request.include_categories,
+                request.exclude_categories,
+                request.exclude_item_ids,
+                request.in_stock_only,
+            ),
+            exclude_purchased=_flag(request, "exclude_purchased", True),
+            exclude_disliked=_flag(request, "exclude_disliked", True),
+            exclude_seen=_flag(request, "exclude_seen", False),
+            context_item_id=request.context_item_id,
         )
+        if len(request.context_item_id) > MAX_ID_LENGTH:
+            raise BadInput("context_item_id", f"is longer than {MAX_ID_LENGTH} characters")
         engine = self.models.engine
-        view = self.store.serving_view(user_id, engine.recommender.popular_count(limit, exclusions))
-        ranked = engine.recommender.recommend(user_id, view, limit, exclusions)
+        view = self.store.serving_view(user_id, engine.recommender.popular_count(options))
+        catalogue = self.catalogue.get(view.catalogue_version)
+        ranked = engine.recommender.recommend(user_id, view, catalogue, options)
         return pb.RecommendResponse(
-            items=[
-                pb.RecommendedItem(item_id=r.item_id, score=r.score, reason=r.reason)
-                for r in ranked
-            ],
+            items=_items(ranked),
             model_version=engine.model.label,
             recommendation_id=uuid.uuid4().hex,
         )
+
+    @_rpc
+    def SimilarItems(  # noqa: N802
+        self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext
+    ) -> pb.SimilarItemsResponse:
+        item_id = check_id("item_id", request.item_id)
+        mode = request.mode or "similar"
+        if mode not in SIMILAR_MODES:
+            raise BadInput("mode", f"{mode!r} is not one of {', '.join(SIMILAR_MODES)}")
+        if request.user_id:
+            check_id("user_id", request.user_id)
+        options = RankingOptions(
+            limit=check_limit(request.limit, self.settings),
+            item_filter=ItemFilter.from_request(
+                request.include_categories,
+                request.exclude_categories,
+                request.exclude_item_ids,
+                request.in_stock_only,
+            ),
+            exclude_purchased=bool(request.user_id),
+            exclude_disliked=bool(request.user_id),
+        )
+        engine = self.models.engine
+        # The person's view also brings popular/trending items and the catalogue version.
+        view = self.store.serving_view(
+            request.user_id or "\x00", engine.recommender.popular_count(options)
+        )
+        catalogue = self.catalogue.get(view.catalogue_version)
+        together = self.store.bought_together(item_id, options.limit + 50)
+        if not (engine.recommender.knows_item(item_id) or together or catalogue.meta(item_id)):
+            raise NotFound(f"item_id: {item_id!r} is unknown to the model and the catalogue")
+        ranked = engine.recommender.similar_items(
+            item_id, catalogue, options, view, together, mode == "bought_together"
+        )
+        return pb.SimilarItemsResponse(
+            items=_items(ranked),
+            model_version=engine.model.label,
+            recommendation_id=uuid.uuid4().hex,
+        )
+
+    @_rpc
+    def TrackEvents(  # noqa: N802
+        self, request: pb.TrackEventsRequest, context: grpc.ServicerContext
+    ) -> pb.TrackEventsResponse:
+        if len(request.events) > self.settings.max_batch:
+            raise BadInput(
+                "events", f"at most {self.settings.max_batch} per call, got {len(request.events)}"
+            )
+        now = time.time()
+        accepted: list[TrackedEvent] = []
+        rejections: list[pb.RejectedEvent] = []
+        for n, event in enumerate(request.events):
+            try:
+                accepted.append(to_tracked(event, now))
+            except BadInput as exc:
+                rejections.append(pb.RejectedEvent(index=n, field=exc.field, reason=exc.reason))
+        self.store.record(accepted, self.models.engine.recommender.weights)
+        return pb.TrackEventsResponse(
+            accepted=len(accepted), rejected=len(rejections), rejections=rejections
+        )
+
+    @_rpc
+    def UpsertItems(  # noqa: N802
+        self, request: pb.UpsertItemsRequest, context: grpc.ServicerContext
+    ) -> pb.UpsertItemsResponse:
+        if len(request.items) > self.settings.max_batch:
+            raise BadInput(
+                "items", f"at most {self.settings.max_batch} per call, got {len(request.items)}"
+            )
+        items = []
+        for n, item in enumerate(request.items):
+            try:
+                items.append((item.item_id, to_item_fields(item)))
+            except BadInput as exc:
+                # One bad item refuses the call: a catalogue half-applied is worse.
+                raise BadInput(f"items[{n}].{exc.field}", exc.reason) from None
+        created = self.store.upsert_items(items)
+        return pb.UpsertItemsResponse(upserted=len(items), created=created)
+
+
+def _items(ranked: list[Recommendation]) -> list[pb.RecommendedItem]:
+    return [pb.RecommendedItem(item_id=r.item_id, score=r.score, reason=r.reason) for r in ranked]
 
 
 # --- building and running -------------------------------------------------------------
@@ -241,7 +387,10 @@ def build_server(
     ``reload_model`` / ``current_version`` let the server follow the alias; leave them
     out to serve ``model`` for good.
     """
-    models = ModelHolder(model)
+    models = ModelHolder(
+        model,
+        ServingParams(settings.recency_half_life_events, settings.recent_events),
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
         options=[("grpc.so_reuseport", 0)],

@@ -35,7 +35,7 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
-                "redis-server is not installed; `make test` installs it (scripts/ensure-redis)"
+                "redis-server is missing; `make test` installs it (scripts/ensure-system-deps)"
             )
         self.binary = binary
         self.workdir = workdir

@@ -23,9 +23,8 @@ import redis
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from service.config import Settings
+from service.config import Settings, feature_store
 from service.errors import OmnirecError
-from service.features import FeatureStore, connect
 from service.registry import ModelRegistry
 from service.server import build_server
 from training.catalogue import load_catalogue
@@ -112,7 +111,7 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
     print("\n== 3. serve over gRPC on loopback")
     registry = ModelRegistry(settings)
     model = registry.load_alias(settings.model_alias)
-    store = FeatureStore(connect(settings.redis_url), settings.key_prefix)
+    store = feature_store(settings)
     running = build_server(replace(settings, port=0, host="127.0.0.1"), model, store)
     print(f"serving {model.label} on 127.0.0.1:{running.port}")
 

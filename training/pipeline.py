@@ -12,8 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from service.config import Settings
-from service.features import FeatureStore, connect
+from service.config import Settings, feature_store
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
 from training import evaluation
 from training.catalogue import load_catalogue
@@ -179,10 +178,8 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         )
         publication = None
         if cfg.publish:
-            store = FeatureStore(
-                connect(settings.redis_url, max(settings.redis_timeout_seconds, 10.0)),
-                settings.key_prefix,
-            )
+            # Publishing writes large pipelines: allow more than a request's timeout.
+            store = feature_store(settings, max(settings.redis_timeout_seconds, 10.0))
             publication = publish(
                 store,
                 frame,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from service.events import ITEM_EVENT_TYPES
 from service.features import FeatureStore, UserFeatures
@@ -62,6 +63,37 @@ def popularity(
     return {str(k): round(float(v), 6) for k, v in scores.items()}
 
 
+def bought_together(frame: pd.DataFrame, top: int = 50) -> dict[str, dict[str, float]]:
+    """Item → the ``top`` items most often bought by the same people (counts)."""
+    bought = frame.loc[frame["event_type"] == "purchase", ["user_id", "item_id"]]
+    bought = bought.drop_duplicates()
+    if bought.empty:
+        return {}
+    users = pd.Index(bought["user_id"].unique())
+    items = pd.Index(bought["item_id"].unique())
+    matrix = sp.csr_matrix(
+        (
+            np.ones(len(bought), dtype=np.float32),
+            (users.get_indexer(bought["user_id"]), items.get_indexer(bought["item_id"])),
+        ),
+        shape=(len(users), len(items)),
+    )
+    together = (matrix.T @ matrix).tocsr()
+    together.setdiag(0)
+    together.eliminate_zeros()
+    out: dict[str, dict[str, float]] = {}
+    for j in range(together.shape[0]):
+        start, end = together.indptr[j], together.indptr[j + 1]
+        if start == end:
+            continue
+        cols, counts = together.indices[start:end], together.data[start:end]
+        best = np.argsort(-counts, kind="stable")[:top]
+        out[str(items[j])] = {
+            str(items[c]): float(n) for c, n in zip(cols[best], counts[best], strict=True)
+        }
+    return out
+
+
 def publish(
     store: FeatureStore,
     frame: pd.DataFrame,
@@ -73,15 +105,18 @@ def publish(
     popularity_half_life_days: float,
     keep: int,
 ) -> str:
-    """Write a new publication and make it live; returns its id."""
-    items: dict[str, Mapping[str, Any]] = {i: {} for i in frame["item_id"].unique() if i}
-    items.update(catalogue)
+    """Upsert the catalogue, then write a new publication and make it live; returns
+    its id. Items seen only in events join the catalogue without metadata (what
+    ``UpsertItems`` set for them stays)."""
+    known = {i: {} for i in frame["item_id"].unique() if i and i not in catalogue}
+    created = store.upsert_items([*catalogue.items(), *known.items()])
+    log.info("catalogue: %d items written, %d new", len(catalogue) + len(known), created)
     n_users = int(frame.loc[frame["event_type"].isin(ITEM_EVENT_TYPES), "user_id"].nunique())
-    log.info("publishing features of %d users and %d items to Redis", n_users, len(items))
+    log.info("publishing features of %d users to Redis", n_users)
     return store.publish(
         user_features(frame, history_length),
         popularity(frame, weights, popularity_half_life_days),
-        items,
+        bought_together(frame),
         meta,
         keep=keep,
         total_users=n_users,

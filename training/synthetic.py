@@ -23,7 +23,7 @@ of open hours therefore mirrors the brand's schedule; a person's own best hour o
 up as the open *rate per delivery* by local hour.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` and vectorised, so the
-same arguments give byte-identical files and a million events take about a second.
+same arguments give byte-identical files; it runs at roughly a second per million events.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class _Clock:
     """The window plus each zone's UTC offset per calendar day.
 
     Offsets are looked up per (zone, day) in a small table instead of per event, which
-    is exact except within the hour of a DST switch.
+    is exact except on the day of a DST switch.
     """
 
     def __init__(self, start: int, end: int) -> None:

@@ -40,6 +40,21 @@ class RecommenderStub:
                 request_serializer=omnirec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=omnirec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/omnirec.v1.Recommender/SimilarItems',
+                request_serializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
+        self.TrackEvents = channel.unary_unary(
+                '/omnirec.v1.Recommender/TrackEvents',
+                request_serializer=omnirec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
+                response_deserializer=omnirec_dot_v1_dot_recommender__pb2.TrackEventsResponse.FromString,
+                _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/omnirec.v1.Recommender/UpsertItems',
+                request_serializer=omnirec_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=omnirec_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -47,8 +62,31 @@ class RecommenderServicer:
     """
 
     def Recommend(self, request, context):
-        """Top-N items for one person. Known users get personalised items; people the model has
-        never seen get popular items (reason "popular"). Every response names the model version.
+        """Top-N items for one person. People with a history (from training or tracked live) get
+        personalised items, their latest behaviour weighing most; people with none get
+        trending and popular items. Every response names the model version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SimilarItems(self, request, context):
+        """Items like a given one (product pages), or items bought together with it (carts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackEvents(self, request, context):
+        """Live events: each is validated on its own; accepted ones update the person's features
+        at once and are kept durably for the next training run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertItems(self, request, context):
+        """Adds items to the catalogue or changes their category, title, price or stock.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -61,6 +99,21 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=omnirec_dot_v1_dot_recommender__pb2.RecommendRequest.FromString,
                     response_serializer=omnirec_dot_v1_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'TrackEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEvents,
+                    request_deserializer=omnirec_dot_v1_dot_recommender__pb2.TrackEventsRequest.FromString,
+                    response_serializer=omnirec_dot_v1_dot_recommender__pb2.TrackEventsResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=omnirec_dot_v1_dot_recommender__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=omnirec_dot_v1_dot_recommender__pb2.UpsertItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +144,87 @@ class Recommender:
             '/omnirec.v1.Recommender/Recommend',
             omnirec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
             omnirec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnirec.v1.Recommender/SimilarItems',
+            omnirec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+            omnirec_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnirec.v1.Recommender/TrackEvents',
+            omnirec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
+            omnirec_dot_v1_dot_recommender__pb2.TrackEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnirec.v1.Recommender/UpsertItems',
+            omnirec_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
+            omnirec_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
