@@ -113,6 +113,8 @@ def _flag(request: Any, name: str, default: bool) -> bool:
     return getattr(request, name) if request.HasField(name) else default
 
 
+#: Popular items read when a fallback must find some of one category.
+MAX_POPULAR = 1000
 #: The modes of SimilarItems.
 SIMILAR_MODES = ("similar", "bought_together")
 #: Newest events a live timestamp may be ahead of the server clock (clock skew).
@@ -224,12 +226,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         )
         engine = self.models.engine
         # The person's view also brings popular/trending items and the catalogue version.
-        view = self.store.serving_view(
-            request.user_id or "\x00", engine.recommender.popular_count(options)
-        )
+        # An item the model does not know falls back on popular items of its category,
+        # which may sit deep in the popular list.
+        known = engine.recommender.knows_item(item_id)
+        popular = engine.recommender.popular_count(options) if known else MAX_POPULAR
+        view = self.store.serving_view(request.user_id or "\x00", popular)
         catalogue = self.catalogue.get(view.catalogue_version)
         together = self.store.bought_together(item_id, options.limit + 50)
-        if not (engine.recommender.knows_item(item_id) or together or catalogue.meta(item_id)):
+        if not (known or together or catalogue.meta(item_id)):
             raise NotFound(f"item_id: {item_id!r} is unknown to the model and the catalogue")
         ranked = engine.recommender.similar_items(
             item_id, catalogue, options, view, together, mode == "bought_together"

@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=("parquet", "csv"), default="parquet")
 
     tr = sub.add_parser("train", help="train, evaluate, log to MLflow, register, publish")
-    tr.add_argument("--events", type=Path, required=True, help="events CSV / Parquet / folder")
+    tr.add_argument(
+        "--events",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="events CSV / Parquet files or folders (e.g. the base log and live exports)",
+    )
     tr.add_argument("--items", type=Path, help="item catalogue CSV / Parquet")
     tr.add_argument("--model", choices=("als", "bpr", "item_knn"), default="als")
     tr.add_argument("--factors", type=_positive_int, default=32)
@@ -66,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-publish", action="store_true", help="do not write features to Redis")
     tr.add_argument("--popularity-half-life-days", type=float, default=30.0)
 
+    ex = sub.add_parser("export-events", help="write live events (TrackEvents) to Parquet")
+    ex.add_argument("--out", type=Path, required=True, help="folder for the Parquet files")
+
+    it = sub.add_parser("items", help="add or update catalogue items from a file")
+    it.add_argument("--file", type=Path, required=True, help="catalogue CSV / Parquet")
+
     pr = sub.add_parser("promote", help="point the alias at a registered version (roll back)")
     pr.add_argument("--version", required=True)
     pr.add_argument("--alias", help="default: OMNIREC_MODEL_ALIAS (champion)")
@@ -90,6 +102,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "train":
         return _train(args, settings)
+    if args.command == "export-events":
+        from service.config import feature_store
+        from training.export import export_events
+
+        result = export_events(feature_store(settings, 30.0), args.out)
+        if result.gap:
+            print("warning: events were trimmed from the stream before they were exported")
+        print(f"exported {result.events} events" + (f" to {result.path}" if result.path else ""))
+        return 0
+    if args.command == "items":
+        from service.config import feature_store
+        from training.catalogue import load_catalogue
+
+        catalogue = load_catalogue(args.file)
+        created = feature_store(settings, 30.0).upsert_items(list(catalogue.items()))
+        print(f"catalogue: {len(catalogue)} items written, {created} new")
+        return 0
     if args.command == "promote":
         from service.registry import ModelRegistry, ensure_version_exists
 

@@ -29,7 +29,8 @@ PRIMARY = "ndcg"
 
 @dataclass
 class TrainConfig:
-    events: Path
+    events: Path | list[Path]
+    """One events file or folder, or several (e.g. the base log and live exports)."""
     items: Path | None = None
     params: ModelParams = field(default_factory=ModelParams)
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
@@ -124,8 +125,10 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
 
     cfg.params.validate()
     started = time.perf_counter()
-    log_ = load_events(cfg.events, skip_bad_rows=cfg.skip_bad_rows)
-    frame = log_.frame
+    sources = cfg.events if isinstance(cfg.events, list) else [cfg.events]
+    logs = [load_events(path, skip_bad_rows=cfg.skip_bad_rows) for path in sources]
+    frame = pd.concat([one.frame for one in logs], ignore_index=True)
+    bad_rows = sum(one.report.bad_rows for one in logs)
     catalogue = load_catalogue(cfg.items) if cfg.items else {}
 
     holdout = evaluate_holdout(
@@ -143,7 +146,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment_id = _experiment(settings)
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_params(_params(cfg, frame, log_.report.bad_rows))
+        mlflow.log_params(_params(cfg, sources, frame, bad_rows))
         mlflow.log_metrics(holdout.flat())
         mlflow.log_metric("holdout_users", holdout.users_evaluated)
 
@@ -248,7 +251,9 @@ def _champion_metric(registry: ModelRegistry, version: str, k: int) -> float | N
     return found[0] if found else None
 
 
-def _params(cfg: TrainConfig, frame: pd.DataFrame, bad_rows: int) -> dict[str, Any]:
+def _params(
+    cfg: TrainConfig, sources: list[Path], frame: pd.DataFrame, bad_rows: int
+) -> dict[str, Any]:
     return {
         **{f"model.{k}": v for k, v in cfg.params.relevant().items()},
         **{f"weight.{k}": v for k, v in cfg.weights.items()},
@@ -256,7 +261,7 @@ def _params(cfg: TrainConfig, frame: pd.DataFrame, bad_rows: int) -> dict[str, A
         "test_fraction": cfg.test_fraction,
         "min_user_events": cfg.min_user_events,
         "k": cfg.k,
-        "events_path": str(cfg.events),
+        "events_path": ", ".join(str(p) for p in sources)[:500],
         "items_path": str(cfg.items or ""),
         "events_rows": len(frame),
         "events_bad_rows_skipped": bad_rows,
