@@ -52,6 +52,17 @@ class Settings:
     """OMNIREC_MAX_LIMIT: the largest ``limit`` a request may ask for."""
     history_length: int = 200
     """OMNIREC_HISTORY_LENGTH: recent events kept per person in Redis."""
+    engagement_length: int = 500
+    """OMNIREC_ENGAGEMENT_LENGTH: live engagement events (deliveries, opens, visits) kept
+    per person for send-time and channel answers."""
+    engagement_half_life_days: float = 30.0
+    """OMNIREC_ENGAGEMENT_HALF_LIFE_DAYS: how fast old engagement fades in send-time and
+    channel answers."""
+    default_timezone: str = "UTC"
+    """OMNIREC_DEFAULT_TIMEZONE: zone for people whose zone no event or request gives."""
+    explore_rate: float = 0.0
+    """OMNIREC_EXPLORE_RATE: share of PredictSendTime answers drawn by Thompson sampling
+    instead of the best slot, so future data stops echoing past schedules (0 = never)."""
     recency_half_life_events: float = 10.0
     """OMNIREC_RECENCY_HALF_LIFE_EVENTS: in a person's history, an event this many
     positions back counts half as much as the newest when serving."""
@@ -136,6 +147,10 @@ def _validate(s: Settings) -> None:
     need(1 <= s.default_limit <= s.max_limit, "default_limit", "must be 1..max_limit")
     need(s.history_length >= 1, "history_length", "must be at least 1")
     need(s.grace_seconds >= 0, "grace_seconds", "must not be negative")
+    need(s.engagement_length >= 1, "engagement_length", "must be at least 1")
+    need(s.engagement_half_life_days > 0, "engagement_half_life_days", "must be positive")
+    need(_zone_ok(s.default_timezone), "default_timezone", "is not a known IANA time zone")
+    need(0 <= s.explore_rate <= 1, "explore_rate", "must be between 0 and 1")
     need(s.recency_half_life_events > 0, "recency_half_life_events", "must be positive")
     need(s.recent_events >= 0, "recent_events", "must not be negative")
     need(s.trending_half_life_hours > 0, "trending_half_life_hours", "must be positive")
@@ -149,6 +164,12 @@ def _validate(s: Settings) -> None:
         need(bool(getattr(s, field)), field, "must not be empty")
 
 
+def _zone_ok(name: str) -> bool:
+    from service.events import is_valid_timezone
+
+    return is_valid_timezone(name)
+
+
 def feature_store(settings: Settings, timeout_seconds: float | None = None) -> FeatureStore:
     """The feature store these settings describe (client connects lazily)."""
     from service.features import FeatureStore, connect
@@ -157,6 +178,7 @@ def feature_store(settings: Settings, timeout_seconds: float | None = None) -> F
         connect(settings.redis_url, timeout_seconds or settings.redis_timeout_seconds),
         settings.key_prefix,
         history_length=settings.history_length,
+        engagement_length=settings.engagement_length,
         trending_half_life_hours=settings.trending_half_life_hours,
         stream_maxlen=settings.stream_maxlen,
     )

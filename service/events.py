@@ -50,8 +50,15 @@ COLUMNS: tuple[str, ...] = (
     "channel",
     "timezone",
     "value",
+    "automated",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "event_type", "timestamp")
+#: ``automated`` (optional, boolean): the open or click came from a mail privacy proxy or a
+#: link scanner, not the person. Such events say nothing about when the person reads, so
+#: engagement models ignore them. In text files these spellings are accepted (any case);
+#: an empty field is false.
+AUTOMATED_TRUE: tuple[str, ...] = ("true", "1", "yes", "t")
+AUTOMATED_FALSE: tuple[str, ...] = ("false", "0", "no", "f", "")
 
 #: Longest id accepted; longer ones are almost always a column mix-up.
 MAX_ID_LENGTH = 256

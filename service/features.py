@@ -23,11 +23,13 @@ Keys (``P`` is the configured prefix, ``<pub>`` a publication id)::
     P:pub:<pub>:meta                    hash    facts about the publication
     P:pub:<pub>:popular                 zset    item_id -> popularity
     P:pub:<pub>:cobuy:{<item>}          zset    item_id -> times bought by the same people
-    P:pub:<pub>:user:{<user>}           hash    history / purchased / disliked (JSON)
+    P:pub:<pub>:user:{<user>}           hash    history / purchased / disliked (JSON),
+                                                engagement (send-time profile, JSON)
     P:live:user:{<user>}:history        list    JSON [item, type, ts], newest first, bounded
     P:live:user:{<user>}:purchased      set     item ids
     P:live:user:{<user>}:disliked       set     item ids
-    P:live:user:{<user>}:engagement     hash    "<channel>:<event_type>" -> count, "tz"
+    P:live:user:{<user>}:engagement     list    JSON [channel, type, ts, zone, automated],
+                                                newest first, bounded (send time, channels)
     P:live:trending:<day>               zset    item_id -> decayed weight (see below)
     P:events                            stream  every accepted live event, bounded
     P:events:exported                   string  id of the last exported stream entry
@@ -152,6 +154,8 @@ class UserFeatures:
     """Newest first."""
     purchased: set[str] = field(default_factory=set)
     disliked: set[str] = field(default_factory=set)
+    engagement: str | None = None
+    """Send-time profile as published by training (JSON owned by ``send_time``)."""
 
     @property
     def is_empty(self) -> bool:
@@ -159,11 +163,14 @@ class UserFeatures:
 
 
 def encode_user(features: UserFeatures) -> dict[str, str]:
-    return {
+    encoded = {
         "history": _json([list(h) for h in features.history]),
         "purchased": _json(sorted(features.purchased)),
         "disliked": _json(sorted(features.disliked)),
     }
+    if features.engagement is not None:
+        encoded["engagement"] = features.engagement
+    return encoded
 
 
 def decode_user(raw: Mapping[bytes | str, bytes | str]) -> UserFeatures:
@@ -173,6 +180,7 @@ def decode_user(raw: Mapping[bytes | str, bytes | str]) -> UserFeatures:
         history=history,
         purchased=set(json.loads(fields_.get("purchased", "[]"))),
         disliked=set(json.loads(fields_.get("disliked", "[]"))),
+        engagement=fields_.get("engagement"),
     )
 
 
@@ -270,6 +278,23 @@ class TrackedEvent:
     channel: str = ""
     timezone: str = ""
     value: float = 0.0
+    automated: bool = False
+
+
+EngagementEvent = tuple[str, str, int, str, bool]
+"""``(channel, event_type, epoch_seconds, timezone, automated)``."""
+
+
+@dataclass
+class EngagementView:
+    """What send-time and channel questions need about one person, in one round trip."""
+
+    published: str | None
+    """The profile training published (JSON), None when there is none."""
+    published_until: int | None
+    """Newest event time the published profile covers (its data end)."""
+    live: list[EngagementEvent]
+    """Tracked events, newest first; those after ``published_until`` are new."""
 
 
 @dataclass
@@ -309,12 +334,15 @@ class FeatureStore:
         prefix: str = "omnirec",
         *,
         history_length: int = 200,
+        engagement_length: int = 500,
         trending_half_life_hours: float = 6.0,
         stream_maxlen: int = 5_000_000,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.history_length = history_length
+        self.engagement_length = engagement_length
+        self._data_end: dict[str, int | None] = {}
         self.trending_half_life_hours = trending_half_life_hours
         self.stream_maxlen = stream_maxlen
         self._pointer: tuple[str | None, float] = (None, 0.0)
@@ -396,6 +424,26 @@ class FeatureStore:
             )
         return [(_text(i), float(s)) for i, s in raw]
 
+    def engagement_view(self, user_id: str) -> EngagementView:
+        pub = self.current_publication()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lrange(live_key(self.prefix, user_id, "engagement"), 0, self.engagement_length - 1)
+        if pub is not None:
+            pipe.hget(user_key(self.prefix, pub, user_id), "engagement")
+        with _unavailable("reading engagement"):
+            replies = pipe.execute()
+        live = [_decode_engagement(raw) for raw in replies[0]]
+        published = _text(replies[1]) if pub is not None and replies[1] is not None else None
+        return EngagementView(published, self._published_until(pub), live)
+
+    def _published_until(self, pub: str | None) -> int | None:
+        if pub is None:
+            return None
+        if pub not in self._data_end:
+            raw = self.publication_meta(pub).get("data_end")
+            self._data_end[pub] = int(raw) if raw else None
+        return self._data_end[pub]
+
     def publication_meta(self, pub: str) -> dict[str, str]:
         with _unavailable("reading publication metadata"):
             raw = self.client.hgetall(meta_key(self.prefix, pub))
@@ -423,6 +471,7 @@ class FeatureStore:
                     "channel": e.channel,
                     "timezone": e.timezone,
                     "value": repr(e.value),
+                    "automated": "1" if e.automated else "0",
                 },
                 maxlen=self.stream_maxlen,
                 approximate=True,
@@ -443,20 +492,17 @@ class FeatureStore:
                         weight, e.timestamp, now, self.trending_half_life_hours
                     )
                     pipe.zincrby(today, inc, e.item_id)
-            if e.channel:
-                pipe.hincrby(live_key(p, e.user_id, "engagement"), f"{e.channel}:{e.event_type}")
-            if e.timezone:
-                pipe.hset(live_key(p, e.user_id, "engagement"), "tz", e.timezone)
+            pipe.lpush(
+                live_key(p, e.user_id, "engagement"),
+                _json([e.channel, e.event_type, e.timestamp, e.timezone, e.automated]),
+            )
         for user in histories:
             pipe.ltrim(live_key(p, user, "history"), 0, self.history_length - 1)
+        for user in {e.user_id for e in events}:
+            pipe.ltrim(live_key(p, user, "engagement"), 0, self.engagement_length - 1)
         pipe.expire(today, TRENDING_TTL_SECONDS)
         with _unavailable("recording events"):
             pipe.execute()
-
-    def engagement(self, user_id: str) -> dict[str, str]:
-        with _unavailable("reading engagement"):
-            raw = self.client.hgetall(live_key(self.prefix, user_id, "engagement"))
-        return {_text(k): _text(v) for k, v in raw.items()}
 
     # -- the durable event stream (export for training) --
 
@@ -594,6 +640,11 @@ class FeatureStore:
 
     def publications(self) -> list[str]:
         return [_text(p) for p in self.client.lrange(publications_key(self.prefix), 0, -1)]
+
+
+def _decode_engagement(raw: bytes | str) -> EngagementEvent:
+    channel, kind, ts, zone, automated = json.loads(raw)
+    return str(channel), str(kind), int(ts), str(zone), bool(automated)
 
 
 def _sadd_mask(batch: Sequence[tuple[str, Mapping[str, Any]]]) -> list[bool]:

@@ -6,7 +6,6 @@ to a real server; ``__main__`` only adds signals and settings around it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import threading
@@ -21,19 +20,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from omnirec.v1 import engagement_pb2 as epb
+from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.catalogue import MAX_CATEGORY_LENGTH, CatalogueCache, ItemFilter
 from service.config import Settings
-from service.errors import BadInput, ModelNotFound, NotFound, StoreUnavailable
+from service.engagement import EngagementService, priors_of
+from service.errors import BadInput, NotFound
 from service.events import MAX_ID_LENGTH, validate_event
 from service.features import FeatureStore, TrackedEvent
 from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
 from service.registry import ServedModel
+from service.rpc import check_id, check_limit, rpc
+from service.send_time import Priors
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (pb.DESCRIPTOR.services_by_name["Recommender"].full_name,)
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Recommender"].full_name,
+    epb.DESCRIPTOR.services_by_name["Engagement"].full_name,
+)
 
 Request = TypeVar("Request")
 
@@ -47,6 +54,12 @@ class Engine:
 
     model: ServedModel
     recommender: Recommender
+    priors: Priors
+    """Send-time and channel priors learnt with this model."""
+
+    @classmethod
+    def of(cls, model: ServedModel, params: ServingParams) -> Engine:
+        return cls(model, Recommender(model.bundle, params), priors_of(model.bundle.metadata))
 
 
 class ModelHolder:
@@ -54,59 +67,13 @@ class ModelHolder:
 
     def __init__(self, model: ServedModel, params: ServingParams) -> None:
         self.params = params
-        self.engine = Engine(model, Recommender(model.bundle, params))
+        self.engine = Engine.of(model, params)
 
     def swap(self, model: ServedModel) -> None:
-        engine = Engine(model, Recommender(model.bundle, self.params))
+        engine = Engine.of(model, self.params)
         # One reference assignment: a request sees the old engine or the new one.
         self.engine = engine
         log.info("now serving %s", model.label)
-
-
-# --- errors at the boundary -----------------------------------------------------------
-
-
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Maps domain errors to status codes once, so handlers raise, never abort."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except BadInput as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except StoreUnavailable as exc:
-            log.warning("%s: %s", method.__name__, exc)
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store unavailable: {exc}")
-        except ModelNotFound as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-
-    return wrapper
-
-
-def check_id(field: str, value: str) -> str:
-    if not value:
-        raise BadInput(field, "is required")
-    if len(value) > MAX_ID_LENGTH:
-        raise BadInput(field, f"is longer than {MAX_ID_LENGTH} characters")
-    return value
-
-
-def check_limit(limit: int, settings: Settings) -> int:
-    if limit == 0:
-        return settings.default_limit
-    if not 1 <= limit <= settings.max_limit:
-        raise BadInput(
-            "limit",
-            f"must be between 1 and {settings.max_limit} (0 means the default, "
-            f"{settings.default_limit}); got {limit}",
-        )
-    return limit
 
 
 def _flag(request: Any, name: str, default: bool) -> bool:
@@ -142,6 +109,7 @@ def to_tracked(event: pb.Event, now: float) -> TrackedEvent:
         event.channel,
         event.timezone,
         event.value,
+        event.automated,
     )
 
 
@@ -173,7 +141,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.store = store
         self.catalogue = CatalogueCache(store.catalogue)
 
-    @_rpc
+    @rpc
     def Recommend(  # noqa: N802 (gRPC method name)
         self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
@@ -203,7 +171,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             recommendation_id=uuid.uuid4().hex,
         )
 
-    @_rpc
+    @rpc
     def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext
     ) -> pb.SimilarItemsResponse:
@@ -244,7 +212,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             recommendation_id=uuid.uuid4().hex,
         )
 
-    @_rpc
+    @rpc
     def TrackEvents(  # noqa: N802
         self, request: pb.TrackEventsRequest, context: grpc.ServicerContext
     ) -> pb.TrackEventsResponse:
@@ -265,7 +233,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             accepted=len(accepted), rejected=len(rejections), rejections=rejections
         )
 
-    @_rpc
+    @rpc
     def UpsertItems(  # noqa: N802
         self, request: pb.UpsertItemsRequest, context: grpc.ServicerContext
     ) -> pb.UpsertItemsResponse:
@@ -400,6 +368,7 @@ def build_server(
         options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_RecommenderServicer_to_server(RecommenderService(settings, models, store), server)
+    epb_grpc.add_EngagementServicer_to_server(EngagementService(settings, models, store), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

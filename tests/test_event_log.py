@@ -16,7 +16,9 @@ from service.errors import OmnirecError
 from service.events import COLUMNS, EVENT_TYPES, MAX_ID_LENGTH
 from training.event_log import EventLogError, load_events, write_events
 
-HEADER = ",".join(COLUMNS)
+# The files of most tests leave out the optional ``automated`` column (so it is False).
+HEADER = ",".join(c for c in COLUMNS if c != "automated")
+FULL_HEADER = ",".join(COLUMNS)
 JAN_1_2024 = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 CLEAN_ROWS = [
@@ -46,6 +48,7 @@ def clean_frame() -> pd.DataFrame:
             "channel": pd.Series(["web", "app", "email", ""], dtype="str"),
             "timezone": pd.Series(["Europe/Berlin", "", "", "America/New_York"], dtype="str"),
             "value": [np.nan, 19.99, np.nan, np.nan],
+            "automated": np.zeros(4, dtype=bool),
         }
     )
 
@@ -356,8 +359,11 @@ def test_parquet_directory_is_one_data_set(tmp_path: Path) -> None:
 def test_write_then_load_round_trips(tmp_path: Path, name: str) -> None:
     frame = clean_frame()
     frame.loc[0, "value"] = 1 / 3
+    frame.loc[2, "automated"] = True
     write_events(frame, tmp_path / name)
-    pd.testing.assert_frame_equal(load_events(tmp_path / name).frame, frame)
+    loaded = load_events(tmp_path / name).frame
+    pd.testing.assert_frame_equal(loaded, frame)
+    assert loaded["automated"].dtype == bool
 
 
 def test_write_events_accepts_loose_input(tmp_path: Path) -> None:
@@ -383,3 +389,112 @@ def test_write_events_accepts_loose_input(tmp_path: Path) -> None:
 def test_write_events_refuses_unknown_extension(tmp_path: Path) -> None:
     with pytest.raises(EventLogError, match="cannot write"):
         write_events(clean_frame(), tmp_path / "e.json")
+
+
+# --- the optional automated flag -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        (" Yes ", True),
+        ("1", True),
+        ("t", True),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("0", False),
+        ("F", False),
+        ("", False),
+    ],
+)
+def test_automated_spellings_in_csv(tmp_path: Path, text: str, flag: bool) -> None:
+    path = write_csv(tmp_path, [f"u1,,message_open,1700000000,email,,,{text}"], FULL_HEADER)
+    frame = load_events(path).frame
+    assert frame["automated"].dtype == bool
+    assert frame["automated"].tolist() == [flag]
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", "-1", "y", "nope"])
+def test_bad_automated_is_a_bad_row_naming_the_field(tmp_path: Path, text: str) -> None:
+    rows = ["u1,,message_open,1700000000,email,,,true", f"u1,,message_open,1,email,,,{text}"]
+    with pytest.raises(EventLogError) as caught:
+        load_events(write_csv(tmp_path, rows, FULL_HEADER))
+    report = caught.value.report
+    assert report.reasons == collections.Counter({"bad automated": 1})
+    location, reason = report.examples[0]
+    assert location == "line 3"
+    assert reason.startswith(f"automated {text!r} is not a boolean")
+
+
+def test_skip_bad_rows_drops_bad_automated(tmp_path: Path) -> None:
+    rows = ["u1,,message_open,1700000000,email,,,yes", "u2,,message_open,1,email,,,perhaps"]
+    log = load_events(write_csv(tmp_path, rows, FULL_HEADER), skip_bad_rows=True)
+    assert log.frame["user_id"].tolist() == ["u1"]
+    assert log.frame["automated"].tolist() == [True]
+
+
+def test_parquet_native_automated_types(tmp_path: Path) -> None:
+    base = {"user_id": ["u"] * 3, "event_type": ["message_open"] * 3, "timestamp": [1, 2, 3]}
+    cases = {
+        "bool": pa.array([True, None, False], pa.bool_()),
+        "int": pa.array([1, 0, None], pa.int8()),
+        "text": pa.array(["yes", "", "no"]),
+        "dictionary": pa.array(["TRUE", "false", None]).dictionary_encode(),
+    }
+    for name, flags in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({**base, "automated": flags}), path)
+        frame = load_events(path).frame
+        assert frame["automated"].tolist() == [True, False, False], name
+
+
+def test_parquet_integer_automated_other_than_0_1_is_bad(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    table = pa.table(
+        {"user_id": ["u", "u"], "event_type": ["message_open"] * 2, "timestamp": [1, 2]}
+    ).append_column("automated", pa.array([0, 2]))
+    pq.write_table(table, path)
+    with pytest.raises(EventLogError) as caught:
+        load_events(path)
+    assert caught.value.report.examples == [
+        ("row 1", "automated '2' is not a boolean (true/false, 1/0, yes/no, t/f or empty)")
+    ]
+
+
+def test_parquet_automated_of_an_unusable_type_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    table = pa.table(
+        {"user_id": ["u"], "event_type": ["message_open"], "timestamp": [1], "automated": [0.5]}
+    )
+    pq.write_table(table, path)
+    with pytest.raises(EventLogError, match="column automated has type double"):
+        load_events(path)
+
+
+def test_write_events_converts_automated_text_and_refuses_other_values(tmp_path: Path) -> None:
+    frame = clean_frame().drop(columns="automated")
+    write_events(frame, tmp_path / "absent.parquet")
+    assert not load_events(tmp_path / "absent.parquet").frame["automated"].any()
+
+    frame["automated"] = ["yes", "No", None, "TRUE"]
+    write_events(frame, tmp_path / "text.csv")
+    assert load_events(tmp_path / "text.csv").frame["automated"].tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert pq.read_schema(_written(frame, tmp_path)).field("automated").type == pa.bool_()
+
+    frame["automated"] = ["yes", "maybe", "no", "no"]
+    with pytest.raises(EventLogError, match="automated 'maybe' is not a boolean in 1 rows"):
+        write_events(frame, tmp_path / "bad.parquet")
+
+
+def _written(frame: pd.DataFrame, directory: Path) -> Path:
+    path = directory / "written.parquet"
+    write_events(frame, path)
+    return path

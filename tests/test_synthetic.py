@@ -86,6 +86,7 @@ def test_writes_the_three_files_in_contract_order(small: GeneratedData) -> None:
     assert str(schema.field("value").type) == "double"
     for name in ("user_id", "item_id", "event_type", "channel", "timezone"):
         assert str(schema.field(name).type) == "string"
+    assert str(schema.field("automated").type) == "bool"
     items = pq.read_schema(small.items)
     assert items.names == ["item_id", "category", "title", "price", "in_stock"]
     assert str(items.field("in_stock").type) == "bool"
@@ -210,6 +211,9 @@ def test_truth_describes_every_user(events: pd.DataFrame, truth: dict) -> None:
         assert 7 <= user["active_hour_local"] <= 22
         assert user["preferred_channel"] in MESSAGE_CHANNELS
         assert set(user["open_rate"]) == set(MESSAGE_CHANNELS)
+        assert isinstance(user["proxy_opens"], bool)
+    proxies = sum(user["proxy_opens"] for user in truth["users"].values())
+    assert 0.2 < proxies / 300 < 0.4
     zones = {user["timezone"] for user in truth["users"].values()}
     assert len(zones) == 6
     per_user_zone = events.groupby("user_id").timezone.agg(set)
@@ -291,7 +295,7 @@ def test_the_brand_mostly_sends_at_its_fixed_hours(events: pd.DataFrame, truth: 
 def _deliveries_with_opens(events: pd.DataFrame) -> pd.DataFrame:
     """Deliveries with their local hour and whether an open followed on the same channel."""
     sent = events[events.event_type == "message_delivered"].copy()
-    opens = events[events.event_type == "message_open"]
+    opens = events[(events.event_type == "message_open") & ~events.automated]
     sent["sent_ts"] = sent.timestamp
     linked = pd.merge_asof(
         opens,
@@ -310,7 +314,7 @@ def _deliveries_with_opens(events: pd.DataFrame) -> pd.DataFrame:
 def test_open_rate_reveals_the_active_hour_that_open_counts_hide(year: tuple) -> None:
     events, truth = year
     sent = _deliveries_with_opens(events)
-    opens = events[events.event_type == "message_open"]
+    opens = events[(events.event_type == "message_open") & ~events.automated]
     open_hours = pd.Series(_local_hours(opens).astype(int), index=opens.index)
     window = np.zeros(24)
     window[[-2, -1, 0, 1, 2]] = 1  # a five-hour circular window evens out noise
@@ -347,3 +351,32 @@ def test_preferred_channel_has_the_best_open_rate(year: tuple) -> None:
     best = sent.groupby(["user_id", "channel"]).opened.mean().unstack().idxmax(axis=1)
     preferred = best.index.map(lambda u: truth["users"][u]["preferred_channel"])
     assert (best == preferred).mean() > 0.85
+
+
+def test_privacy_proxies_open_email_at_once_for_their_users_only(
+    events: pd.DataFrame, truth: dict
+) -> None:
+    automated = events[events.automated]
+    assert len(automated) > 0
+    assert set(automated.event_type) == {"message_open"}
+    assert set(automated.channel) == {"email"}
+    proxied = {user for user, planted in truth["users"].items() if planted["proxy_opens"]}
+    assert set(automated.user_id) <= proxied
+
+    # Each automated open follows an email delivery to the same person within a minute,
+    # and each such delivery (unless cut off by the window's end) is followed by one.
+    sent = events[(events.event_type == "message_delivered") & (events.channel == "email")]
+    sent = sent[["user_id", "timestamp"]].assign(sent_ts=sent.timestamp)
+    fetches = automated[["user_id", "timestamp"]].assign(fetch_ts=automated.timestamp)
+    back = pd.merge_asof(fetches, sent, on="timestamp", by="user_id")
+    assert (back.fetch_ts - back.sent_ts).between(0, 60).all()
+    to_proxies = sent[sent.user_id.isin(proxied)]
+    ahead = pd.merge_asof(to_proxies, fetches, on="timestamp", by="user_id", direction="forward")
+    in_time = (ahead.fetch_ts - ahead.sent_ts).between(0, 60)
+    assert in_time[(ahead.sent_ts < truth["end"] - 60).to_numpy()].all()
+    assert (to_proxies.sent_ts < truth["end"] - 60).sum() <= len(automated) <= len(to_proxies)
+
+    # People's own opens are unchanged: not flagged, and proxies have them too.
+    human = events[(events.event_type == "message_open") & ~events.automated]
+    assert human.user_id.isin(proxied).any()
+    assert not events[events.event_type != "message_open"].automated.any()

@@ -16,11 +16,15 @@ import subprocess
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import grpc
 import redis
 
+from omnirec.v1 import engagement_pb2 as epb
+from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.config import Settings, feature_store
@@ -101,7 +105,9 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
     print(f"\n== 1. synthetic data: {args.users} people, {args.items} items, {args.days} days")
-    data = generate(args.users, args.items, args.days, args.seed, work / "data")
+    # The log ends today, as a live brand's would, so recency weights look like real ones.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    data = generate(args.users, args.items, args.days, args.seed, work / "data", end=today)
     print(f"wrote {data.events}, {data.items}, {data.truth}")
 
     print("\n== 2. train (ALS) → MLflow → Redis")
@@ -136,6 +142,7 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
                         f"{it.score:8.3f}  {it.reason}"
                     )
             _taste_summary(stub, truth, category)
+            _engagement(epb_grpc.EngagementStub(channel), truth, people[:3])
     finally:
         running.stop(grace=1)
     uri = settings.mlflow_tracking_uri
@@ -165,3 +172,22 @@ def _taste_summary(stub: pb_grpc.RecommenderStub, truth: dict, category: dict) -
         f"{hits['personal'] / max(hits['shown'], 1):.0%} of personalised items vs "
         f"{hits['popular'] / max(hits['popular_shown'], 1):.0%} of the popular list"
     )
+
+
+def _engagement(stub: epb_grpc.EngagementStub, truth: dict, people: list[str]) -> None:
+    """Best channel and send time for a few people, next to what was planted."""
+    print("\n== 5. when and where to reach them (Engagement)")
+    for user in people:
+        planted = truth[user]
+        channels = stub.RankChannels(epb.RankChannelsRequest(user_id=user), timeout=5).channels
+        best = channels[0].channel
+        slot = stub.PredictSendTime(
+            epb.PredictSendTimeRequest(user_id=user, channel=best), timeout=5
+        )
+        local = slot.send_at.ToDatetime(tzinfo=UTC).astimezone(ZoneInfo(slot.timezone))
+        ranked = ", ".join(f"{c.channel} {c.score:.2f}" for c in channels[:3])
+        print(
+            f"{user}: channels {ranked} (planted {planted['preferred_channel']}); "
+            f"send {best} at {local:%a %H:%M} {slot.timezone} p={slot.probability:.2f} "
+            f"[{slot.source}] (planted active hour {planted['active_hour_local']}:00)"
+        )

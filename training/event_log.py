@@ -10,6 +10,10 @@ strings with or without an offset (naive means UTC), or as a native Parquet time
 date column. The check is deliberately permissive: only negative (before 1970) and
 unparseable timestamps are refused, plus anything after 9999-12-31, which no datetime
 library can represent and which is almost always epoch milliseconds passed as seconds.
+
+The optional ``automated`` flag is a native boolean in Parquet (null is false), 0/1 in an
+integer column, or in text one of ``service.events.AUTOMATED_TRUE`` / ``AUTOMATED_FALSE``
+in any case (empty is false).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import pyarrow.parquet as pq
 
 from service.errors import OmnirecError
 from service.events import (
+    AUTOMATED_FALSE,
+    AUTOMATED_TRUE,
     CHANNELS,
     COLUMNS,
     EVENT_TYPES,
@@ -63,7 +69,7 @@ _MISSING_USER, _LONG_USER = 1, 2
 _MISSING_TYPE, _UNKNOWN_TYPE = 3, 4
 _MISSING_ITEM, _LONG_ITEM = 5, 6
 _MISSING_TS, _BAD_TS, _NEGATIVE_TS, _LATE_TS = 7, 8, 9, 10
-_UNKNOWN_CHANNEL, _UNKNOWN_ZONE, _BAD_VALUE = 11, 12, 13
+_UNKNOWN_CHANNEL, _UNKNOWN_ZONE, _BAD_VALUE, _BAD_AUTOMATED = 11, 12, 13, 14
 _KINDS = {
     _MISSING_USER: "missing user_id",
     _LONG_USER: "user_id too long",
@@ -78,6 +84,7 @@ _KINDS = {
     _UNKNOWN_CHANNEL: "unknown channel",
     _UNKNOWN_ZONE: "unknown timezone",
     _BAD_VALUE: "bad value",
+    _BAD_AUTOMATED: "bad automated",
 }
 MALFORMED_ROW = "malformed row"
 
@@ -136,7 +143,8 @@ class EventLog:
     ``frame`` has exactly the columns of ``COLUMNS`` in that order and a RangeIndex:
     ``user_id``, ``item_id``, ``channel``, ``timezone`` are ``str`` (``""`` when absent),
     ``event_type`` is Categorical with categories ``EVENT_TYPES``, ``timestamp`` is int64
-    epoch seconds UTC and ``value`` is float64 (NaN when absent).
+    epoch seconds UTC, ``value`` is float64 (NaN when absent) and ``automated`` is bool
+    (False when absent).
     """
 
     frame: pd.DataFrame
@@ -187,14 +195,17 @@ def write_events(frame: pd.DataFrame, path: str | Path) -> None:
     """Write events as Parquet (``.parquet``/``.pq``) or CSV (``.csv``, ``.csv.gz``).
 
     Writes the contract's columns in contract order (extra columns are dropped, absent
-    optional ones written empty) with ``timestamp`` as int64 epoch seconds; a datetime64
-    ``timestamp`` column is converted (naive means UTC). Rows are not validated here:
-    :func:`load_events` reads back a frame equal to one it returned.
+    optional ones written empty, an absent ``automated`` as false) with ``timestamp`` as
+    int64 epoch seconds; a datetime64 ``timestamp`` column is converted (naive means UTC);
+    ``automated`` is written as a boolean (text in the accepted spellings is converted).
+    Rows are not validated here: :func:`load_events` reads back a frame equal to one it
+    returned.
 
     Raises
     ------
     EventLogError
-        on another extension, a missing required column or a missing timestamp.
+        on another extension, a missing required column, a missing timestamp or an
+        ``automated`` value that is not a boolean.
     """
     dest = Path(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -354,6 +365,8 @@ class _Fields:
     ts_code: np.ndarray
     values: np.ndarray
     bad_value: np.ndarray
+    automated: np.ndarray
+    bad_automated: np.ndarray
 
     @classmethod
     def parse(cls, table: pa.Table, source: str) -> _Fields:
@@ -377,14 +390,23 @@ class _Fields:
         else:
             values, bad_value = np.full(n, np.nan), np.zeros(n, dtype=bool)
             value_shown = pa.chunked_array([pa.nulls(n)])
+        if "automated" in names:
+            automated, bad_automated, automated_shown = _flags(
+                table.column("automated"), "automated", source
+            )
+        else:
+            automated, bad_automated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+            automated_shown = pa.chunked_array([pa.nulls(n)])
         return cls(
             strings=strings,
-            shown={"timestamp": stamp_shown, "value": value_shown},
+            shown={"timestamp": stamp_shown, "value": value_shown, "automated": automated_shown},
             type_index=type_index,
             seconds=seconds,
             ts_code=ts_code,
             values=values,
             bad_value=bad_value,
+            automated=automated,
+            bad_automated=bad_automated,
         )
 
     def check(self) -> np.ndarray:
@@ -408,6 +430,7 @@ class _Fields:
             (_UNKNOWN_CHANNEL, ~_np(pc.is_in(channel, value_set=pa.array(("", *CHANNELS))))),
             (_UNKNOWN_ZONE, ~_np(pc.is_in(zones, value_set=_valid_zones(zones)))),
             (_BAD_VALUE, self.bad_value),
+            (_BAD_AUTOMATED, self.bad_automated),
         ]
         codes = np.zeros(len(self.type_index), dtype=np.int8)
         # Later checks first, so that the earliest problem of a row is the one that stays.
@@ -435,6 +458,11 @@ class _Fields:
             return f"timezone {zone} is not a known IANA time zone"
         if code == _BAD_VALUE:
             return f"value {_quote(self.shown['value'][i].as_py())} is not a finite number"
+        if code == _BAD_AUTOMATED:
+            return (
+                f"automated {_quote(self.shown['automated'][i].as_py())} is not a boolean "
+                "(true/false, 1/0, yes/no, t/f or empty)"
+            )
         stamp = _quote(self.shown["timestamp"][i].as_py())
         if code == _BAD_TS:
             return f"timestamp {stamp} is neither epoch seconds nor ISO 8601"
@@ -460,6 +488,7 @@ class _Fields:
             "channel": text("channel"),
             "timezone": text("timezone"),
             "value": self.values[keep],
+            "automated": self.automated[keep],
         }
         return pd.DataFrame({name: columns[name] for name in COLUMNS})
 
@@ -556,6 +585,30 @@ def _values(column: pa.ChunkedArray, source: str) -> tuple[np.ndarray, np.ndarra
     return floats, bad, text
 
 
+def _flags(
+    column: pa.ChunkedArray, name: str, source: str
+) -> tuple[np.ndarray, np.ndarray, pa.ChunkedArray]:
+    """A boolean column (null and empty are False), the rows that are bad, and how to quote
+    a row. Native booleans, integers 0/1 and the text spellings of the contract are read."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = pc.cast(column, kind.value_type)
+        kind = kind.value_type
+    n = len(column)
+    if pa.types.is_boolean(kind) or pa.types.is_null(kind):
+        flags = pc.cast(column, pa.bool_()).fill_null(False)
+        return _np(flags), np.zeros(n, dtype=bool), column
+    if pa.types.is_integer(kind):
+        filled = pc.cast(column, pa.int64()).fill_null(0).to_numpy()
+        return filled == 1, (filled != 0) & (filled != 1), column
+    if not _is_text(kind):
+        raise EventLogError(f"{source}: column {name} has type {kind}; expected booleans")
+    text = pc.utf8_lower(_strings(column, name, source))
+    flags = _np(pc.is_in(text, value_set=pa.array(AUTOMATED_TRUE)))
+    known = flags | _np(pc.is_in(text, value_set=pa.array(AUTOMATED_FALSE)))
+    return flags, ~known, _strings(column, name, source)
+
+
 def _valid_zones(zones: pa.ChunkedArray) -> pa.Array:
     """The distinct names in ``zones`` that are known IANA zones, plus ""."""
     valid = [""]
@@ -605,12 +658,31 @@ def _to_arrow(frame: pd.DataFrame, dest: str) -> pa.Table:
             value = frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
             floats = pd.to_numeric(value, errors="raise").astype(np.float64)
             arrays[name] = pa.array(floats.to_numpy(), pa.float64(), from_pandas=True)
+        elif name == "automated":
+            arrays[name] = pa.array(_automated_flags(frame, name, dest), pa.bool_())
         elif name in frame.columns:
             text = frame[name].astype("str").fillna("")
             arrays[name] = pa.array(text).cast(pa.string())
         else:
             arrays[name] = pa.repeat("", n).cast(pa.string())
     return pa.table(arrays)
+
+
+def _automated_flags(frame: pd.DataFrame, name: str, dest: str) -> np.ndarray:
+    if name not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    column = frame[name]
+    if pd.api.types.is_bool_dtype(column.dtype) or pd.api.types.is_numeric_dtype(column.dtype):
+        return column.fillna(False).astype(bool).to_numpy()
+    # Text or objects: the contract's spellings (Python booleans print as True / False).
+    text = column.fillna("").astype("str").str.strip().str.lower()
+    unknown = ~text.isin((*AUTOMATED_TRUE, *AUTOMATED_FALSE))
+    if unknown.any():
+        example = _quote(text[unknown].iloc[0])
+        raise EventLogError(
+            f"{dest}: automated {example} is not a boolean in {int(unknown.sum())} rows"
+        )
+    return text.isin(AUTOMATED_TRUE).to_numpy()
 
 
 def _epoch_seconds(stamps: pd.Series, dest: str) -> np.ndarray:

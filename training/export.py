@@ -71,6 +71,8 @@ def export_events(store: FeatureStore, out_dir: str | Path) -> ExportResult:
     # The wire format cannot tell "no value" from 0.0; the export treats 0 as absent.
     value = pd.to_numeric(frame.get("value", np.nan), errors="coerce")
     frame["value"] = value.where(value != 0.0)
+    if "automated" in frame:
+        frame["automated"] = frame["automated"] == "1"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -16,6 +16,7 @@ from service.config import Settings, feature_store
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
 from training import evaluation
 from training.catalogue import load_catalogue
+from training.engagement import evaluate_send_time, learn_priors, user_profiles
 from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions, index_of
 from training.models import ModelParams, fit, to_bundle
@@ -141,6 +142,15 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         k=cfg.k,
     )
     print(holdout.table(), flush=True)
+    sendtime = evaluate_send_time(
+        frame,
+        cfg.test_fraction,
+        settings.engagement_half_life_days,
+        settings.default_timezone,
+    )
+    print(sendtime.table(), flush=True)
+    data_end = int(frame["timestamp"].max())
+    priors = learn_priors(frame, settings.engagement_half_life_days, settings.default_timezone)
 
     registry = ModelRegistry(settings)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
@@ -148,6 +158,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(_params(cfg, sources, frame, bad_rows))
         mlflow.log_metrics(holdout.flat())
+        mlflow.log_metrics(sendtime.flat())
         mlflow.log_metric("holdout_users", holdout.users_evaluated)
 
         log.info("fitting the final model on all %d events", len(frame))
@@ -162,7 +173,10 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             cfg.params,
             full.user_ids,
             full.item_ids,
-            _bundle_meta(cfg, full, frame, holdout, run.info.run_id),
+            {
+                **_bundle_meta(cfg, full, frame, holdout, run.info.run_id),
+                "engagement_priors": priors.to_dict(),
+            },
         )
         with tempfile.TemporaryDirectory(prefix="omnirec-bundle-") as tmp:
             bundle.save(tmp)
@@ -183,15 +197,19 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         if cfg.publish:
             # Publishing writes large pipelines: allow more than a request's timeout.
             store = feature_store(settings, max(settings.redis_timeout_seconds, 10.0))
+            profiles = user_profiles(
+                frame, data_end, settings.engagement_half_life_days, settings.default_timezone
+            )
             publication = publish(
                 store,
                 frame,
                 catalogue,
                 cfg.weights,
-                {"run_id": run.info.run_id, "model_version": version},
+                {"run_id": run.info.run_id, "model_version": version, "data_end": data_end},
                 history_length=settings.history_length,
                 popularity_half_life_days=cfg.popularity_half_life_days,
                 keep=settings.keep_publications,
+                engagement={user: p.to_json() for user, p in profiles.items()},
             )
             mlflow.set_tag("omnirec.publication", publication)
         mlflow.log_metric("train_seconds", time.perf_counter() - started)

@@ -17,8 +17,14 @@ from training.matrix import SECONDS_PER_DAY
 log = logging.getLogger(__name__)
 
 
-def user_features(frame: pd.DataFrame, history_length: int) -> Iterator[tuple[str, UserFeatures]]:
-    """Each person's newest ``history_length`` item events, purchases and dislikes."""
+def user_features(
+    frame: pd.DataFrame,
+    history_length: int,
+    engagement: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, UserFeatures]]:
+    """Each person's newest ``history_length`` item events, purchases and dislikes, and
+    their send-time profile (JSON) where ``engagement`` has one."""
+    engagement = engagement or {}
     items = frame[frame["event_type"].isin(ITEM_EVENT_TYPES)]
     items = items.sort_values(["user_id", "timestamp"], ascending=[True, False], kind="stable")
     users = items["user_id"].to_numpy()
@@ -26,13 +32,14 @@ def user_features(frame: pd.DataFrame, history_length: int) -> Iterator[tuple[st
     types = items["event_type"].astype(str).to_numpy()
     stamps = items["timestamp"].to_numpy(dtype=np.int64)
     bounds = np.flatnonzero(users[1:] != users[:-1]) + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [len(users)]))
+    starts = np.concatenate(([0], bounds)) if len(users) else np.empty(0, dtype=np.int64)
+    ends = np.concatenate((bounds, [len(users)])) if len(users) else np.empty(0, dtype=np.int64)
     for start, end in zip(starts, ends, strict=True):
         kinds = types[start:end]
         stop = min(end, start + history_length)
+        user = str(users[start])
         yield (
-            str(users[start]),
+            user,
             UserFeatures(
                 history=list(
                     zip(
@@ -44,8 +51,14 @@ def user_features(frame: pd.DataFrame, history_length: int) -> Iterator[tuple[st
                 ),
                 purchased=set(item_ids[start:end][kinds == "purchase"].tolist()),
                 disliked=set(item_ids[start:end][kinds == "dislike"].tolist()),
+                engagement=engagement.get(user),
             ),
         )
+    # People with messages or visits but no item events yet.
+    with_items = set(users.tolist())
+    for user, profile in engagement.items():
+        if user not in with_items:
+            yield user, UserFeatures(engagement=profile)
 
 
 def popularity(
@@ -104,6 +117,7 @@ def publish(
     history_length: int,
     popularity_half_life_days: float,
     keep: int,
+    engagement: Mapping[str, str] | None = None,
 ) -> str:
     """Upsert the catalogue, then write a new publication and make it live; returns
     its id. Items seen only in events join the catalogue without metadata (what
@@ -111,10 +125,10 @@ def publish(
     known = {i: {} for i in frame["item_id"].unique() if i and i not in catalogue}
     created = store.upsert_items([*catalogue.items(), *known.items()])
     log.info("catalogue: %d items written, %d new", len(catalogue) + len(known), created)
-    n_users = int(frame.loc[frame["event_type"].isin(ITEM_EVENT_TYPES), "user_id"].nunique())
-    log.info("publishing features of %d users to Redis", n_users)
+    n_users = int(frame["user_id"].nunique())
+    log.info("publishing features of %d people to Redis", n_users)
     return store.publish(
-        user_features(frame, history_length),
+        user_features(frame, history_length, engagement),
         popularity(frame, weights, popularity_half_life_days),
         bought_together(frame),
         meta,

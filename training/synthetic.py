@@ -11,7 +11,8 @@
     the catalogue: ``item_id``, ``category``, ``title``, ``price``, ``in_stock``.
 ``truth.json``
     what was planted per user (taste categories, time zone, active local hour, preferred
-    message channel and open rates), so tests can check that models recover it.
+    message channel, open rates and whether a mail privacy proxy opens their email), so
+    tests can check that models recover it.
 
 The log is a window export: only events in ``[end - days, end)`` are kept. Sessions and
 messages are kept whole when they start in the window, except that events after ``end``
@@ -21,6 +22,11 @@ The brand's historical send schedule is deliberately biased: most deliveries go 
 :data:`SEND_HOURS_UTC`, and opens follow deliveries within about half an hour. A histogram
 of open hours therefore mirrors the brand's schedule; a person's own best hour only shows
 up as the open *rate per delivery* by local hour.
+
+About :data:`PROXY_SHARE` of people read email through a privacy proxy (as Apple Mail
+Privacy Protection does): every email delivered to them is "opened" by the proxy within a
+minute, whatever the hour, and those opens carry ``automated=True``. Their own opens follow
+as for everyone else. Every other event has ``automated=False``.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` and vectorised, so the
 same arguments give byte-identical files; it runs at roughly a second per million events.
@@ -51,6 +57,8 @@ FORMATS: tuple[str, ...] = ("parquet", "csv")
 DEFAULT_END = datetime(2026, 10, 1, tzinfo=UTC)
 #: UTC hours at which the brand has historically sent most of its messages.
 SEND_HOURS_UTC: tuple[int, ...] = (9, 13, 18)
+#: Share of people whose email a privacy proxy opens automatically on delivery.
+PROXY_SHARE = 0.3
 #: Time zones users live in.
 TIMEZONES: tuple[str, ...] = (
     "Europe/London",
@@ -118,6 +126,7 @@ _AWAKE_FLOOR = 0.15
 _AWAKE_SD_H = 2.0
 _OPEN_DELAY_MEAN_S = 1_800.0
 _P_MESSAGE_CLICK = 0.3
+_PROXY_DELAY_S = 60  # a proxy fetches the email within this many seconds (inclusive)
 
 _TYPE = {name: code for code, name in enumerate(EVENT_TYPES)}
 _CHANNEL = {name: code for code, name in enumerate(CHANNELS)}
@@ -186,7 +195,7 @@ def generate(
     people = _make_people(rng, users, catalogue)
     log = _EventLog()
     _add_sessions(rng, people, catalogue, clock, log)
-    _add_messages(rng, people, clock, log)
+    proxy_opens = _add_messages(rng, people, clock, log)
     events = log.to_table(people, catalogue, clock.end)
     logger.info("generated %d events for %d users", events.num_rows, users)
 
@@ -197,7 +206,7 @@ def generate(
     )
     _write(events, data.events, fmt)
     _write(catalogue.to_table(), data.items, fmt)
-    truth = _truth(seed, clock, people, catalogue)
+    truth = _truth(seed, clock, people, catalogue, proxy_opens)
     data.truth.write_text(json.dumps(truth) + "\n", encoding="utf-8")
     logger.info("wrote %s, %s and %s", data.events, data.items, data.truth)
     return data
@@ -389,6 +398,7 @@ class _EventLog:
         ts: np.ndarray,
         channel: np.ndarray,
         item: np.ndarray | None = None,
+        automated: bool = False,
     ) -> None:
         n = len(user)
         self._parts.append(
@@ -398,17 +408,22 @@ class _EventLog:
                 np.full(n, _TYPE[event_type], np.int8),
                 ts.astype(np.int64, copy=False),
                 channel.astype(np.int8, copy=False),
+                np.full(n, automated, dtype=bool),
             )
         )
 
     def to_table(self, people: _People, catalogue: _Catalogue, end: int) -> pa.Table:
         """All events before ``end``, sorted by timestamp, as a table in ``COLUMNS`` order."""
-        user, item, etype, ts, channel = (np.concatenate(c) for c in zip(*self._parts, strict=True))
+        user, item, etype, ts, channel, automated = (
+            np.concatenate(c) for c in zip(*self._parts, strict=True)
+        )
         self._parts.clear()
         # A window export: what would happen after the end has not happened yet.
         keep = np.flatnonzero(ts < end)
         order = keep[_stable_order(ts[keep])]
-        user, item, etype, ts, channel = (c[order] for c in (user, item, etype, ts, channel))
+        user, item, etype, ts, channel, automated = (
+            c[order] for c in (user, item, etype, ts, channel, automated)
+        )
         priced = (etype == _TYPE["add_to_cart"]) | (etype == _TYPE["purchase"])
         value = np.where(priced, catalogue.price[item], np.nan)
         item_ids = pa.array([*catalogue.ids, ""], pa.string())
@@ -420,6 +435,7 @@ class _EventLog:
             "channel": pa.array(CHANNELS, pa.string()).take(channel),
             "timezone": pa.array(TIMEZONES, pa.string()).take(people.zone[user]),
             "value": pa.array(value, pa.float64(), mask=~priced),
+            "automated": pa.array(automated, pa.bool_()),
         }
         return pa.table([columns[name] for name in COLUMNS], names=list(COLUMNS))
 
@@ -525,7 +541,10 @@ def _draw_items(
     return catalogue.by_category[position].astype(np.int32)
 
 
-def _add_messages(rng: np.random.Generator, people: _People, clock: _Clock, log: _EventLog) -> None:
+def _add_messages(
+    rng: np.random.Generator, people: _People, clock: _Clock, log: _EventLog
+) -> np.ndarray:
+    """Deliveries, opens and clicks; returns which people have a privacy proxy on email."""
     n_users, n_msg = people.open_rate.shape
     per_week = np.array([_MESSAGES_PER_WEEK[c] for c in MESSAGE_CHANNELS])
     counts = rng.poisson(np.broadcast_to(per_week * clock.n_days / 7, (n_users, n_msg)))
@@ -555,8 +574,14 @@ def _add_messages(rng: np.random.Generator, people: _People, clock: _Clock, log:
     open_ts = sent + 5 + rng.exponential(_OPEN_DELAY_MEAN_S, n).astype(np.int64)
     clicked = opened & (rng.random(n) < _P_MESSAGE_CLICK)
     click_ts = open_ts + rng.integers(20, 180, n)
+    # Drawn last, so that adding proxies left every other event as it was.
+    proxy = rng.random(n_users) < PROXY_SHARE
+    fetched = proxy[user] & (channel == _CHANNEL["email"])
+    fetch_ts = sent[fetched] + rng.integers(0, _PROXY_DELAY_S + 1, fetched.sum())
+    log.add("message_open", user[fetched], fetch_ts, channel[fetched], automated=True)
     log.add("message_open", user[opened], open_ts[opened], channel[opened])
     log.add("message_click", user[clicked], click_ts[clicked], channel[clicked])
+    return proxy
 
 
 def _write(table: pa.Table, path: Path, fmt: str) -> None:
@@ -566,7 +591,9 @@ def _write(table: pa.Table, path: Path, fmt: str) -> None:
         pacsv.write_csv(table, path)
 
 
-def _truth(seed: int, clock: _Clock, people: _People, catalogue: _Catalogue) -> dict:
+def _truth(
+    seed: int, clock: _Clock, people: _People, catalogue: _Catalogue, proxy_opens: np.ndarray
+) -> dict:
     users = {}
     for i, user_id in enumerate(people.ids):
         users[user_id] = {
@@ -578,6 +605,7 @@ def _truth(seed: int, clock: _Clock, people: _People, catalogue: _Catalogue) -> 
                 channel: float(rate)
                 for channel, rate in zip(MESSAGE_CHANNELS, people.open_rate[i], strict=True)
             },
+            "proxy_opens": bool(proxy_opens[i]),
         }
     return {
         "seed": int(seed),

@@ -1,0 +1,720 @@
+"""Latency and throughput of omnirec's gRPC API next to a bare gRPC server and in-process
+scoring, all measured in the same run on the same machine.
+
+    python bench/bench_latency.py [--seconds 5] [--concurrency 8] [--users 2000]
+                                  [--items 500] [--profile]
+
+Sets up real parts in a temporary folder (a throw-away redis-server, a sqlite MLflow
+store, a synthetic log, one ALS training run that publishes to Redis), starts the real
+server with ``build_server`` and, in a process of its own, a bare gRPC "echo" server
+(generic bytes handler, same thread-pool size, replies of the size of a real Recommend
+answer): the ceiling the framework itself puts on any service.
+
+The load comes from separate client processes (``bench/loadgen.py``), so the client does
+not share the server's GIL: ``--concurrency`` calls outstanding in total, closed loop.
+Each target gets ``--warmup`` seconds, then ``--seconds`` measured; the table gives p50 and
+p99 latency of the calls started in the window and the calls completed per second. A
+second table gives the CPU each process group (client, server, Redis) burnt per call in
+that window, read from /proc: on a small machine it says who the cores went to.
+
+Then the same scoring code runs in-process, single-threaded: ``Recommender.recommend``
+with a ``ServingView`` read through ``FeatureStore.serving_view`` per call, the read
+alone, and scoring alone on views read beforehand.
+
+``--profile`` runs the Recommend load once more against a second server whose threads all
+run under ``cProfile`` (thread CPU time by default, ``--profile-clock wall`` for wall
+time) and prints the top functions by cumulative time, per call.
+
+An RPC the server answers with UNIMPLEMENTED is reported as such, never timed. Nothing is
+asserted: the numbers depend on the machine (and on a 2-core machine the client, the
+server and Redis share the same two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Spawned client processes import this file again (as __mp_main__): heavy imports
+# (numpy, mlflow, omnirec's service and training packages) stay inside functions.
+from loadgen import ECHO_METHOD, Job, JobResult, echo_server_main, load_worker_main
+
+SERVICE = "omnirec.v1.Recommender"
+#: Share of Recommend requests for people nobody has seen (popular / trending answers).
+UNKNOWN_USER_SHARE = 0.03
+#: Events per TrackEvents call.
+TRACK_BATCH = 100
+#: Distinct requests of each kind the clients pick from.
+POOL_SIZE = 4096
+TRACK_POOL_SIZE = 256
+
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {message}", flush=True)
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    per_second: float = 0.0
+    note: str = ""
+    events_per_call: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    error_detail: str = ""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """Process group → CPU seconds burnt in the measured window."""
+    completed: int = 0
+    skipped: str = ""
+    compare: bool = True
+    """Show the throughput ratio to the echo server."""
+
+    def percentile(self, q: float) -> float:
+        import numpy as np
+
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+# --- CPU accounting from /proc ----------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (all its threads) so far; 0 if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields_ = stat.rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / TICKS
+
+
+def cpu_of(groups: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+class ClientPool:
+    """``processes`` spawned load generators, reused for every target."""
+
+    def __init__(self, processes: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for n in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=load_worker_main, args=(child,), name=f"omnirec-bench-client-{n}"
+            )
+            proc.daemon = True
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def run(
+        self,
+        address: str,
+        method: str,
+        payloads: list[bytes],
+        concurrency: int,
+        warmup: float,
+        seconds: float,
+        cpu_groups: dict[str, list[int]],
+    ) -> tuple[JobResult, dict[str, float]]:
+        """Run one target on every client process; returns the merged result and the CPU
+        each group used in the measured window."""
+        n = len(self.conns)
+        start_at = time.monotonic() + 0.5  # time to open channels before the warm-up
+        for k, conn in enumerate(self.conns):
+            threads = concurrency // n + (1 if k < concurrency % n else 0)
+            conn.send(
+                Job(address, method, payloads, threads, start_at, warmup, seconds, seed=k + 1)
+            )
+        time.sleep(max(0.0, start_at + warmup - time.monotonic()))
+        before = cpu_of(cpu_groups)
+        time.sleep(max(0.0, start_at + warmup + seconds - time.monotonic()))
+        after = cpu_of(cpu_groups)
+        merged = JobResult()
+        for conn in self.conns:
+            r: JobResult = conn.recv()
+            merged.latencies += r.latencies
+            merged.completed += r.completed
+            merged.errors += r.errors
+            merged.error_detail = merged.error_detail or r.error_detail
+        return merged, {k: after[k] - before[k] for k in after}
+
+    def close(self, now: bool = False) -> None:
+        """Ask every process to finish (``now``: stop them mid-run)."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for proc in self.procs:
+            if not now:
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+
+
+class EchoServer:
+    """The bare gRPC server, in a spawned process of its own."""
+
+    def __init__(self, workers: int, reply_size: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=echo_server_main, args=(child, workers, reply_size), name="omnirec-bench-echo"
+        )
+        self.proc.daemon = True
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(30):
+            self.stop()
+            raise RuntimeError("the echo server did not start")
+        self.port: int = self.conn.recv()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid or 0
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send("stop")
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    users: list[str]
+    """Known (trained) people, from ``truth.json``."""
+    items: list[str]
+    """Catalogue item ids."""
+    rng: random.Random
+
+    def recommend_users(self, count: int) -> list[str]:
+        """Known people with a few % of strangers mixed in."""
+        return [
+            f"bench-stranger-{self.rng.randrange(10**9)}"
+            if self.rng.random() < UNKNOWN_USER_SHARE
+            else self.rng.choice(self.users)
+            for _ in range(count)
+        ]
+
+    def recommend(self) -> list[bytes]:
+        from omnirec.v1 import recommender_pb2 as pb
+
+        return [
+            pb.RecommendRequest(user_id=u, limit=10).SerializeToString()
+            for u in self.recommend_users(POOL_SIZE)
+        ]
+
+    def similar(self) -> list[bytes]:
+        from omnirec.v1 import recommender_pb2 as pb
+
+        return [
+            pb.SimilarItemsRequest(
+                item_id=self.rng.choice(self.items), limit=10
+            ).SerializeToString()
+            for _ in range(POOL_SIZE)
+        ]
+
+    def track(self) -> list[bytes]:
+        from omnirec.v1 import recommender_pb2 as pb
+
+        channels = ("web", "app")
+        return [
+            pb.TrackEventsRequest(
+                events=[
+                    pb.Event(
+                        user_id=self.rng.choice(self.users),
+                        item_id=self.rng.choice(self.items),
+                        event_type="view",
+                        channel=self.rng.choice(channels),
+                    )
+                    for _ in range(TRACK_BATCH)
+                ]
+            ).SerializeToString()
+            for _ in range(TRACK_POOL_SIZE)
+        ]
+
+
+def method_path(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+def probe(address: str, name: str, payloads: list[bytes], calls: int = 20) -> tuple[str, int]:
+    """A few sync calls before the load: ``("", mean reply bytes)`` when the RPC works,
+    ``("unimplemented", 0)`` or ``("<CODE>: <details>", 0)`` when it does not."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(method_path(name))
+        sizes = []
+        for request in payloads[:calls]:
+            try:
+                sizes.append(len(call(request, timeout=10)))
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    return "unimplemented", 0
+                return f"{code.name}: {exc.details()}", 0  # type: ignore[attr-defined]
+    return "", sum(sizes) // max(len(sizes), 1)
+
+
+# --- setup --------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    settings: Any
+    model: Any
+    store: Any
+    workload: Workload
+
+
+def set_up(args: argparse.Namespace, tmp: Path, redis_url: str) -> Setup:
+    say("importing omnirec (mlflow is slow to import) ...")
+    import pyarrow.parquet as pq
+
+    from service.config import feature_store, load_settings
+    from service.registry import ModelRegistry, quiet_mlflow
+    from training.pipeline import TrainConfig, train
+    from training.synthetic import generate
+
+    quiet_mlflow()
+    settings = load_settings(
+        {},
+        redis_url=redis_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        artifact_root=str(tmp / "artifacts"),
+        model_poll_seconds=0.0,
+        workers=args.workers,
+        host="127.0.0.1",
+        port=0,
+    )
+    say(f"generating synthetic data: {args.users} people, {args.items} items, 60 days ...")
+    data = generate(args.users, args.items, 60, args.seed, tmp / "data")
+    say("training ALS, logging to MLflow (sqlite), publishing features to Redis ...")
+    result = train(settings, TrainConfig(events=data.events, items=data.items))
+    say(f"registered {settings.model_name}/{result.version}; loading it from the registry ...")
+    model = ModelRegistry(settings).load_alias(settings.model_alias)
+    users = sorted(json.loads(Path(data.truth).read_text())["users"])
+    items = [str(i) for i in pq.read_table(data.items, columns=["item_id"])["item_id"].to_pylist()]
+    workload = Workload(users, items, random.Random(args.seed))
+    return Setup(settings, model, feature_store(settings), workload)
+
+
+# --- in-process ---------------------------------------------------------------------------
+
+
+def timed_loop(fn: Callable[[int], object], seconds: float) -> tuple[list[float], float]:
+    """Call ``fn(0)``, ``fn(1)``, … for ``seconds``; per-call latencies and calls/s."""
+    clock = time.perf_counter
+    n = 0
+    latencies: list[float] = []
+    begin = clock()
+    end = begin + seconds
+    while True:
+        started = clock()
+        if started >= end:
+            break
+        fn(n)
+        latencies.append(clock() - started)
+        n += 1
+    return latencies, len(latencies) / (clock() - begin)
+
+
+def in_process_rows(setup: Setup, seconds: float, redis_pid: int) -> list[Row]:
+    from service.catalogue import CatalogueCache
+    from service.config import feature_store
+    from service.recommender import RankingOptions, Recommender, ServingParams
+
+    s = setup.settings
+    store = feature_store(s)
+    recommender = Recommender(
+        setup.model.bundle, ServingParams(s.recency_half_life_events, s.recent_events)
+    )
+    cache = CatalogueCache(store.catalogue)
+    options = RankingOptions(limit=10)
+    popular = recommender.popular_count(options)
+    users = setup.workload.recommend_users(POOL_SIZE)
+
+    def read_and_score(n: int) -> object:
+        user = users[n % len(users)]
+        view = store.serving_view(user, popular)
+        return recommender.recommend(user, view, cache.get(view.catalogue_version), options)
+
+    def read_only(n: int) -> object:
+        view = store.serving_view(users[n % len(users)], popular)
+        return cache.get(view.catalogue_version)
+
+    views = [store.serving_view(u, popular) for u in users[:1000]]
+    catalogue = cache.get(views[0].catalogue_version)
+
+    def score_only(n: int) -> object:
+        k = n % len(views)
+        return recommender.recommend(users[k], views[k], catalogue, options)
+
+    # Only this process runs code now (the servers idle): its CPU is the scoring code's.
+    groups = {"client": [], "server": [os.getpid()], "redis": [redis_pid]}
+    rows = []
+    for name, fn in (
+        ("in-process Recommend (store read + score)", read_and_score),
+        ("in-process store read only (1 round trip)", read_only),
+        ("in-process scoring only (view pre-read)", score_only),
+    ):
+        say(f"in-process: {name} for {seconds:g}s ...")
+        timed_loop(fn, 0.5)  # warm-up
+        before = cpu_of(groups)
+        latencies, rate = timed_loop(fn, seconds)
+        after = cpu_of(groups)
+        cpu = {k: after[k] - before[k] for k in after}
+        rows.append(
+            Row(name, latencies, rate, "1 thread", completed=len(latencies), cpu=cpu, compare=False)
+        )
+    return rows
+
+
+# --- profile ------------------------------------------------------------------------------
+
+#: Frames that only carry threads: left out of the profile listing.
+PLUMBING = (
+    ("threading.py", "run"),
+    ("threading.py", "_bootstrap"),
+    ("threading.py", "_bootstrap_inner"),
+    ("thread.py", "_worker"),
+    ("bench_latency.py", "start_profiler"),
+    ("~", "<method 'enable' of '_lsprof.Profiler' objects>"),
+)
+#: Frames that mostly wait (for work, for the next event, for the next health check):
+#: left out of wall-time listings, where they would top the list.
+IDLE = (
+    ("threading.py", "wait"),
+    ("_server.py", "_serve"),
+    ("server.py", "_run"),
+    ("~", "<method 'get' of '_queue.SimpleQueue' objects>"),
+    ("~", "<method 'acquire' of '_thread.lock' objects>"),
+    ("~", "<method 'poll' of 'grpc._cython.cygrpc.CompletionQueue' objects>"),
+)
+
+
+def profile_recommend(
+    setup: Setup,
+    pool: ClientPool,
+    payloads: list[bytes],
+    args: argparse.Namespace,
+    unprofiled: float,
+) -> None:
+    import cProfile
+    import pstats
+
+    from service.server import build_server
+
+    clock = time.thread_time if args.profile_clock == "cpu" else time.perf_counter
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+
+    def start_profiler(frame: Any, event: str, arg: Any) -> None:
+        # The first profile event of every new thread swaps in a profiler of its own.
+        profiler = cProfile.Profile(clock)
+        with lock:
+            profiles.append(profiler)
+        profiler.enable()
+
+    # Every thread the server starts from now on (poller, pool workers) is profiled; the
+    # clients run in other processes, so nothing else starts threads here meanwhile.
+    threading.setprofile(start_profiler)
+    try:
+        running = build_server(setup.settings, setup.model, setup.store)
+        try:
+            say(f"profile: Recommend load for {args.seconds:g}s on a profiled server ...")
+            result, _ = pool.run(
+                f"127.0.0.1:{running.port}",
+                method_path("Recommend"),
+                payloads,
+                args.concurrency,
+                args.warmup,
+                args.seconds,
+                {},
+            )
+        finally:
+            running.stop(grace=1)
+    finally:
+        threading.setprofile(None)
+    with lock:
+        collected = list(profiles)
+    stats = pstats.Stats(collected[0])
+    for p in collected[1:]:
+        stats.add(p)
+    entries: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    calls = sum(
+        v[1]
+        for (file, _, name), v in entries.items()
+        if name == "Recommend" and Path(file).parts[-2:] == ("service", "server.py")
+    )
+    skip = set(PLUMBING) | (set(IDLE) if args.profile_clock == "wall" else set())
+    print(
+        f"\nprofile: {args.profile_clock} time of every server thread ({len(collected)} threads),"
+        f" {calls} Recommend calls, {result.completed / args.seconds:.0f} calls/s under the "
+        f"profiler ({unprofiled:.0f} without). Top functions by cumulative time; thread "
+        f"plumbing{' and idle waits' if args.profile_clock == 'wall' else ''} left out. "
+        "The profiler inflates Python-heavy code several-fold: read shares, not absolutes.\n"
+    )
+    print(f"{'ncalls':>9} {'tottime s':>10} {'cumtime s':>10} {'cum µs/RPC':>11}  function")
+    shown = 0
+    for (file, line, name), (_, nc, tt, ct, _) in sorted(
+        entries.items(), key=lambda kv: kv[1][3], reverse=True
+    ):
+        if (Path(file).name, name) in skip:
+            continue
+        where = name if file == "~" else f"{'/'.join(Path(file).parts[-2:])}:{line}({name})"
+        print(f"{nc:>9} {tt:>10.3f} {ct:>10.3f} {ct / max(calls, 1) * 1e6:>11.1f}  {where}")
+        shown += 1
+        if shown == args.profile_top:
+            break
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def print_tables(rows: Sequence[Row], echo_rate: float, cores: int) -> None:
+    width = max(len(r.name) for r in rows) + 2
+    print(f"\n{'target':<{width}}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>11}{'vs echo':>9}  note")
+    for r in rows:
+        if r.skipped:
+            print(f"{r.name:<{width}}{r.skipped}")
+            continue
+        ratio = f"{r.per_second / echo_rate:.2f}x" if r.compare and echo_rate else "-"
+        note = r.note
+        if r.events_per_call:
+            events = f"events/s {r.per_second * r.events_per_call:,.0f}"
+            note = f"{events}; {note}" if note else events
+        if r.errors:
+            errors = ", ".join(f"{n} {code}" for code, n in r.errors.items())
+            note += f"; ERRORS {errors} ({r.error_detail[:80]})"
+        print(
+            f"{r.name:<{width}}{r.percentile(50):>9.2f}{r.percentile(99):>9.2f}"
+            f"{r.per_second:>11,.0f}{ratio:>9}  {note}"
+        )
+    with_cpu = [r for r in rows if r.cpu and r.completed and not r.skipped]
+    if not with_cpu:
+        return
+    print(
+        f"\nCPU per call in the measured window, µs (from /proc; {cores} cores; "
+        "'cores busy' = all three groups' CPU / wall time; in-process rows: 'server' is the "
+        "bench process itself)"
+    )
+    print(
+        f"{'target':<{width}}{'client':>9}{'server':>9}{'redis':>9}{'total':>9}{'cores busy':>12}"
+    )
+    for r in with_cpu:
+        per = {k: v / r.completed * 1e6 for k, v in r.cpu.items()}
+        busy = sum(r.cpu.values()) / (r.completed / r.per_second)
+        print(
+            f"{r.name:<{width}}{per['client']:>9.0f}{per['server']:>9.0f}{per['redis']:>9.0f}"
+            f"{sum(per.values()):>9.0f}{busy:>12.2f}"
+        )
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per target")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per target")
+    parser.add_argument("--concurrency", type=int, default=8, help="calls outstanding in total")
+    parser.add_argument("--client-processes", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--workers", type=int, help="server thread-pool size (default: omnirec's default)"
+    )
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", action="store_true", help="profile the Recommend load")
+    parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--profile-top", type=int, default=15)
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.client_processes < 1 or args.seconds <= 0:
+        parser.error("--concurrency, --client-processes and --seconds must be positive")
+    args.client_processes = min(args.client_processes, args.concurrency)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="omnirec-bench-latency-"))
+    # Everything that asks tempfile for a folder (the registry's bundle download, MLflow)
+    # lands under tmp as well, so one rmtree cleans up.
+    previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(tmp)
+    local_redis = running = echo = pool = None
+    interrupted = False
+    try:
+        from training.demo import LocalRedis
+
+        say(f"work folder {tmp}; starting redis-server ...")
+        local_redis = LocalRedis(tmp / "redis")
+        say(f"redis-server on port {local_redis.port}; starting client processes ...")
+        pool = ClientPool(args.client_processes)
+        setup = set_up(args, tmp, local_redis.url)
+
+        from service.server import build_server
+
+        running = build_server(setup.settings, setup.model, setup.store)
+        address = f"127.0.0.1:{running.port}"
+        say(f"omnirec serving {setup.model.label} on {address}, {setup.settings.workers} workers")
+
+        w = setup.workload
+        recommend, similar, track = w.recommend(), w.similar(), w.track()
+        probes = {
+            "Recommend": probe(address, "Recommend", recommend),
+            "SimilarItems": probe(address, "SimilarItems", similar),
+            "TrackEvents": probe(address, "TrackEvents", track, calls=1),
+        }
+        request_size = sum(map(len, recommend)) // len(recommend)
+        reply_size = probes["Recommend"][1] or 400
+        echo = EchoServer(setup.settings.workers, reply_size)
+        say(
+            f"echo server (pid {echo.pid}) on 127.0.0.1:{echo.port}: requests of {request_size}"
+            f" bytes, replies of {reply_size} bytes (a Recommend request / answer)"
+        )
+        echo_payloads = [os.urandom(request_size) for _ in range(64)]
+
+        groups = {
+            "client": pool.pids,
+            "redis": [local_redis.process.pid],
+        }
+        rows: list[Row] = []
+
+        def load(
+            name: str, rpc: str, target: str, method: str, payloads: list[bytes], server: int
+        ) -> Row:
+            row = Row(name)
+            status = probes.get(rpc, ("", 0))[0]
+            if status == "unimplemented":
+                row.skipped = "unimplemented (skipped)"
+                say(f"{name}: the server answers UNIMPLEMENTED; skipped")
+                return row
+            if status:
+                row.skipped = f"probe failed, skipped: {status[:100]}"
+                say(f"{name}: {row.skipped}")
+                return row
+            say(f"{name}: {args.warmup:g}s warm-up + {args.seconds:g}s at {args.concurrency} ...")
+            result, cpu = pool.run(
+                target,
+                method,
+                payloads,
+                args.concurrency,
+                args.warmup,
+                args.seconds,
+                {**groups, "server": [server]},
+            )
+            row.latencies = result.latencies
+            row.completed = result.completed
+            row.per_second = result.completed / args.seconds
+            row.errors = result.errors
+            row.error_detail = result.error_detail
+            row.cpu = cpu
+            if result.errors.get("UNIMPLEMENTED") and not result.latencies:
+                row.skipped = "unimplemented (skipped)"
+            return row
+
+        me = os.getpid()
+        echo_row = load(
+            "echo (bare gRPC)", "", f"127.0.0.1:{echo.port}", ECHO_METHOD, echo_payloads, echo.pid
+        )
+        rows.append(echo_row)
+        rows.append(
+            load("Recommend", "Recommend", address, method_path("Recommend"), recommend, me)
+        )
+        rows.append(
+            load("SimilarItems", "SimilarItems", address, method_path("SimilarItems"), similar, me)
+        )
+        in_process = in_process_rows(setup, args.seconds, local_redis.process.pid)
+        if args.profile and not rows[1].skipped:
+            profile_recommend(setup, pool, recommend, args, rows[1].per_second)
+        # Last: it adds live history that would change what the other targets read.
+        track_row = load(
+            f"TrackEvents x{TRACK_BATCH}",
+            "TrackEvents",
+            address,
+            method_path("TrackEvents"),
+            track,
+            me,
+        )
+        track_row.events_per_call = TRACK_BATCH
+        rows.append(track_row)
+        rows += in_process
+
+        print(
+            f"\n{args.users} people, {args.items} items; {args.concurrency} calls outstanding "
+            f"from {args.client_processes} client processes; server thread pools of "
+            f"{setup.settings.workers}; {os.cpu_count()} cores shared by clients, servers and "
+            f"Redis; {args.seconds:g}s measured after {args.warmup:g}s warm-up per target; "
+            f"Recommend: limit 10, {UNKNOWN_USER_SHARE:.0%} unknown people"
+        )
+        print_tables(rows, echo_row.per_second, os.cpu_count() or 1)
+        return 0
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        # Ctrl-C reached redis-server too: the server's "Redis unreachable" warnings
+        # while the clients are stopped say nothing new.
+        logging.disable(logging.WARNING)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
+        for stop in (
+            lambda: pool.close(now=interrupted) if pool else None,
+            lambda: echo.stop() if echo else None,
+            lambda: running.stop(grace=1) if running else None,
+            lambda: local_redis.stop() if local_redis else None,
+        ):
+            try:
+                stop()
+            except Exception as exc:  # keep cleaning up
+                print(f"cleanup: {exc}", file=sys.stderr)
+        tempfile.tempdir = previous_tempdir
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

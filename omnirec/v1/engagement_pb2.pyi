@@ -1,0 +1,82 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PredictSendTimeRequest(_message.Message):
+    __slots__ = ("user_id", "channel", "not_before", "window_hours", "timezone", "quiet_start_hour", "quiet_end_hour", "ignore_quiet_hours")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_HOURS_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    QUIET_START_HOUR_FIELD_NUMBER: _ClassVar[int]
+    QUIET_END_HOUR_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_QUIET_HOURS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    channel: str
+    not_before: _timestamp_pb2.Timestamp
+    window_hours: int
+    timezone: str
+    quiet_start_hour: int
+    quiet_end_hour: int
+    ignore_quiet_hours: bool
+    def __init__(self, user_id: _Optional[str] = ..., channel: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_hours: _Optional[int] = ..., timezone: _Optional[str] = ..., quiet_start_hour: _Optional[int] = ..., quiet_end_hour: _Optional[int] = ..., ignore_quiet_hours: _Optional[bool] = ...) -> None: ...
+
+class SendSlot(_message.Message):
+    __slots__ = ("send_at", "probability", "local_hour")
+    SEND_AT_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_HOUR_FIELD_NUMBER: _ClassVar[int]
+    send_at: _timestamp_pb2.Timestamp
+    probability: float
+    local_hour: int
+    def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., local_hour: _Optional[int] = ...) -> None: ...
+
+class PredictSendTimeResponse(_message.Message):
+    __slots__ = ("send_at", "probability", "alternatives", "source", "evidence", "timezone", "model_version")
+    SEND_AT_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    send_at: _timestamp_pb2.Timestamp
+    probability: float
+    alternatives: _containers.RepeatedCompositeFieldContainer[SendSlot]
+    source: str
+    evidence: int
+    timezone: str
+    model_version: str
+    def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[SendSlot, _Mapping]]] = ..., source: _Optional[str] = ..., evidence: _Optional[int] = ..., timezone: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class RankChannelsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ChannelScore(_message.Message):
+    __slots__ = ("channel", "score", "evidence")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    score: float
+    evidence: int
+    def __init__(self, channel: _Optional[str] = ..., score: _Optional[float] = ..., evidence: _Optional[int] = ...) -> None: ...
+
+class RankChannelsResponse(_message.Message):
+    __slots__ = ("channels", "model_version")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelScore]
+    model_version: str
+    def __init__(self, channels: _Optional[_Iterable[_Union[ChannelScore, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,186 @@
+"""The Engagement service: best send time and best channel for the message orchestrator.
+
+The model lives in ``send_time`` (pure); this module validates requests, reads one
+person's engagement from Redis (published profile + live events since), and answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+import grpc
+import numpy as np
+
+from omnirec.v1 import engagement_pb2 as epb
+from omnirec.v1 import engagement_pb2_grpc as epb_grpc
+from service.config import Settings
+from service.errors import BadInput
+from service.events import MESSAGE_CHANNELS, is_valid_timezone
+from service.features import EngagementView, FeatureStore
+from service.rpc import check_id, rpc
+from service.send_time import (
+    HOURS,
+    EngagementProfile,
+    Priors,
+    choose_slots,
+    hour_probabilities,
+    profile_from_events,
+    rank_channels,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_WINDOW_HOURS = 168
+DEFAULT_WINDOW_HOURS = 24
+DEFAULT_QUIET = (22, 8)
+ALTERNATIVES = 3
+
+
+def neutral_priors() -> Priors:
+    """Priors for a bundle trained before send-time priors existed: flat, modest rates."""
+    flat = [0.1] * HOURS
+    return Priors(
+        channel_rate={c: 0.1 for c in MESSAGE_CHANNELS},
+        channel_hour_rate={c: list(flat) for c in MESSAGE_CHANNELS},
+        segment_hour_rate={},
+        activity=[1.0 / HOURS] * HOURS,
+        segment_activity={},
+    )
+
+
+def priors_of(metadata: dict) -> Priors:
+    raw = metadata.get("engagement_priors")
+    return Priors.from_dict(raw) if raw else neutral_priors()
+
+
+def person_profile(
+    view: EngagementView, now: float, half_life_days: float, default_timezone: str
+) -> EngagementProfile:
+    """The published profile, faded to ``now``, plus every live event it does not cover."""
+    fresh = [e for e in view.live if view.published_until is None or e[2] > view.published_until]
+    live = profile_from_events(fresh, now, half_life_days, default_timezone)
+    if view.published is None:
+        return live
+    published = EngagementProfile.from_json(view.published)
+    if view.published_until is not None:
+        # Published weights were computed at the data end; fade them to now.
+        factor = 2.0 ** (-max(now - view.published_until, 0.0) / (half_life_days * 86_400))
+        published = published.scaled(factor)
+    return live.merged(published)
+
+
+def _hour(field: str, request: object, default: int) -> int:
+    if not request.HasField(field):  # type: ignore[attr-defined]
+        return default
+    value = getattr(request, field)
+    if not 0 <= value <= 23:
+        raise BadInput(field, f"must be an hour 0-23, got {value}")
+    return int(value)
+
+
+def _timestamp(dt: datetime) -> object:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromDatetime(dt.astimezone(UTC))
+    return ts
+
+
+class EngagementService(epb_grpc.EngagementServicer):
+    def __init__(self, settings: Settings, models: object, store: FeatureStore) -> None:
+        self.settings = settings
+        self.models = models
+        self.store = store
+        self._rng = np.random.default_rng()
+
+    def _priors(self) -> tuple[Priors, str]:
+        engine = self.models.engine  # type: ignore[attr-defined]
+        return engine.priors, engine.model.label
+
+    def _profile(self, user_id: str, now: float) -> EngagementProfile:
+        view = self.store.engagement_view(user_id)
+        s = self.settings
+        return person_profile(view, now, s.engagement_half_life_days, s.default_timezone)
+
+    @rpc
+    def PredictSendTime(  # noqa: N802
+        self, request: epb.PredictSendTimeRequest, context: grpc.ServicerContext
+    ) -> epb.PredictSendTimeResponse:
+        user_id = check_id("user_id", request.user_id)
+        if request.channel not in MESSAGE_CHANNELS:
+            raise BadInput(
+                "channel", f"{request.channel!r} is not one of {', '.join(MESSAGE_CHANNELS)}"
+            )
+        window = request.window_hours or DEFAULT_WINDOW_HOURS
+        if not 1 <= window <= MAX_WINDOW_HOURS:
+            raise BadInput(
+                "window_hours",
+                f"must be between 1 and {MAX_WINDOW_HOURS} (0 means {DEFAULT_WINDOW_HOURS}); "
+                f"got {request.window_hours}",
+            )
+        if request.timezone and not is_valid_timezone(request.timezone):
+            raise BadInput("timezone", f"{request.timezone!r} is not a known IANA time zone")
+        quiet = (
+            _hour("quiet_start_hour", request, DEFAULT_QUIET[0]),
+            _hour("quiet_end_hour", request, DEFAULT_QUIET[1]),
+        )
+        now = time.time()
+        not_before = (
+            request.not_before.ToDatetime(tzinfo=UTC)
+            if request.HasField("not_before")
+            else datetime.fromtimestamp(now, UTC)
+        )
+        profile = self._profile(user_id, now)
+        zone = request.timezone or profile.timezone or self.settings.default_timezone
+        priors, label = self._priors()
+        probabilities, source, evidence = hour_probabilities(profile, request.channel, priors, zone)
+        slots = choose_slots(
+            probabilities,
+            zone,
+            not_before,
+            window,
+            None if request.ignore_quiet_hours else quiet,
+            explore_rate=self.settings.explore_rate,
+            rng=self._rng,
+            alternatives=ALTERNATIVES,
+        )
+        if not slots:
+            raise BadInput(
+                "window_hours",
+                f"every hour of the {window} h window falls in the quiet hours "
+                f"{quiet[0]}→{quiet[1]} ({zone}); widen the window or set ignore_quiet_hours",
+            )
+        best, rest = slots[0], slots[1:]
+        return epb.PredictSendTimeResponse(
+            send_at=_timestamp(best.send_at),
+            probability=best.probability,
+            alternatives=[
+                epb.SendSlot(
+                    send_at=_timestamp(s.send_at),
+                    probability=s.probability,
+                    local_hour=s.local_hour,
+                )
+                for s in rest
+            ],
+            source=source,
+            evidence=evidence,
+            timezone=zone,
+            model_version=label,
+        )
+
+    @rpc
+    def RankChannels(  # noqa: N802
+        self, request: epb.RankChannelsRequest, context: grpc.ServicerContext
+    ) -> epb.RankChannelsResponse:
+        user_id = check_id("user_id", request.user_id)
+        profile = self._profile(user_id, time.time())
+        priors, label = self._priors()
+        return epb.RankChannelsResponse(
+            channels=[
+                epb.ChannelScore(channel=c, score=score, evidence=evidence)
+                for c, score, evidence in rank_channels(profile, priors)
+            ],
+            model_version=label,
+        )

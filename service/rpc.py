@@ -1,0 +1,59 @@
+"""The gRPC boundary: domain errors mapped to status codes once, and shared checks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from service.config import Settings
+from service.errors import BadInput, ModelNotFound, NotFound, StoreUnavailable
+from service.events import MAX_ID_LENGTH
+
+log = logging.getLogger(__name__)
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Maps domain errors to status codes once, so handlers raise, never abort."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except BadInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except StoreUnavailable as exc:
+            log.warning("%s: %s", method.__name__, exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store unavailable: {exc}")
+        except ModelNotFound as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    return wrapper
+
+
+def check_id(field: str, value: str) -> str:
+    if not value:
+        raise BadInput(field, "is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadInput(field, f"is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def check_limit(limit: int, settings: Settings) -> int:
+    if limit == 0:
+        return settings.default_limit
+    if not 1 <= limit <= settings.max_limit:
+        raise BadInput(
+            "limit",
+            f"must be between 1 and {settings.max_limit} (0 means the default, "
+            f"{settings.default_limit}); got {limit}",
+        )
+    return limit

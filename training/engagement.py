@@ -1,0 +1,647 @@
+"""Send-time and channel engagement from an events log: profiles, priors, evaluation.
+
+The model itself lives in :mod:`service.send_time` (the service imports it; see there why
+rates per delivery, why activity, why automated opens are dropped). This module computes
+the same profiles for everybody in a log at once, vectorised (local hours with one
+``tz_convert`` per zone, opens matched to deliveries with one ``merge_asof``), learns the
+:class:`~service.send_time.Priors`, and evaluates the model against baselines on a
+time-based holdout.
+
+``frame`` everywhere is the loader's frame (``training.event_log``): the columns of
+``service.events.COLUMNS``, ``timestamp`` int64 epoch seconds. A frame without the
+optional ``automated`` column is read as if it were all False.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from service.events import MESSAGE_CHANNELS
+from service.send_time import (
+    ACTIVITY_EVENT_TYPES,
+    ATTRIBUTION_WINDOW_SECONDS,
+    DEFAULT_RATE,
+    DEFAULT_STRENGTH,
+    HOURS,
+    ChannelCounts,
+    EngagementProfile,
+    Priors,
+    hour_probabilities,
+    is_known_zone,
+    rank_channels,
+    smooth,
+)
+
+log = logging.getLogger(__name__)
+
+#: Metrics of :class:`SendTimeReport`, in table order.
+METRICS = ("hit_rate_1h", "log_likelihood", "channel_accuracy")
+#: Methods of :class:`SendTimeReport`, in table order.
+METHODS = (
+    "model",
+    "open_histogram",
+    "last_active_hour",
+    "global_best_hour",
+    "uniform",
+    "global_best_channel",
+)
+#: Probability floor of the log likelihood.
+LOG_FLOOR = 1e-6
+#: Share of the global activity prior spread evenly over the day, so no hour is impossible.
+_ACTIVITY_FLOOR = 0.01
+#: The last-active-hour baseline: weight of the hour itself, of each neighbour, and floor.
+_SPIKE = (0.5, 0.25, 0.01)
+#: Deliveries a segment needs on a channel (and activity events) for priors of its own.
+DEFAULT_MIN_SEGMENT = 200
+_SECONDS_PER_DAY = 86_400
+
+
+# --- counting ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Rows:
+    """Per-user 24-hour count rows, only for the users that have any."""
+
+    users: np.ndarray
+    """Positions into ``_Counts.users``, ascending."""
+    values: np.ndarray
+    """(len(users), 24)."""
+
+
+@dataclass
+class _Counts:
+    """Every person's profile counts as arrays (what ``user_profiles`` is built from)."""
+
+    users: pd.Index
+    zone: np.ndarray
+    """Latest known zone per user, "" when none."""
+    channels: dict[str, tuple[_Rows, _Rows, _Rows]]
+    """Channel -> (deliveries, opens, clicks)."""
+    activity: _Rows
+    raw_deliveries: dict[str, np.ndarray]
+    """Channel -> unweighted deliveries per user (for the segment threshold)."""
+    raw_activity: np.ndarray
+    """Unweighted activity events per user."""
+
+    def profile(self, i: int) -> EngagementProfile:
+        channels = {}
+        for name, parts in self.channels.items():
+            rows = [_row(part, i) for part in parts]
+            if any(r is not None for r in rows):
+                deliveries, opens, clicks = (np.zeros(HOURS) if r is None else r for r in rows)
+                channels[name] = ChannelCounts(deliveries, opens, clicks)
+        activity = _row(self.activity, i)
+        return EngagementProfile(
+            timezone=self.zone[i] or None,
+            channels=channels,
+            activity=np.zeros(HOURS) if activity is None else activity,
+        )
+
+
+def _aligned(parts: tuple[_Rows, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The union of the parts' users, and each part's rows on it (zeros where absent)."""
+    users = parts[0].users
+    for part in parts[1:]:
+        users = np.union1d(users, part.users)
+    aligned = []
+    for part in parts:
+        values = np.zeros((len(users), HOURS))
+        values[np.searchsorted(users, part.users)] = part.values
+        aligned.append(values)
+    return users, aligned
+
+
+def _row(rows: _Rows, i: int) -> np.ndarray | None:
+    at = np.searchsorted(rows.users, i)
+    if at < len(rows.users) and rows.users[at] == i:
+        return rows.values[at].copy()
+    return None
+
+
+def _bincount_rows(users: np.ndarray, hours: np.ndarray, weights: np.ndarray) -> _Rows:
+    present, compact = np.unique(users, return_inverse=True)
+    flat = np.bincount(compact * HOURS + hours, weights=weights, minlength=len(present) * HOURS)
+    return _Rows(present, flat.reshape(len(present), HOURS))
+
+
+def _automated(frame: pd.DataFrame) -> np.ndarray:
+    if "automated" not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    return frame["automated"].fillna(False).to_numpy(dtype=bool)
+
+
+def _text(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in frame.columns:
+        return np.full(len(frame), "", dtype=object)
+    return frame[name].fillna("").astype("str").to_numpy(dtype=object)
+
+
+def _known(zones: np.ndarray) -> np.ndarray:
+    """Which entries name a zone this machine knows."""
+    valid = [z for z in pd.unique(zones) if z and is_known_zone(z)]
+    return np.isin(zones, valid) if valid else np.zeros(len(zones), dtype=bool)
+
+
+def _latest_zones(codes: np.ndarray, ts: np.ndarray, zones: np.ndarray, n: int) -> np.ndarray:
+    """Per user the zone of their latest event naming a known zone (on equal times the
+    greatest name, as ``send_time.latest_zone``), "" when none."""
+    out = np.full(n, "", dtype=object)
+    keep = _known(zones)
+    if keep.any():
+        sub = pd.DataFrame({"u": codes[keep], "ts": ts[keep], "z": zones[keep]})
+        last = sub.sort_values(["u", "ts", "z"], kind="stable").drop_duplicates("u", keep="last")
+        out[last["u"].to_numpy()] = last["z"].to_numpy()
+    return out
+
+
+def _local_hours(ts: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """Local hour of each epoch second in its zone, one ``tz_convert`` per distinct zone."""
+    hours = np.zeros(len(ts), dtype=np.int64)
+    if not len(ts):
+        return hours
+    zone_codes, names = pd.factorize(zones)
+    order = np.argsort(zone_codes, kind="stable")
+    bounds = np.searchsorted(zone_codes[order], np.arange(len(names) + 1))
+    for k, name in enumerate(names):
+        rows = order[bounds[k] : bounds[k + 1]]
+        stamps = pd.DatetimeIndex(pd.to_datetime(ts[rows], unit="s", utc=True))
+        hours[rows] = stamps.tz_convert(name).hour
+    return hours
+
+
+@dataclass
+class _Events:
+    """The columns of a frame the send-time model reads, with every event's local hour."""
+
+    codes: np.ndarray
+    """Position of the row's user in ``users``."""
+    users: pd.Index
+    zone: np.ndarray
+    """Per user: latest known zone, "" when none."""
+    kind: np.ndarray
+    channel: np.ndarray
+    ts: np.ndarray
+    automated: np.ndarray
+    own_zone: np.ndarray
+    """The row's own zone when known, else ""."""
+    hour: np.ndarray
+
+
+def _events(frame: pd.DataFrame, default_timezone: str, hours: bool = True) -> _Events:
+    """The frame's events; each hour in the event's own zone, else the person's latest
+    known zone, else ``default_timezone`` (``hours=False``: hours left at 0)."""
+    codes, users = pd.factorize(frame["user_id"].astype("str"), sort=True)
+    ts = frame["timestamp"].to_numpy(dtype=np.int64)
+    zones = _text(frame, "timezone")
+    own_zone = np.where(_known(zones), zones, "")
+    events = _Events(
+        codes=codes,
+        users=users,
+        zone=_latest_zones(codes, ts, zones, len(users)),
+        kind=frame["event_type"].astype("str").to_numpy(dtype=object),
+        channel=_text(frame, "channel"),
+        ts=ts,
+        automated=_automated(frame),
+        own_zone=own_zone,
+        hour=np.zeros(len(frame), dtype=np.int64),
+    )
+    if hours:
+        events.hour = _local_hours(ts, _resolve(own_zone, events.zone[codes], default_timezone))
+    return events
+
+
+def _resolve(own: np.ndarray, person: np.ndarray, default_timezone: str) -> np.ndarray:
+    return np.where(own != "", own, np.where(person != "", person, default_timezone))
+
+
+def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
+    n = len(events.users)
+    weight = np.exp2(-(now - events.ts) / (half_life_days * _SECONDS_PER_DAY))
+    on_message_channel = np.isin(events.channel, MESSAGE_CHANNELS)
+    delivered = (events.kind == "message_delivered") & on_message_channel
+    answer = (
+        np.isin(events.kind, ("message_open", "message_click"))
+        & on_message_channel
+        & ~events.automated
+    )
+    active = np.isin(events.kind, ACTIVITY_EVENT_TYPES) & ~events.automated
+
+    # Each open or click goes to the hour of the latest delivery on its channel at most
+    # 48 h before it (same second included); on equal times the greatest hour, as in
+    # send_time.profile_from_events.
+    channel_codes = pd.Index(MESSAGE_CHANNELS).get_indexer(events.channel)
+    sent = pd.DataFrame(
+        {
+            "u": events.codes[delivered],
+            "c": channel_codes[delivered],
+            "ts": events.ts[delivered],
+            "sent_hour": events.hour[delivered],
+        }
+    ).sort_values(["ts", "sent_hour"], kind="stable")
+    at = np.flatnonzero(answer)
+    answers = pd.DataFrame(
+        {"u": events.codes[at], "c": channel_codes[at], "ts": events.ts[at], "row": at}
+    ).sort_values("ts", kind="stable")
+    linked = pd.merge_asof(
+        answers,
+        sent,
+        on="ts",
+        by=["u", "c"],
+        tolerance=ATTRIBUTION_WINDOW_SECONDS,
+        direction="backward",
+    )
+    answer_hour = events.hour.copy()
+    matched = linked["sent_hour"].notna().to_numpy()
+    rows = linked["row"].to_numpy()
+    answer_hour[rows[matched]] = linked["sent_hour"].to_numpy()[matched].astype(np.int64)
+
+    channels: dict[str, tuple[_Rows, _Rows, _Rows]] = {}
+    raw_deliveries: dict[str, np.ndarray] = {}
+    for c, name in enumerate(MESSAGE_CHANNELS):
+        on = channel_codes == c
+        parts = []
+        for mask, hours in (
+            (delivered & on, events.hour),
+            (answer & on & (events.kind == "message_open"), answer_hour),
+            (answer & on & (events.kind == "message_click"), answer_hour),
+        ):
+            parts.append(_bincount_rows(events.codes[mask], hours[mask], weight[mask]))
+        if any(len(p.users) for p in parts):
+            channels[name] = (parts[0], parts[1], parts[2])
+        raw_deliveries[name] = np.bincount(events.codes[delivered & on], minlength=n)
+    return _Counts(
+        users=events.users,
+        zone=events.zone,
+        channels=channels,
+        activity=_bincount_rows(events.codes[active], events.hour[active], weight[active]),
+        raw_deliveries=raw_deliveries,
+        raw_activity=np.bincount(events.codes[active], minlength=n),
+    )
+
+
+def user_profiles(
+    frame: pd.DataFrame,
+    now: float,
+    half_life_days: float = 30.0,
+    default_timezone: str = "UTC",
+) -> dict[str, EngagementProfile]:
+    """Every person's :class:`EngagementProfile`, keyed by user id (sorted), equal to what
+    ``send_time.profile_from_events`` gives for that person's events.
+
+    ``now`` is the time the recency weights refer to (training uses the data end).
+    Everybody in ``frame`` gets a profile, possibly empty.
+    """
+    started = time.perf_counter()
+    counts = _counts(_events(frame, default_timezone), now, half_life_days)
+    profiles = {str(user): counts.profile(i) for i, user in enumerate(counts.users)}
+    log.info("built %d engagement profiles in %.2fs", len(profiles), time.perf_counter() - started)
+    return profiles
+
+
+# --- priors ------------------------------------------------------------------------------
+
+
+def learn_priors(
+    frame: pd.DataFrame,
+    half_life_days: float = 30.0,
+    default_timezone: str = "UTC",
+    min_segment_deliveries: int = DEFAULT_MIN_SEGMENT,
+) -> Priors:
+    """Priors over everybody in ``frame``, recency-weighted to the data end.
+
+    A person's segment is their latest known time zone (else ``default_timezone``). A
+    segment gets a rate curve for a channel when it has at least
+    ``min_segment_deliveries`` deliveries on it, and an activity share when it has at
+    least that many activity events. With no message events at all the rates are flat
+    (:data:`~service.send_time.DEFAULT_RATE`), with no activity the share is uniform.
+    """
+    if frame.empty:
+        return _priors(None, default_timezone, min_segment_deliveries)
+    now = float(frame["timestamp"].max())
+    counts = _counts(_events(frame, default_timezone), now, half_life_days)
+    return _priors(counts, default_timezone, min_segment_deliveries)
+
+
+def _priors(counts: _Counts | None, default_timezone: str, min_segment: int) -> Priors:
+    strength = DEFAULT_STRENGTH
+    uniform = np.full(HOURS, 1.0 / HOURS)
+    if counts is None:
+        return Priors(
+            channel_rate={c: DEFAULT_RATE for c in MESSAGE_CHANNELS},
+            channel_hour_rate={c: [DEFAULT_RATE] * HOURS for c in MESSAGE_CHANNELS},
+            segment_hour_rate={},
+            activity=uniform.tolist(),
+            segment_activity={},
+            strength=strength,
+        )
+    zones = np.where(counts.zone == "", default_timezone, counts.zone)
+    segment_codes, segments = pd.factorize(zones)
+
+    def by_segment(users: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Rows of ``users`` summed per segment: (segments, 24)."""
+        out = np.zeros((len(segments), HOURS))
+        np.add.at(out, segment_codes[users], values)
+        return out
+
+    totals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, parts in counts.channels.items():
+        users, (deliveries, opens, clicks) = _aligned(parts)
+        totals[name] = (
+            by_segment(users, deliveries),
+            by_segment(users, np.maximum(opens, clicks)),
+        )
+
+    rates = {}
+    for name, (deliveries, engaged) in totals.items():
+        if deliveries.sum() > 0:
+            rates[name] = float(engaged.sum() / deliveries.sum())
+    fallback = float(np.mean(list(rates.values()))) if rates else DEFAULT_RATE
+    channel_rate = {c: rates.get(c, fallback) for c in MESSAGE_CHANNELS}
+
+    channel_hour_rate: dict[str, list[float]] = {}
+    curves: dict[str, np.ndarray] = {}
+    for name in MESSAGE_CHANNELS:
+        base = channel_rate[name]
+        if name in totals:
+            deliveries, engaged = (t.sum(axis=0) for t in totals[name])
+            curve = (smooth(engaged) + strength * base) / (smooth(deliveries) + strength)
+        else:
+            curve = np.full(HOURS, base)
+        curves[name] = np.clip(curve, 0.0, 1.0)
+        channel_hour_rate[name] = curves[name].tolist()
+
+    segment_hour_rate: dict[str, dict[str, list[float]]] = {}
+    for name, (deliveries, engaged) in totals.items():
+        raw = np.bincount(
+            segment_codes, weights=counts.raw_deliveries[name], minlength=len(segments)
+        )
+        for s in np.flatnonzero(raw >= min_segment):
+            curve = (smooth(engaged[s]) + strength * curves[name]) / (
+                smooth(deliveries[s]) + strength
+            )
+            segment_hour_rate.setdefault(str(segments[s]), {})[name] = np.clip(
+                curve, 0.0, 1.0
+            ).tolist()
+
+    activity = by_segment(counts.activity.users, counts.activity.values)
+    overall = activity.sum(axis=0)
+    if overall.sum() > 0:
+        share = (1 - _ACTIVITY_FLOOR) * smooth(overall) / overall.sum() + _ACTIVITY_FLOOR * uniform
+    else:
+        share = uniform
+    segment_activity: dict[str, list[float]] = {}
+    raw = np.bincount(segment_codes, weights=counts.raw_activity, minlength=len(segments))
+    for s in np.flatnonzero(raw >= max(min_segment, 1)):
+        mine = (smooth(activity[s]) + strength * share) / (activity[s].sum() + strength)
+        segment_activity[str(segments[s])] = (mine / mine.sum()).tolist()
+    return Priors(
+        channel_rate=channel_rate,
+        channel_hour_rate=channel_hour_rate,
+        segment_hour_rate=segment_hour_rate,
+        activity=(share / share.sum()).tolist(),
+        segment_activity=segment_activity,
+        strength=strength,
+    )
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+@dataclass
+class SendTimeReport:
+    """Send-time and channel quality on a time-based holdout, per method."""
+
+    metrics: dict[str, dict[str, float]]
+    """Method -> metric -> value (``channel_accuracy`` only where there are messages)."""
+    users: int
+    """People evaluated for the hour (held-out engagement and past history)."""
+    events: int
+    """Held-out engagement events of those people."""
+    channel_users: int = 0
+    """People evaluated for the channel (a held-out open and past history)."""
+    notes: list[str] = field(default_factory=list)
+    """Remarks printed under the table (e.g. why channel metrics are absent)."""
+
+    def table(self) -> str:
+        """A printable table, methods as rows."""
+        head = (
+            f"send time on the held-out period: {self.users} users, {self.events} events"
+            f"; channel: {self.channel_users} users"
+        )
+        if not self.metrics:
+            return "\n".join([head, "  (nothing to evaluate)", *(f"  {n}" for n in self.notes)])
+        columns = [m for m in METRICS if any(m in row for row in self.metrics.values())]
+        lines = [head, f"{'method':<22}" + "".join(f"{c:>18}" for c in columns)]
+        order = [m for m in METHODS if m in self.metrics]
+        order += [m for m in self.metrics if m not in order]
+        for method in order:
+            row = self.metrics[method]
+            cells = "".join(f"{row[c]:>18.4f}" if c in row else f"{'-':>18}" for c in columns)
+            lines.append(f"{method:<22}{cells}")
+        lines += [f"  {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def flat(self) -> dict[str, float]:
+        """``sendtime_<method>_<metric>`` -> value, for MLflow."""
+        return {
+            f"sendtime_{method}_{metric}": float(value)
+            for method, row in self.metrics.items()
+            for metric, value in row.items()
+        }
+
+
+def evaluate_send_time(
+    frame: pd.DataFrame,
+    test_fraction: float = 0.2,
+    half_life_days: float = 30.0,
+    default_timezone: str = "UTC",
+) -> SendTimeReport:
+    """Train profiles and priors on the past, score the held-out latest ``test_fraction``
+    of the log's time span.
+
+    Target A, the hour: held-out engagement events (non-automated opens and clicks,
+    session starts, item events other than dislikes) of people with past engagement.
+    Each method gives every person a distribution over local hours; ``hit_rate_1h`` is the
+    share of held-out events within ±1 h (circular) of its argmax (for ``uniform``, 3/24,
+    a random hour's chance), ``log_likelihood`` the mean log probability of their hours
+    (floor 1e-6). Methods: ``model`` (``hour_probabilities`` on the person's best channel,
+    normalised), ``open_histogram`` (the naive one: the person's past open hours,
+    smoothed, shrunk to everybody's; only when there are opens), ``last_active_hour``,
+    ``global_best_hour`` and ``uniform``. Held-out events without a zone of their own are
+    placed in the person's latest zone known in the past.
+
+    Target B, the channel: for each person with past events and a held-out non-automated
+    open, whether the top of ``rank_channels`` is the channel of their first such open;
+    ``global_best_channel`` always says the channel with most past opens. Absent when
+    there are no such opens.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must be between 0 and 1")
+    started = time.perf_counter()
+    empty = SendTimeReport(metrics={}, users=0, events=0)
+    if frame.empty:
+        return empty
+    events = _events(frame, default_timezone, hours=False)
+    low, high = int(events.ts.min()), int(events.ts.max())
+    cut = high - test_fraction * (high - low)
+    past = events.ts < cut
+    if not past.any() or past.all():
+        empty.notes.append("the log spans no time to split into past and held-out")
+        return empty
+
+    # Everything the model and the baselines learn comes from the past alone.
+    past_rows = np.flatnonzero(past)
+    past_events = _events(frame.iloc[past_rows], default_timezone)
+    counts = _counts(past_events, cut, half_life_days)
+    priors = _priors(counts, default_timezone, DEFAULT_MIN_SEGMENT)
+    in_past = counts.users.get_indexer(events.users)  # -1: nothing in the past
+    known_zone = np.full(len(events.users), "", dtype=object)
+    known_zone[in_past >= 0] = counts.zone[in_past[in_past >= 0]]
+    hour = np.empty(len(events.ts), dtype=np.int64)
+    hour[past_rows] = past_events.hour
+    future_rows = np.flatnonzero(~past)
+    hour[future_rows] = _local_hours(
+        events.ts[future_rows],
+        _resolve(
+            events.own_zone[future_rows],
+            known_zone[events.codes[future_rows]],
+            default_timezone,
+        ),
+    )
+
+    engaged = ~events.automated & np.isin(
+        events.kind, ("message_open", "message_click", *ACTIVITY_EVENT_TYPES)
+    )
+    past_engaged = past & engaged
+    with_past = np.zeros(len(events.users), dtype=bool)
+    with_past[events.codes[past_engaged]] = True
+    held = ~past & engaged & with_past[events.codes]
+    people = np.unique(events.codes[held])
+    metrics: dict[str, dict[str, float]] = {}
+    report = SendTimeReport(metrics=metrics, users=len(people), events=int(held.sum()))
+
+    if len(people):
+        row_of = np.full(len(events.users), -1)
+        row_of[people] = np.arange(len(people))
+        profiles = [counts.profile(int(in_past[u])) for u in people]
+        distributions = _hour_distributions(
+            events, hour, past, past_engaged, row_of, profiles, priors, default_timezone
+        )
+        rows, hours = row_of[events.codes[held]], hour[held]
+        for method, dist in distributions.items():
+            metrics[method] = _hour_metrics(dist, rows, hours, method == "uniform")
+
+    if not np.isin(events.kind, ("message_delivered", "message_open", "message_click")).any():
+        report.notes.append("no message events: the model uses activity alone")
+    _channel_metrics(events, past, in_past, counts, priors, metrics, report)
+    log.info(
+        "evaluated send time for %d users in %.2fs", report.users, time.perf_counter() - started
+    )
+    return report
+
+
+def _hour_distributions(
+    events: _Events,
+    hour: np.ndarray,
+    past: np.ndarray,
+    past_engaged: np.ndarray,
+    row_of: np.ndarray,
+    profiles: list[EngagementProfile],
+    priors: Priors,
+    default_timezone: str,
+) -> dict[str, np.ndarray]:
+    """Method -> (people, 24) distributions over local hours; row r is ``profiles[r]``."""
+    n = len(profiles)
+    out: dict[str, np.ndarray] = {}
+
+    model = np.empty((n, HOURS))
+    for r, profile in enumerate(profiles):
+        best = rank_channels(profile, priors)[0][0]
+        segment = profile.timezone or default_timezone
+        p, _, _ = hour_probabilities(profile, best, priors, segment)
+        model[r] = p / p.sum() if p.sum() > 0 else np.full(HOURS, 1.0 / HOURS)
+    out["model"] = model
+
+    opens = past & (events.kind == "message_open") & ~events.automated
+    if opens.any():
+        everyone = smooth(np.bincount(hour[opens], minlength=HOURS).astype(np.float64))
+        everyone /= everyone.sum()
+        mine = opens & (row_of[events.codes] >= 0)
+        own = np.zeros((n, HOURS))
+        np.add.at(own, (row_of[events.codes[mine]], hour[mine]), 1.0)
+        out["open_histogram"] = (smooth(own) + priors.strength * everyone) / (
+            own.sum(axis=1, keepdims=True) + priors.strength
+        )
+
+    # Each person's last past engagement (on equal times the later row).
+    mine = np.flatnonzero(past_engaged & (row_of[events.codes] >= 0))
+    mine = mine[np.lexsort((mine, events.ts[mine]))]
+    last_hour = np.zeros(n, dtype=np.int64)
+    last_hour[row_of[events.codes[mine]]] = hour[mine]  # later rows overwrite earlier ones
+    peak, side, floor = _SPIKE
+    spike = np.full((n, HOURS), floor)
+    people = np.arange(n)
+    spike[people, last_hour] += peak
+    spike[people, (last_hour + 1) % HOURS] += side
+    spike[people, (last_hour - 1) % HOURS] += side
+    out["last_active_hour"] = spike / spike.sum(axis=1, keepdims=True)
+
+    histogram = np.bincount(hour[past_engaged], minlength=HOURS) + 1.0
+    out["global_best_hour"] = np.tile(histogram / histogram.sum(), (n, 1))
+    out["uniform"] = np.full((n, HOURS), 1.0 / HOURS)
+    return out
+
+
+def _hour_metrics(
+    dist: np.ndarray, rows: np.ndarray, hours: np.ndarray, uniform: bool
+) -> dict[str, float]:
+    predicted = np.argmax(dist, axis=1)[rows]
+    distance = np.abs((hours - predicted + 12) % HOURS - 12)
+    hit = 3 / HOURS if uniform else float(np.mean(distance <= 1))
+    likelihood = float(np.mean(np.log(np.maximum(dist[rows, hours], LOG_FLOOR))))
+    return {"hit_rate_1h": hit, "log_likelihood": likelihood}
+
+
+def _channel_metrics(
+    events: _Events,
+    past: np.ndarray,
+    in_past: np.ndarray,
+    counts: _Counts,
+    priors: Priors,
+    metrics: dict[str, dict[str, float]],
+    report: SendTimeReport,
+) -> None:
+    is_open = (
+        (events.kind == "message_open")
+        & ~events.automated
+        & np.isin(events.channel, MESSAGE_CHANNELS)
+    )
+    past_opens = events.channel[past & is_open]
+    held = np.flatnonzero(~past & is_open & (in_past[events.codes] >= 0))
+    if not len(past_opens) or not len(held):
+        report.notes.append(
+            "no channel metrics: "
+            + ("no opens before the holdout" if not len(past_opens) else "no held-out opens")
+        )
+        return
+    tally = pd.Series(past_opens).value_counts()
+    # Most past opens; ties go to the earlier channel of MESSAGE_CHANNELS.
+    overall = max(MESSAGE_CHANNELS, key=lambda c: tally.get(c, 0))
+    # Each person's first held-out open (on equal times the earlier row).
+    held = held[np.lexsort((held, events.ts[held], events.codes[held]))]
+    first = held[np.r_[True, events.codes[held][1:] != events.codes[held][:-1]]]
+    hits = baseline = 0
+    for row in first:
+        opened = events.channel[row]
+        profile = counts.profile(int(in_past[events.codes[row]]))
+        hits += rank_channels(profile, priors)[0][0] == opened
+        baseline += overall == opened
+    metrics.setdefault("model", {})["channel_accuracy"] = hits / len(first)
+    metrics["global_best_channel"] = {"channel_accuracy": baseline / len(first)}
+    report.channel_users = len(first)
