@@ -49,6 +49,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 # Spawned client processes import this file again (as __mp_main__): heavy imports
@@ -99,6 +100,7 @@ class Row:
 # --- CPU accounting from /proc ----------------------------------------------------------
 
 TICKS = os.sysconf("SC_CLK_TCK")
+MACHINE = "machine"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,8 +113,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields_[11]) + int(fields_[12])) / TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy so far (steal included), from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def cpu_of(groups: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
+    """CPU seconds so far of each process group, and of the whole machine (``machine``)."""
+    used = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
+    return {**used, MACHINE: machine_busy_seconds()}
 
 
 # --- processes --------------------------------------------------------------------------
@@ -481,9 +495,19 @@ def profile_recommend(
         threading.setprofile(None)
     with lock:
         collected = list(profiles)
-    stats = pstats.Stats(collected[0])
-    for p in collected[1:]:
-        stats.add(p)
+    # Each profiler is still enabled in its (now idle) thread. Disabling it from here would
+    # close the calls still open there (a worker waiting for work) with this thread's
+    # clock; a snapshot of the completed calls is what we want.
+    snapshots = []
+    for p in collected:
+        p.snapshot_stats()
+        table = getattr(p, "stats", {})
+        if table:
+            snapshots.append(SimpleNamespace(stats=table, create_stats=lambda: None))
+    if not snapshots:
+        print("\nprofile: no calls were profiled")
+        return
+    stats = pstats.Stats(*snapshots)
     entries: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
     calls = sum(
         v[1]
@@ -538,19 +562,24 @@ def print_tables(rows: Sequence[Row], echo_rate: float, cores: int) -> None:
     if not with_cpu:
         return
     print(
-        f"\nCPU per call in the measured window, µs (from /proc; {cores} cores; "
-        "'cores busy' = all three groups' CPU / wall time; in-process rows: 'server' is the "
-        "bench process itself)"
+        f"\nCPU per call in the measured window, µs (from /proc; {cores} cores). 'cores busy': "
+        "CPU of the three groups / wall time; 'others': cores busy outside this benchmark "
+        "(other processes, hypervisor steal) - when high, the numbers above are squeezed. "
+        "In-process rows: 'server' is the bench process itself."
     )
     print(
-        f"{'target':<{width}}{'client':>9}{'server':>9}{'redis':>9}{'total':>9}{'cores busy':>12}"
+        f"{'target':<{width}}{'client':>9}{'server':>9}{'redis':>9}{'total':>9}"
+        f"{'cores busy':>12}{'others':>8}"
     )
     for r in with_cpu:
-        per = {k: v / r.completed * 1e6 for k, v in r.cpu.items()}
-        busy = sum(r.cpu.values()) / (r.completed / r.per_second)
+        used = {k: v for k, v in r.cpu.items() if k != MACHINE}
+        per = {k: v / r.completed * 1e6 for k, v in used.items()}
+        wall = r.completed / r.per_second
+        busy = sum(used.values()) / wall
+        others = max(0.0, r.cpu.get(MACHINE, 0.0) / wall - busy)
         print(
             f"{r.name:<{width}}{per['client']:>9.0f}{per['server']:>9.0f}{per['redis']:>9.0f}"
-            f"{sum(per.values()):>9.0f}{busy:>12.2f}"
+            f"{sum(per.values()):>9.0f}{busy:>12.2f}{others:>8.2f}"
         )
 
 
@@ -588,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     local_redis = running = echo = pool = None
     interrupted = False
     try:
-        from training.demo import LocalRedis
+        from training.redis_server import LocalRedis
 
         say(f"work folder {tmp}; starting redis-server ...")
         local_redis = LocalRedis(tmp / "redis")

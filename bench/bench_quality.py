@@ -40,11 +40,11 @@ from service.config import feature_store, load_settings  # noqa: E402
 from service.registry import ModelRegistry, quiet_mlflow  # noqa: E402
 from service.server import build_server  # noqa: E402
 from training import evaluation  # noqa: E402
-from training.demo import LocalRedis  # noqa: E402
 from training.event_log import write_events  # noqa: E402
 from training.matrix import DEFAULT_WEIGHTS, build_interactions, index_of  # noqa: E402
 from training.models import ModelParams  # noqa: E402
 from training.pipeline import TrainConfig, evaluate_holdout, train  # noqa: E402
+from training.redis_server import LocalRedis  # noqa: E402
 
 K = 10
 ALS_GRID = {"factors": (16, 32, 64, 128), "regularization": (0.05, 1.0, 5.0), "alpha": (1.0, 3.0)}

@@ -21,7 +21,31 @@ def dataset_dir() -> Path | None:
     return folder if (folder / "ratings.csv").exists() else None
 
 
-def events(folder: Path) -> pd.DataFrame:
+#: First digit of a US zip code → the time zone most of that zip region lies in (coarse:
+#: e.g. 3xxxx mixes Eastern and Central). Anything else (Canadian codes) → Toronto.
+ZIP_ZONES = {
+    "0": "America/New_York",
+    "1": "America/New_York",
+    "2": "America/New_York",
+    "3": "America/New_York",
+    "4": "America/New_York",
+    "5": "America/Chicago",
+    "6": "America/Chicago",
+    "7": "America/Chicago",
+    "8": "America/Denver",
+    "9": "America/Los_Angeles",
+}
+
+
+def zones(folder: Path) -> dict[str, str]:
+    users = pd.read_csv(folder / "users.csv", dtype={"zip_code": str})
+    return {
+        str(u): ZIP_ZONES.get(str(z)[:1], "America/Toronto")
+        for u, z in zip(users["user_id"], users["zip_code"], strict=True)
+    }
+
+
+def events(folder: Path, with_timezones: bool = False) -> pd.DataFrame:
     ratings = pd.read_csv(folder / "ratings.csv")
     kind = np.where(
         ratings["rating"] >= 5, "purchase", np.where(ratings["rating"] == 4, "favourite", "view")
@@ -33,8 +57,13 @@ def events(folder: Path) -> pd.DataFrame:
             "event_type": pd.Categorical(kind),
             "timestamp": ratings["timestamp"].astype(np.int64),
             "channel": "web",
-            "timezone": "",
+            "timezone": (
+                ratings["user_id"].astype(str).map(zones(folder)).fillna("")
+                if with_timezones
+                else ""
+            ),
             "value": np.nan,
+            "automated": False,
         }
     )
 

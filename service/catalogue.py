@@ -32,28 +32,24 @@ class ItemFilter:
     in_stock_only: bool = False
 
     @classmethod
-    def from_request(
-        cls,
-        include_categories: Any,
-        exclude_categories: Any,
-        exclude_item_ids: Any,
-        in_stock_only: bool,
-    ) -> ItemFilter:
-        for field, values, limit in (
-            ("include_categories", include_categories, MAX_CATEGORY_LENGTH),
-            ("exclude_categories", exclude_categories, MAX_CATEGORY_LENGTH),
-            ("exclude_item_ids", exclude_item_ids, MAX_ID_LENGTH),
+    def from_request(cls, request: Any) -> ItemFilter:
+        """From a request message with ``include_categories``, ``exclude_categories``,
+        ``exclude_item_ids`` and ``in_stock_only`` (Recommend, SimilarItems)."""
+        for field, limit in (
+            ("include_categories", MAX_CATEGORY_LENGTH),
+            ("exclude_categories", MAX_CATEGORY_LENGTH),
+            ("exclude_item_ids", MAX_ID_LENGTH),
         ):
-            for value in values:
+            for value in getattr(request, field):
                 if not value:
                     raise BadInput(field, "must not contain empty strings")
                 if len(value) > limit:
                     raise BadInput(field, f"{value[:20]!r}… is longer than {limit} characters")
         return cls(
-            frozenset(include_categories),
-            frozenset(exclude_categories),
-            frozenset(exclude_item_ids),
-            bool(in_stock_only),
+            frozenset(request.include_categories),
+            frozenset(request.exclude_categories),
+            frozenset(request.exclude_item_ids),
+            bool(request.in_stock_only),
         )
 
     @property

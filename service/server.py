@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,8 +41,6 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Recommender"].full_name,
     epb.DESCRIPTOR.services_by_name["Engagement"].full_name,
 )
-
-Request = TypeVar("Request")
 
 
 # --- the served model, swappable while serving ---------------------------------------
@@ -148,12 +146,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         user_id = check_id("user_id", request.user_id)
         options = RankingOptions(
             limit=check_limit(request.limit, self.settings),
-            item_filter=ItemFilter.from_request(
-                request.include_categories,
-                request.exclude_categories,
-                request.exclude_item_ids,
-                request.in_stock_only,
-            ),
+            item_filter=ItemFilter.from_request(request),
             exclude_purchased=_flag(request, "exclude_purchased", True),
             exclude_disliked=_flag(request, "exclude_disliked", True),
             exclude_seen=_flag(request, "exclude_seen", False),
@@ -183,12 +176,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             check_id("user_id", request.user_id)
         options = RankingOptions(
             limit=check_limit(request.limit, self.settings),
-            item_filter=ItemFilter.from_request(
-                request.include_categories,
-                request.exclude_categories,
-                request.exclude_item_ids,
-                request.in_stock_only,
-            ),
+            item_filter=ItemFilter.from_request(request),
             exclude_purchased=bool(request.user_id),
             exclude_disliked=bool(request.user_id),
         )
@@ -198,6 +186,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         # which may sit deep in the popular list.
         known = engine.recommender.knows_item(item_id)
         popular = engine.recommender.popular_count(options) if known else MAX_POPULAR
+        # Without a person, "\x00" (never a valid id) reads no one's features.
         view = self.store.serving_view(request.user_id or "\x00", popular)
         catalogue = self.catalogue.get(view.catalogue_version)
         together = self.store.bought_together(item_id, options.limit + 50)

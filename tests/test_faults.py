@@ -19,7 +19,7 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.features import FeatureStore, UserFeatures, connect
 from service.registry import ModelRegistry
 from service.server import build_server
-from tests.conftest import RedisProcess, free_port
+from training.redis_server import LocalRedis, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def wait_for(check, timeout=10.0):
 
 
 def test_redis_outage_is_unavailable_then_recovers_by_itself(trained, truth, tmp_path):
-    own_redis = RedisProcess(tmp_path)
+    own_redis = LocalRedis(tmp_path)
     settings = replace(trained.settings, redis_url=own_redis.url, port=0, host="127.0.0.1")
     model = ModelRegistry(settings).load_alias("champion")
     store = FeatureStore(connect(own_redis.url), "outage")

@@ -10,10 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,72 +17,18 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
-import redis
 
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.config import Settings, feature_store
-from service.errors import OmnirecError
 from service.registry import ModelRegistry
 from service.server import build_server
 from training.catalogue import load_catalogue
 from training.pipeline import TrainConfig, train
+from training.redis_server import LocalRedis
 from training.synthetic import generate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalRedis:
-    """A throw-away redis-server on a free loopback port (no persistence)."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise OmnirecError(
-                "redis-server not found: install it (Debian: apt-get install redis-server) "
-                "or set REDIS_URL to a running Redis"
-            )
-        self.port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir.resolve()),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise OmnirecError("redis-server did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from service.events import MESSAGE_CHANNELS
+from service.events import EVENT_TYPES, MESSAGE_CHANNELS
 from service.send_time import (
     ACTIVITY_EVENT_TYPES,
     ATTRIBUTION_WINDOW_SECONDS,
@@ -136,106 +136,148 @@ def _automated(frame: pd.DataFrame) -> np.ndarray:
     return frame["automated"].fillna(False).to_numpy(dtype=bool)
 
 
-def _text(frame: pd.DataFrame, name: str) -> np.ndarray:
+def _lookup(frame: pd.DataFrame, name: str, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Per row the position of the column's value in ``vocabulary``, -1 when not in it."""
     if name not in frame.columns:
-        return np.full(len(frame), "", dtype=object)
-    return frame[name].fillna("").astype("str").to_numpy(dtype=object)
+        return np.full(len(frame), -1, dtype=np.int16)
+    column = frame[name]
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes, names = column.cat.codes.to_numpy(), column.cat.categories
+    else:
+        codes, names = pd.factorize(column)
+    table = np.array([vocabulary.index(v) if v in vocabulary else -1 for v in names] + [-1])
+    return table[np.where(codes < 0, len(names), codes)].astype(np.int16)
 
 
-def _known(zones: np.ndarray) -> np.ndarray:
-    """Which entries name a zone this machine knows."""
-    valid = [z for z in pd.unique(zones) if z and is_known_zone(z)]
-    return np.isin(zones, valid) if valid else np.zeros(len(zones), dtype=bool)
+@dataclass
+class _Events:
+    """The columns of a frame the send-time model reads, as integer codes."""
+
+    codes: np.ndarray
+    """Position of the row's user in ``users``."""
+    users: pd.Index
+    kind: np.ndarray
+    """Position in ``EVENT_TYPES``, -1 for anything else."""
+    channel: np.ndarray
+    """Position in ``MESSAGE_CHANNELS``, -1 for other channels and none."""
+    ts: np.ndarray
+    automated: np.ndarray
+    own_zone: np.ndarray
+    """Position of the row's zone in ``zone_names``, -1 when it has none (or unknown)."""
+    zone_names: np.ndarray
+    user_zone: np.ndarray
+    """Per user: position of their latest known zone in ``zone_names``, -1 when none."""
+    hour: np.ndarray
+    """Local hour (see :func:`_with_hours`)."""
+
+    def of_kind(self, *names: str) -> np.ndarray:
+        return np.isin(self.kind, [EVENT_TYPES.index(n) for n in names])
+
+    @property
+    def zone(self) -> np.ndarray:
+        """Per user: latest known zone, "" when none."""
+        names = np.append(self.zone_names.astype(object), "")
+        return names[np.where(self.user_zone < 0, len(self.zone_names), self.user_zone)]
+
+    def take(self, rows: np.ndarray) -> _Events:
+        """The rows ``rows`` as a log of their own (same users and zone names; each
+        person's latest zone from these rows alone; hours not computed)."""
+        own_zone, ts, codes = self.own_zone[rows], self.ts[rows], self.codes[rows]
+        return _Events(
+            codes=codes,
+            users=self.users,
+            kind=self.kind[rows],
+            channel=self.channel[rows],
+            ts=ts,
+            automated=self.automated[rows],
+            own_zone=own_zone,
+            zone_names=self.zone_names,
+            user_zone=_latest_zones(codes, ts, own_zone, len(self.users)),
+            hour=np.zeros(len(rows), dtype=np.int64),
+        )
+
+
+def _parse(frame: pd.DataFrame) -> _Events:
+    codes, users = pd.factorize(frame["user_id"].astype("str"), sort=True)
+    ts = frame["timestamp"].to_numpy(dtype=np.int64)
+    if "timezone" in frame.columns:
+        # Sorted names: on equal times the greatest name wins, as in send_time.latest_zone.
+        zone_codes, names = pd.factorize(frame["timezone"], sort=True)
+        names = np.asarray(names, dtype=object)
+    else:
+        zone_codes, names = np.full(len(frame), -1), np.array([], dtype=object)
+    known = np.array([bool(z) and is_known_zone(str(z)) for z in names] + [False])
+    own_zone = np.where(known[np.where(zone_codes < 0, len(names), zone_codes)], zone_codes, -1)
+    return _Events(
+        codes=codes,
+        users=users,
+        kind=_lookup(frame, "event_type", EVENT_TYPES),
+        channel=_lookup(frame, "channel", MESSAGE_CHANNELS),
+        ts=ts,
+        automated=_automated(frame),
+        own_zone=own_zone,
+        zone_names=names,
+        user_zone=_latest_zones(codes, ts, own_zone, len(users)),
+        hour=np.zeros(len(frame), dtype=np.int64),
+    )
 
 
 def _latest_zones(codes: np.ndarray, ts: np.ndarray, zones: np.ndarray, n: int) -> np.ndarray:
-    """Per user the zone of their latest event naming a known zone (on equal times the
-    greatest name, as ``send_time.latest_zone``), "" when none."""
-    out = np.full(n, "", dtype=object)
-    keep = _known(zones)
-    if keep.any():
-        sub = pd.DataFrame({"u": codes[keep], "ts": ts[keep], "z": zones[keep]})
-        last = sub.sort_values(["u", "ts", "z"], kind="stable").drop_duplicates("u", keep="last")
-        out[last["u"].to_numpy()] = last["z"].to_numpy()
+    """Per user the zone code of their latest row with a zone (codes follow name order, so
+    on equal times the greatest name wins), -1 when none."""
+    out = np.full(n, -1, dtype=np.int64)
+    rows = np.flatnonzero(zones >= 0)
+    if len(rows):
+        rows = rows[np.lexsort((zones[rows], ts[rows], codes[rows]))]
+        last = np.r_[codes[rows][1:] != codes[rows][:-1], True]
+        out[codes[rows][last]] = zones[rows][last]
     return out
 
 
-def _local_hours(ts: np.ndarray, zones: np.ndarray) -> np.ndarray:
-    """Local hour of each epoch second in its zone, one ``tz_convert`` per distinct zone."""
+def _with_hours(events: _Events, default_timezone: str) -> _Events:
+    """``events`` with each row's local hour: in its own zone, else its person's latest
+    known zone, else ``default_timezone``."""
+    zone = np.where(events.own_zone >= 0, events.own_zone, events.user_zone[events.codes])
+    events.hour = _local_hours(events.ts, zone, events.zone_names, default_timezone)
+    return events
+
+
+def _local_hours(
+    ts: np.ndarray, zone: np.ndarray, names: np.ndarray, default_timezone: str
+) -> np.ndarray:
+    """Local hour of each epoch second; ``zone`` indexes ``names``, -1 is the default
+    zone. One ``tz_convert`` per distinct zone."""
     hours = np.zeros(len(ts), dtype=np.int64)
     if not len(ts):
         return hours
-    zone_codes, names = pd.factorize(zones)
-    order = np.argsort(zone_codes, kind="stable")
-    bounds = np.searchsorted(zone_codes[order], np.arange(len(names) + 1))
-    for k, name in enumerate(names):
+    order = np.argsort(zone, kind="stable")
+    present, starts = np.unique(zone[order], return_index=True)
+    bounds = np.append(starts, len(order))
+    for k, code in enumerate(present):
         rows = order[bounds[k] : bounds[k + 1]]
+        name = default_timezone if code < 0 else str(names[code])
         stamps = pd.DatetimeIndex(pd.to_datetime(ts[rows], unit="s", utc=True))
         hours[rows] = stamps.tz_convert(name).hour
     return hours
 
 
-@dataclass
-class _Events:
-    """The columns of a frame the send-time model reads, with every event's local hour."""
-
-    codes: np.ndarray
-    """Position of the row's user in ``users``."""
-    users: pd.Index
-    zone: np.ndarray
-    """Per user: latest known zone, "" when none."""
-    kind: np.ndarray
-    channel: np.ndarray
-    ts: np.ndarray
-    automated: np.ndarray
-    own_zone: np.ndarray
-    """The row's own zone when known, else ""."""
-    hour: np.ndarray
-
-
-def _events(frame: pd.DataFrame, default_timezone: str, hours: bool = True) -> _Events:
-    """The frame's events; each hour in the event's own zone, else the person's latest
-    known zone, else ``default_timezone`` (``hours=False``: hours left at 0)."""
-    codes, users = pd.factorize(frame["user_id"].astype("str"), sort=True)
-    ts = frame["timestamp"].to_numpy(dtype=np.int64)
-    zones = _text(frame, "timezone")
-    own_zone = np.where(_known(zones), zones, "")
-    events = _Events(
-        codes=codes,
-        users=users,
-        zone=_latest_zones(codes, ts, zones, len(users)),
-        kind=frame["event_type"].astype("str").to_numpy(dtype=object),
-        channel=_text(frame, "channel"),
-        ts=ts,
-        automated=_automated(frame),
-        own_zone=own_zone,
-        hour=np.zeros(len(frame), dtype=np.int64),
-    )
-    if hours:
-        events.hour = _local_hours(ts, _resolve(own_zone, events.zone[codes], default_timezone))
-    return events
-
-
-def _resolve(own: np.ndarray, person: np.ndarray, default_timezone: str) -> np.ndarray:
-    return np.where(own != "", own, np.where(person != "", person, default_timezone))
+def _events(frame: pd.DataFrame, default_timezone: str) -> _Events:
+    return _with_hours(_parse(frame), default_timezone)
 
 
 def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
     n = len(events.users)
     weight = np.exp2(-(now - events.ts) / (half_life_days * _SECONDS_PER_DAY))
-    on_message_channel = np.isin(events.channel, MESSAGE_CHANNELS)
-    delivered = (events.kind == "message_delivered") & on_message_channel
-    answer = (
-        np.isin(events.kind, ("message_open", "message_click"))
-        & on_message_channel
-        & ~events.automated
-    )
-    active = np.isin(events.kind, ACTIVITY_EVENT_TYPES) & ~events.automated
+    on_message_channel = events.channel >= 0
+    delivered = events.of_kind("message_delivered") & on_message_channel
+    answer = events.of_kind("message_open", "message_click") & on_message_channel
+    answer &= ~events.automated
+    active = events.of_kind(*ACTIVITY_EVENT_TYPES) & ~events.automated
 
     # Each open or click goes to the hour of the latest delivery on its channel at most
     # 48 h before it (same second included); on equal times the greatest hour, as in
     # send_time.profile_from_events.
-    channel_codes = pd.Index(MESSAGE_CHANNELS).get_indexer(events.channel)
+    channel_codes = events.channel
     sent = pd.DataFrame(
         {
             "u": events.codes[delivered],
@@ -268,8 +310,8 @@ def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
         parts = []
         for mask, hours in (
             (delivered & on, events.hour),
-            (answer & on & (events.kind == "message_open"), answer_hour),
-            (answer & on & (events.kind == "message_click"), answer_hour),
+            (answer & on & events.of_kind("message_open"), answer_hour),
+            (answer & on & events.of_kind("message_click"), answer_hour),
         ):
             parts.append(_bincount_rows(events.codes[mask], hours[mask], weight[mask]))
         if any(len(p.users) for p in parts):
@@ -487,7 +529,7 @@ def evaluate_send_time(
     empty = SendTimeReport(metrics={}, users=0, events=0)
     if frame.empty:
         return empty
-    events = _events(frame, default_timezone, hours=False)
+    events = _parse(frame)
     low, high = int(events.ts.min()), int(events.ts.max())
     cut = high - test_fraction * (high - low)
     past = events.ts < cut
@@ -497,26 +539,22 @@ def evaluate_send_time(
 
     # Everything the model and the baselines learn comes from the past alone.
     past_rows = np.flatnonzero(past)
-    past_events = _events(frame.iloc[past_rows], default_timezone)
+    past_events = _with_hours(events.take(past_rows), default_timezone)
     counts = _counts(past_events, cut, half_life_days)
     priors = _priors(counts, default_timezone, DEFAULT_MIN_SEGMENT)
-    in_past = counts.users.get_indexer(events.users)  # -1: nothing in the past
-    known_zone = np.full(len(events.users), "", dtype=object)
-    known_zone[in_past >= 0] = counts.zone[in_past[in_past >= 0]]
+    with_rows = np.bincount(past_events.codes, minlength=len(events.users)) > 0
+    # Held-out events without a zone of their own: the person's zone as known in the past.
     hour = np.empty(len(events.ts), dtype=np.int64)
     hour[past_rows] = past_events.hour
     future_rows = np.flatnonzero(~past)
+    zone = events.own_zone[future_rows]
+    zone = np.where(zone >= 0, zone, past_events.user_zone[events.codes[future_rows]])
     hour[future_rows] = _local_hours(
-        events.ts[future_rows],
-        _resolve(
-            events.own_zone[future_rows],
-            known_zone[events.codes[future_rows]],
-            default_timezone,
-        ),
+        events.ts[future_rows], zone, events.zone_names, default_timezone
     )
 
-    engaged = ~events.automated & np.isin(
-        events.kind, ("message_open", "message_click", *ACTIVITY_EVENT_TYPES)
+    engaged = ~events.automated & events.of_kind(
+        "message_open", "message_click", *ACTIVITY_EVENT_TYPES
     )
     past_engaged = past & engaged
     with_past = np.zeros(len(events.users), dtype=bool)
@@ -529,7 +567,7 @@ def evaluate_send_time(
     if len(people):
         row_of = np.full(len(events.users), -1)
         row_of[people] = np.arange(len(people))
-        profiles = [counts.profile(int(in_past[u])) for u in people]
+        profiles = [counts.profile(int(u)) for u in people]
         distributions = _hour_distributions(
             events, hour, past, past_engaged, row_of, profiles, priors, default_timezone
         )
@@ -537,9 +575,9 @@ def evaluate_send_time(
         for method, dist in distributions.items():
             metrics[method] = _hour_metrics(dist, rows, hours, method == "uniform")
 
-    if not np.isin(events.kind, ("message_delivered", "message_open", "message_click")).any():
+    if not events.of_kind("message_delivered", "message_open", "message_click").any():
         report.notes.append("no message events: the model uses activity alone")
-    _channel_metrics(events, past, in_past, counts, priors, metrics, report)
+    _channel_metrics(events, past, with_rows, counts, priors, metrics, report)
     log.info(
         "evaluated send time for %d users in %.2fs", report.users, time.perf_counter() - started
     )
@@ -568,7 +606,7 @@ def _hour_distributions(
         model[r] = p / p.sum() if p.sum() > 0 else np.full(HOURS, 1.0 / HOURS)
     out["model"] = model
 
-    opens = past & (events.kind == "message_open") & ~events.automated
+    opens = past & events.of_kind("message_open") & ~events.automated
     if opens.any():
         everyone = smooth(np.bincount(hour[opens], minlength=HOURS).astype(np.float64))
         everyone /= everyone.sum()
@@ -611,35 +649,31 @@ def _hour_metrics(
 def _channel_metrics(
     events: _Events,
     past: np.ndarray,
-    in_past: np.ndarray,
+    with_rows: np.ndarray,
     counts: _Counts,
     priors: Priors,
     metrics: dict[str, dict[str, float]],
     report: SendTimeReport,
 ) -> None:
-    is_open = (
-        (events.kind == "message_open")
-        & ~events.automated
-        & np.isin(events.channel, MESSAGE_CHANNELS)
-    )
+    is_open = events.of_kind("message_open") & ~events.automated & (events.channel >= 0)
     past_opens = events.channel[past & is_open]
-    held = np.flatnonzero(~past & is_open & (in_past[events.codes] >= 0))
+    held = np.flatnonzero(~past & is_open & with_rows[events.codes])
     if not len(past_opens) or not len(held):
         report.notes.append(
             "no channel metrics: "
             + ("no opens before the holdout" if not len(past_opens) else "no held-out opens")
         )
         return
-    tally = pd.Series(past_opens).value_counts()
     # Most past opens; ties go to the earlier channel of MESSAGE_CHANNELS.
-    overall = max(MESSAGE_CHANNELS, key=lambda c: tally.get(c, 0))
+    tally = np.bincount(past_opens, minlength=len(MESSAGE_CHANNELS))
+    overall = MESSAGE_CHANNELS[int(np.argmax(tally))]
     # Each person's first held-out open (on equal times the earlier row).
     held = held[np.lexsort((held, events.ts[held], events.codes[held]))]
     first = held[np.r_[True, events.codes[held][1:] != events.codes[held][:-1]]]
     hits = baseline = 0
     for row in first:
-        opened = events.channel[row]
-        profile = counts.profile(int(in_past[events.codes[row]]))
+        opened = MESSAGE_CHANNELS[events.channel[row]]
+        profile = counts.profile(int(events.codes[row]))
         hits += rank_channels(profile, priors)[0][0] == opened
         baseline += overall == opened
     metrics.setdefault("model", {})["channel_accuracy"] = hits / len(first)
