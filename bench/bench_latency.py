@@ -23,7 +23,8 @@ alone, and scoring alone on views read beforehand.
 
 ``--profile`` runs the Recommend load once more against a second server whose threads all
 run under ``cProfile`` (thread CPU time by default, ``--profile-clock wall`` for wall
-time) and prints the top functions by cumulative time, per call.
+time) and prints the top functions by cumulative time, per call. ``--workers`` sets the
+thread-pool size of both servers (default: omnirec's own default).
 
 An RPC the server answers with UNIMPLEMENTED is reported as such, never timed. Nothing is
 asserted: the numbers depend on the machine (and on a 2-core machine the client, the
@@ -518,22 +519,24 @@ def profile_recommend(
     print(
         f"\nprofile: {args.profile_clock} time of every server thread ({len(collected)} threads),"
         f" {calls} Recommend calls, {result.completed / args.seconds:.0f} calls/s under the "
-        f"profiler ({unprofiled:.0f} without). Top functions by cumulative time; thread "
-        f"plumbing{' and idle waits' if args.profile_clock == 'wall' else ''} left out. "
-        "The profiler inflates Python-heavy code several-fold: read shares, not absolutes.\n"
+        f"profiler ({unprofiled:.0f} without). Top functions by cumulative and by own time; "
+        f"thread plumbing{' and idle waits' if args.profile_clock == 'wall' else ''} left out. "
+        "The profiler inflates Python-heavy code several-fold: read shares, not absolutes."
     )
-    print(f"{'ncalls':>9} {'tottime s':>10} {'cumtime s':>10} {'cum µs/RPC':>11}  function")
-    shown = 0
-    for (file, line, name), (_, nc, tt, ct, _) in sorted(
-        entries.items(), key=lambda kv: kv[1][3], reverse=True
+    listed = [
+        (key, value) for key, value in entries.items() if (Path(key[0]).name, key[2]) not in skip
+    ]
+    for title, column, label in (
+        ("by cumulative time", 3, "cum µs/RPC"),
+        ("by own time (the hot leaves)", 2, "own µs/RPC"),
     ):
-        if (Path(file).name, name) in skip:
-            continue
-        where = name if file == "~" else f"{'/'.join(Path(file).parts[-2:])}:{line}({name})"
-        print(f"{nc:>9} {tt:>10.3f} {ct:>10.3f} {ct / max(calls, 1) * 1e6:>11.1f}  {where}")
-        shown += 1
-        if shown == args.profile_top:
-            break
+        print(f"\n{title}:")
+        print(f"{'ncalls':>9} {'tottime s':>10} {'cumtime s':>10} {label:>11}  function")
+        ranked = sorted(listed, key=lambda kv: kv[1][column], reverse=True)
+        for (file, line, name), (_, nc, tt, ct, _) in ranked[: args.profile_top]:
+            where = name if file == "~" else f"{'/'.join(Path(file).parts[-2:])}:{line}({name})"
+            per_rpc = (ct if column == 3 else tt) / max(calls, 1) * 1e6
+            print(f"{nc:>9} {tt:>10.3f} {ct:>10.3f} {per_rpc:>11.1f}  {where}")
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -621,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         say(f"work folder {tmp}; starting redis-server ...")
         local_redis = LocalRedis(tmp / "redis")
+        redis_pid = local_redis.process.pid if local_redis.process else 0
         say(f"redis-server on port {local_redis.port}; starting client processes ...")
         pool = ClientPool(args.client_processes)
         setup = set_up(args, tmp, local_redis.url)
@@ -649,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         groups = {
             "client": pool.pids,
-            "redis": [local_redis.process.pid],
+            "redis": [redis_pid],
         }
         rows: list[Row] = []
 
@@ -697,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(
             load("SimilarItems", "SimilarItems", address, method_path("SimilarItems"), similar, me)
         )
-        in_process = in_process_rows(setup, args.seconds, local_redis.process.pid)
+        in_process = in_process_rows(setup, args.seconds, redis_pid)
         if args.profile and not rows[1].skipped:
             profile_recommend(setup, pool, recommend, args, rows[1].per_second)
         # Last: it adds live history that would change what the other targets read.

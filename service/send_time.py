@@ -341,6 +341,7 @@ def profile_from_events(
     # Per channel, deliveries sorted by time with their local hours, for attribution.
     sent: dict[str, list[tuple[int, int]]] = {}
     answers: list[tuple[str, str, int, str]] = []
+    active: dict[int, tuple[int, str]] = {}  # clock hour -> its earliest activity event
     for channel, kind, ts, zone, automated in rows:
         if kind == "message_delivered" and channel in MESSAGE_CHANNELS:
             hour, weight = hour_and_weight(ts, zone)
@@ -351,8 +352,14 @@ def profile_from_events(
         elif kind in ("message_open", "message_click") and channel in MESSAGE_CHANNELS:
             answers.append((channel, kind, ts, zone))
         elif kind in ACTIVITY_EVENT_TYPES:
-            hour, weight = hour_and_weight(ts, zone)
-            activity[hour] += weight
+            # Keep the earliest, ties to the smallest zone name (as training does).
+            first = active.get(ts // 3600)
+            if first is None or (ts, zone) < first:
+                active[ts // 3600] = (ts, zone)
+    # A burst of events in one clock hour is one sign of being around, not fifty.
+    for ts, zone in active.values():
+        hour, weight = hour_and_weight(ts, zone)
+        activity[hour] += weight
     for deliveries in sent.values():
         deliveries.sort()
     for channel, kind, ts, zone in answers:

@@ -225,13 +225,15 @@ def _parse(frame: pd.DataFrame) -> _Events:
 def _latest_zones(codes: np.ndarray, ts: np.ndarray, zones: np.ndarray, n: int) -> np.ndarray:
     """Per user the zone code of their latest row with a zone (codes follow name order, so
     on equal times the greatest name wins), -1 when none."""
-    out = np.full(n, -1, dtype=np.int64)
     rows = np.flatnonzero(zones >= 0)
-    if len(rows):
-        rows = rows[np.lexsort((zones[rows], ts[rows], codes[rows]))]
-        last = np.r_[codes[rows][1:] != codes[rows][:-1], True]
-        out[codes[rows][last]] = zones[rows][last]
-    return out
+    if not len(rows):
+        return np.full(n, -1, dtype=np.int64)
+    # One key ordered by (time, zone): the greatest per user is the one to keep.
+    width = int(zones[rows].max()) + 1
+    key = ts[rows].astype(np.int64) * width + zones[rows]
+    best = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(best, codes[rows], key)
+    return np.where(best >= 0, best % width, -1)
 
 
 def _with_hours(events: _Events, default_timezone: str) -> _Events:
@@ -265,6 +267,27 @@ def _events(frame: pd.DataFrame, default_timezone: str) -> _Events:
     return _with_hours(_parse(frame), default_timezone)
 
 
+def _one_per_clock_hour(events: _Events, mask: np.ndarray) -> np.ndarray:
+    """``mask`` keeping each person's earliest row per clock hour (ties: the smallest zone
+    name, "" for none), as :func:`service.send_time.profile_from_events` counts activity."""
+    rows = np.flatnonzero(mask)
+    names = np.append(np.asarray(events.zone_names, dtype=object), "")
+    zone = events.own_zone[rows]
+    burst = pd.DataFrame(
+        {
+            "u": events.codes[rows],
+            "h": events.ts[rows] // 3600,
+            "ts": events.ts[rows],
+            "zone": names[np.where(zone < 0, len(names) - 1, zone)],
+            "row": rows,
+        }
+    )
+    first = burst.sort_values(["ts", "zone"], kind="stable").drop_duplicates(["u", "h"])["row"]
+    kept = np.zeros(len(mask), dtype=bool)
+    kept[first.to_numpy()] = True
+    return kept
+
+
 def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
     n = len(events.users)
     weight = np.exp2(-(now - events.ts) / (half_life_days * _SECONDS_PER_DAY))
@@ -273,11 +296,13 @@ def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
     answer = events.of_kind("message_open", "message_click") & on_message_channel
     answer &= ~events.automated
     active = events.of_kind(*ACTIVITY_EVENT_TYPES) & ~events.automated
+    # A burst of events in one clock hour is one sign of being around, not fifty.
+    active = _one_per_clock_hour(events, active)
 
     # Each open or click goes to the hour of the latest delivery on its channel at most
     # 48 h before it (same second included); on equal times the greatest hour, as in
     # send_time.profile_from_events.
-    channel_codes = events.channel
+    channel_codes = events.channel  # position in MESSAGE_CHANNELS, -1 for others
     sent = pd.DataFrame(
         {
             "u": events.codes[delivered],
@@ -341,7 +366,14 @@ def user_profiles(
     """
     started = time.perf_counter()
     counts = _counts(_events(frame, default_timezone), now, half_life_days)
-    profiles = {str(user): counts.profile(i) for i, user in enumerate(counts.users)}
+    built = [EngagementProfile(timezone=zone or None) for zone in counts.zone]
+    for name, parts in counts.channels.items():
+        users, (deliveries, opens, clicks) = _aligned(parts)
+        for k, i in enumerate(users):
+            built[i].channels[name] = ChannelCounts(deliveries[k], opens[k], clicks[k])
+    for k, i in enumerate(counts.activity.users):
+        built[i].activity = counts.activity.values[k]
+    profiles = {str(user): built[i] for i, user in enumerate(counts.users)}
     log.info("built %d engagement profiles in %.2fs", len(profiles), time.perf_counter() - started)
     return profiles
 
@@ -556,6 +588,9 @@ def evaluate_send_time(
     engaged = ~events.automated & events.of_kind(
         "message_open", "message_click", *ACTIVITY_EVENT_TYPES
     )
+    # Targets are distinct active hours: a binge of fifty events in one hour is one
+    # "she was around then", for the model and every baseline alike.
+    engaged = _one_per_clock_hour(events, engaged)
     past_engaged = past & engaged
     with_past = np.zeros(len(events.users), dtype=bool)
     with_past[events.codes[past_engaged]] = True

@@ -1,0 +1,508 @@
+"""The send-time and channel model (service/send_time.py): pure functions, no servers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from service.events import MESSAGE_CHANNELS
+from service.send_time import (
+    HOURS,
+    SOURCES,
+    ChannelCounts,
+    EngagementProfile,
+    Priors,
+    awake_factor,
+    choose_slots,
+    hour_probabilities,
+    is_quiet,
+    profile_from_events,
+    rank_channels,
+    smooth,
+)
+
+DAY = 86_400
+HOUR = 3_600
+NOW = 1_790_000_000  # 2026-09-21T13:33:20Z
+BERLIN = "Europe/Berlin"
+
+
+def flat_priors(rate: float = 0.1, **changes: object) -> Priors:
+    """Flat rates and uniform activity: the prior contributes no shape of its own."""
+    priors = Priors(
+        channel_rate={c: rate for c in MESSAGE_CHANNELS},
+        channel_hour_rate={c: [rate] * HOURS for c in MESSAGE_CHANNELS},
+        segment_hour_rate={},
+        activity=[1 / HOURS] * HOURS,
+        segment_activity={},
+    )
+    for name, value in changes.items():
+        setattr(priors, name, value)
+    return priors
+
+
+def at_hour(hour: int, count: float) -> np.ndarray:
+    values = np.zeros(HOURS)
+    values[hour] = count
+    return values
+
+
+def profile(
+    channel: str = "email",
+    deliveries: np.ndarray | None = None,
+    opens: np.ndarray | None = None,
+    activity: np.ndarray | None = None,
+    timezone: str | None = BERLIN,
+) -> EngagementProfile:
+    counts = ChannelCounts(
+        deliveries=np.zeros(HOURS) if deliveries is None else deliveries,
+        opens=np.zeros(HOURS) if opens is None else opens,
+    )
+    return EngagementProfile(
+        timezone=timezone,
+        channels={channel: counts},
+        activity=np.zeros(HOURS) if activity is None else activity,
+    )
+
+
+def ts_at(local: str, zone: str = BERLIN) -> int:
+    """Epoch seconds of a local wall-clock time."""
+    return int(datetime.fromisoformat(local).replace(tzinfo=ZoneInfo(zone)).timestamp())
+
+
+# --- shrinkage -------------------------------------------------------------------------
+
+
+def test_no_data_gives_the_prior_curve() -> None:
+    curve = [0.05 + 0.01 * h for h in range(HOURS)]
+    priors = flat_priors(channel_hour_rate={c: curve for c in MESSAGE_CHANNELS})
+    p, source, evidence = hour_probabilities(EngagementProfile(), "email", priors, None)
+    np.testing.assert_allclose(p, curve)
+    assert (source, evidence) == ("global_prior", 0)
+    assert p.dtype == np.float64 and p.shape == (HOURS,)
+
+
+def test_lots_of_data_gives_the_data() -> None:
+    # A smooth daily curve (smoothing flattens sharper ones a little), 0.15 to 0.35.
+    rate = 0.25 + 0.1 * np.cos(2 * np.pi * (np.arange(HOURS) - 18) / HOURS)
+    deliveries = np.full(HOURS, 50_000.0)
+    p, source, evidence = hour_probabilities(
+        profile(deliveries=deliveries, opens=deliveries * rate), "email", flat_priors(), BERLIN
+    )
+    np.testing.assert_allclose(p, rate, atol=0.01)
+    assert source == "user"
+    assert evidence == 24 * 50_000
+
+
+def test_little_data_moves_the_estimate_a_little() -> None:
+    priors = flat_priors(0.1)
+    few = profile(deliveries=at_hour(9, 2.0), opens=at_hour(9, 2.0))
+    many = profile(deliveries=at_hour(9, 200.0), opens=at_hour(9, 200.0))
+    p_few = hour_probabilities(few, "email", priors, None)[0]
+    p_many = hour_probabilities(many, "email", priors, None)[0]
+    assert 0.1 < p_few[9] < 0.5 < p_many[9] <= 1.0
+    assert p_few[9] < p_many[9]
+
+
+def test_a_keen_reader_lifts_the_whole_curve() -> None:
+    priors = flat_priors(0.1)
+    keen = profile(deliveries=at_hour(9, 40.0), opens=at_hour(9, 20.0))
+    p = hour_probabilities(keen, "email", priors, None)[0]
+    # Hours never sent at still expect more than the global 10 % from this person.
+    assert p[21] > 0.2
+
+
+def test_counts_are_smoothed_over_neighbouring_hours() -> None:
+    priors = flat_priors(0.1)
+    p = hour_probabilities(
+        profile(deliveries=at_hour(0, 100.0), opens=at_hour(0, 60.0)), "email", priors, None
+    )[0]
+    assert p[0] > p[1] > p[2] > p[6]
+    assert p[1] == pytest.approx(p[23])  # circular: midnight's neighbour is 23:00
+    assert p[2] == pytest.approx(p[22])
+
+    counts = np.arange(HOURS, dtype=float)
+    assert smooth(counts).sum() == pytest.approx(counts.sum())
+    assert smooth(at_hour(0, 1.0))[23] == pytest.approx(smooth(at_hour(0, 1.0))[1])
+
+
+def test_segment_priors_are_used_when_present() -> None:
+    evening = [0.02] * 18 + [0.3] * 6
+    priors = flat_priors(segment_hour_rate={"Asia/Tokyo": {"sms": evening}})
+    p, source, _ = hour_probabilities(EngagementProfile(), "sms", priors, "Asia/Tokyo")
+    np.testing.assert_allclose(p, evening)
+    assert source == "segment_prior"
+    p, source, _ = hour_probabilities(EngagementProfile(), "email", priors, "Asia/Tokyo")
+    assert source == "global_prior"
+    np.testing.assert_allclose(p, 0.1)
+
+
+def test_source_and_evidence() -> None:
+    priors = flat_priors()
+    assert SOURCES == ("user", "segment_prior", "global_prior")
+    by_activity = profile(activity=at_hour(20, 12.4))
+    assert hour_probabilities(by_activity, "email", priors, None)[1:] == ("user", 12)
+    thin = profile(deliveries=at_hour(9, 4.0), activity=at_hour(20, 3.0))
+    assert hour_probabilities(thin, "email", priors, None)[1:] == ("global_prior", 7)
+    by_deliveries = profile(deliveries=at_hour(9, 5.0))
+    assert hour_probabilities(by_deliveries, "email", priors, None)[1] == "user"
+    # Evidence is per channel: email deliveries say nothing about push.
+    assert hour_probabilities(by_deliveries, "push", priors, None)[1:] == ("global_prior", 0)
+
+
+def test_unknown_channel_is_refused() -> None:
+    with pytest.raises(ValueError, match="channel 'fax'"):
+        hour_probabilities(EngagementProfile(), "fax", flat_priors(), None)
+
+
+# --- activity --------------------------------------------------------------------------
+
+
+def test_activity_points_at_the_hours_the_person_is_around() -> None:
+    priors = flat_priors()
+    person = profile(activity=at_hour(20, 30.0) + at_hour(21, 10.0))
+    p, source, _ = hour_probabilities(person, "email", priors, BERLIN)
+    assert int(np.argmax(p)) in (20, 21)
+    assert p[20] > 2 * p[8]
+    assert source == "user"
+
+    factor = awake_factor(person.activity, priors, BERLIN)
+    assert factor.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(awake_factor(np.zeros(HOURS), priors, None), 1.0)
+
+
+def test_activity_shrinks_to_the_activity_prior() -> None:
+    daytime = np.where((np.arange(HOURS) >= 8) & (np.arange(HOURS) < 20), 1.0, 0.2)
+    priors = flat_priors(activity=list(daytime / daytime.sum()))
+    factor = awake_factor(np.zeros(HOURS), priors, None)
+    assert factor[12] > 1 > factor[3]
+    # One event at 3 am barely moves a person towards the night.
+    once = awake_factor(at_hour(3, 1.0), priors, None)
+    assert once[12] > once[3]
+
+
+def test_strong_delivery_evidence_beats_activity() -> None:
+    deliveries = np.full(HOURS, 100.0)
+    opens = np.full(HOURS, 5.0)
+    opens[9] = 60.0
+    person = profile(deliveries=deliveries, opens=opens, activity=at_hour(20, 200.0))
+    p = hour_probabilities(person, "email", flat_priors(), BERLIN)[0]
+    assert int(np.argmax(p)) == 9
+
+
+def test_activity_decides_where_deliveries_are_few() -> None:
+    # Sent only at 9 and 13, where the person rarely opens; they are around at 19.
+    deliveries = at_hour(9, 30.0) + at_hour(13, 30.0)
+    opens = at_hour(9, 1.0) + at_hour(13, 1.0)
+    person = profile(deliveries=deliveries, opens=opens, activity=at_hour(19, 80.0))
+    p = hour_probabilities(person, "email", flat_priors(), BERLIN)[0]
+    assert abs(int(np.argmax(p)) - 19) <= 1
+
+
+# --- profiles from events --------------------------------------------------------------
+
+
+def test_an_open_counts_at_the_hour_of_the_delivery_it_answers() -> None:
+    sent = ts_at("2026-09-01T09:50")
+    events = [
+        ("email", "message_delivered", sent, BERLIN, False),
+        ("email", "message_open", sent + 90 * 60, BERLIN, False),  # 11:20 local
+        ("email", "message_click", sent + 95 * 60, BERLIN, False),
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    email = person.channels["email"]
+    assert np.flatnonzero(email.deliveries).tolist() == [9]
+    assert np.flatnonzero(email.opens).tolist() == [9]
+    assert np.flatnonzero(email.clicks).tolist() == [9]
+    assert person.timezone == BERLIN
+
+
+def test_opens_without_a_recent_delivery_count_at_their_own_hour() -> None:
+    sent = ts_at("2026-09-01T09:00")
+    events = [
+        ("email", "message_delivered", sent, BERLIN, False),
+        ("email", "message_open", sent + 49 * HOUR, BERLIN, False),  # 10:00, too late
+        ("sms", "message_open", sent + HOUR, BERLIN, False),  # no sms delivery
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    assert np.flatnonzero(person.channels["email"].opens).tolist() == [10]
+    assert np.flatnonzero(person.channels["sms"].opens).tolist() == [10]
+    assert not person.channels["sms"].deliveries.any()
+
+
+def test_an_open_answers_the_latest_earlier_delivery() -> None:
+    first, second = ts_at("2026-09-01T08:00"), ts_at("2026-09-01T18:00")
+    events = [
+        ("push", "message_open", second + 600, BERLIN, False),
+        ("push", "message_delivered", second, BERLIN, False),
+        ("push", "message_delivered", first, BERLIN, False),
+        ("push", "message_open", first + 7 * HOUR, BERLIN, False),  # 15:00, before 18:00
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    assert np.flatnonzero(person.channels["push"].opens).tolist() == [8, 18]
+
+
+def test_automated_opens_and_clicks_are_ignored() -> None:
+    sent = ts_at("2026-09-01T09:00")
+    events = [
+        ("email", "message_delivered", sent, BERLIN, False),
+        ("email", "message_open", sent + 10, BERLIN, True),
+        ("email", "message_click", sent + 20, BERLIN, True),
+        ("web", "view", sent + 30, BERLIN, True),
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    email = person.channels["email"]
+    assert email.deliveries.sum() > 0
+    assert not email.opens.any() and not email.clicks.any()
+    assert not person.activity.any()
+
+    human = [(c, t, ts, z, False) for c, t, ts, z, _ in events]
+    counted = profile_from_events(human, NOW, 30.0)
+    assert counted.channels["email"].opens.sum() > 0
+    assert counted.activity.sum() > 0
+
+
+def test_recency_weights_and_activity_events() -> None:
+    events = [
+        ("web", "session_start", NOW, "UTC", False),
+        ("app", "view", NOW - 30 * DAY, "UTC", False),
+        ("", "purchase", NOW - 60 * DAY, "UTC", False),
+        ("web", "dislike", NOW, "UTC", False),  # not activity
+        ("email", "message_open", NOW, "UTC", False),  # a message, not activity
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    assert person.activity.sum() == pytest.approx(1 + 0.5 + 0.25)
+    assert set(person.channels) == {"email"}
+
+
+def test_zones_fall_back_to_the_latest_known_then_the_default() -> None:
+    morning = ts_at("2026-07-01T08:30", "UTC")
+    events = [
+        ("web", "session_start", morning, "", False),
+        ("web", "session_start", morning - DAY, "America/New_York", False),
+        ("web", "session_start", morning - 2 * DAY, "Asia/Tokyo", False),
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    assert person.timezone == "America/New_York"
+    # New York is UTC-4 in July: the zone-less 08:30Z is 04:30 local; Tokyo's is 17:30.
+    assert np.flatnonzero(person.activity).tolist() == [4, 17]
+
+    nobody = profile_from_events([("web", "view", morning, "", False)], NOW, 30.0, "Asia/Tokyo")
+    assert nobody.timezone is None
+    assert np.flatnonzero(nobody.activity).tolist() == [17]
+
+
+def test_local_hours_follow_dst() -> None:
+    summer, winter = ts_at("2026-07-01T09:15"), ts_at("2026-12-01T09:15")
+    events = [("web", "view", summer, BERLIN, False), ("web", "view", winter, BERLIN, False)]
+    person = profile_from_events(events, NOW, 30.0)
+    assert np.flatnonzero(person.activity).tolist() == [9]
+
+
+def test_profile_json_round_trip_and_merge() -> None:
+    sent = ts_at("2026-09-01T09:00")
+    events = [
+        ("email", "message_delivered", sent, BERLIN, False),
+        ("email", "message_open", sent + 60, BERLIN, False),
+        ("push", "message_delivered", sent - DAY, BERLIN, False),
+        ("web", "session_start", sent - 5 * DAY, BERLIN, False),
+    ]
+    person = profile_from_events(events, NOW, 30.0)
+    text = person.to_json()
+    assert " " not in text and len(text) < 400
+    back = EngagementProfile.from_json(text)
+    assert back.timezone == BERLIN and set(back.channels) == {"email", "push"}
+    np.testing.assert_allclose(
+        back.channels["email"].opens, person.channels["email"].opens, rtol=1e-5
+    )
+    np.testing.assert_allclose(back.activity, person.activity, rtol=1e-5)
+    assert EngagementProfile.from_json(EngagementProfile().to_json()) == EngagementProfile()
+    with pytest.raises(ValueError):
+        EngagementProfile.from_json("[1, 2]")
+
+    other = EngagementProfile(
+        timezone="Asia/Tokyo",
+        channels={"sms": ChannelCounts(deliveries=at_hour(3, 1.0))},
+        activity=at_hour(3, 2.0),
+    )
+    both = person.merged(other)
+    assert both.timezone == BERLIN
+    assert set(both.channels) == {"email", "push", "sms"}
+    np.testing.assert_allclose(both.activity, person.activity + other.activity)
+    assert EngagementProfile().merged(other).timezone == "Asia/Tokyo"
+    np.testing.assert_allclose(person.scaled(0.5).activity, person.activity / 2)
+
+
+def test_priors_round_trip_through_json() -> None:
+    priors = flat_priors(
+        segment_hour_rate={"Asia/Tokyo": {"sms": [0.2] * HOURS}},
+        segment_activity={"Asia/Tokyo": [1 / HOURS] * HOURS},
+        strength=5.0,
+    )
+    again = Priors.from_dict(json.loads(json.dumps(priors.to_dict())))
+    assert again == priors
+    with pytest.raises(ValueError, match="24 values"):
+        Priors.from_dict({**priors.to_dict(), "activity": [0.5, 0.5]})
+
+
+# --- channels --------------------------------------------------------------------------
+
+
+def test_rank_channels_puts_the_best_read_channel_first() -> None:
+    priors = flat_priors(0.1)
+    person = EngagementProfile(
+        channels={
+            "email": ChannelCounts(deliveries=at_hour(9, 40.0), opens=at_hour(9, 2.0)),
+            "push": ChannelCounts(deliveries=at_hour(9, 20.0), opens=at_hour(9, 10.0)),
+            "sms": ChannelCounts(deliveries=at_hour(9, 2.0), opens=at_hour(9, 1.0)),
+        }
+    )
+    ranked = rank_channels(person, priors)
+    assert [c for c, _, _ in ranked] == ["push", "sms", "messenger", "email"]
+    scores = [s for _, s, _ in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert dict((c, e) for c, _, e in ranked) == {"push": 20, "sms": 2, "messenger": 0, "email": 40}
+    # No data: the priors' rates, ties in MESSAGE_CHANNELS order.
+    rates = {"email": 0.05, "sms": 0.2, "push": 0.2, "messenger": 0.1}
+    cold = rank_channels(EngagementProfile(), flat_priors(channel_rate=rates))
+    assert [(c, s) for c, s, _ in cold] == [
+        ("sms", 0.2),
+        ("push", 0.2),
+        ("messenger", 0.1),
+        ("email", 0.05),
+    ]
+
+
+# --- slots -----------------------------------------------------------------------------
+
+
+def ramp(best: int) -> np.ndarray:
+    """Probabilities falling with circular distance from ``best``."""
+    distance = np.abs((np.arange(HOURS) - best + 12) % HOURS - 12)
+    return 0.5 - 0.02 * distance
+
+
+def test_slots_stay_in_the_window_and_rank_by_probability() -> None:
+    start = datetime(2026, 6, 1, 4, 0, tzinfo=UTC)  # 06:00 in Berlin
+    slots = choose_slots(ramp(15), BERLIN, start, 24, None, alternatives=3)
+    assert len(slots) == 4
+    assert [s.local_hour for s in slots] == [15, 14, 16, 13]  # ties: earliest first
+    for slot in slots:
+        assert start <= slot.send_at < start + timedelta(hours=24)
+        assert slot.send_at.tzinfo is not None and slot.send_at.utcoffset() == timedelta(0)
+        assert slot.send_at.astimezone(ZoneInfo(BERLIN)).hour == slot.local_hour
+        assert slot.probability == pytest.approx(ramp(15)[slot.local_hour])
+    assert slots[0].send_at == datetime(2026, 6, 1, 13, 0, tzinfo=UTC)
+    assert len({s.send_at for s in slots}) == 4
+
+    short = choose_slots(ramp(15), BERLIN, start, 3, None, alternatives=10)
+    assert sorted(s.local_hour for s in short) == [6, 7, 8]
+
+
+def test_quiet_hours_are_respected() -> None:
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # 14:00 in Berlin
+    night_owl = ramp(2)
+    slots = choose_slots(night_owl, BERLIN, start, 24, (22, 8), alternatives=30)
+    hours = {s.local_hour for s in slots}
+    assert hours == set(range(8, 22))
+    assert slots[0].local_hour == 21  # the allowed hour nearest to 2 am
+    assert all(not is_quiet(h, (22, 8)) for h in hours)
+
+    ignored = choose_slots(night_owl, BERLIN, start, 24, None)
+    assert ignored[0].local_hour == 2
+    assert choose_slots(night_owl, BERLIN, start, 24, (5, 5))[0].local_hour == 2
+    daytime_quiet = choose_slots(night_owl, BERLIN, start, 24, (9, 17), alternatives=30)
+    assert {s.local_hour for s in daytime_quiet}.isdisjoint(range(9, 17))
+
+    window_in_the_night = datetime(2026, 6, 1, 21, 0, tzinfo=UTC)  # 23:00 local
+    assert choose_slots(night_owl, BERLIN, window_in_the_night, 6, (22, 8)) == []
+
+
+def test_is_quiet() -> None:
+    assert [h for h in range(HOURS) if is_quiet(h, (22, 8))] == [0, 1, 2, 3, 4, 5, 6, 7, 22, 23]
+    assert [h for h in range(HOURS) if is_quiet(h, (1, 3))] == [1, 2]
+    assert not any(is_quiet(h, (7, 7)) for h in range(HOURS))
+    assert not any(is_quiet(h, None) for h in range(HOURS))
+
+
+def test_dst_fall_back_repeats_a_local_hour() -> None:
+    # 2026-10-25: Berlin goes from 03:00 CEST back to 02:00 CET at 01:00 UTC.
+    start = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)  # 00:00 CEST
+    slots = choose_slots(np.full(HOURS, 0.3), BERLIN, start, 5, None, alternatives=10)
+    assert [s.send_at.hour for s in slots] == [22, 23, 0, 1, 2]
+    assert [s.local_hour for s in slots] == [0, 1, 2, 2, 3]
+    berlin = [s.send_at.astimezone(ZoneInfo(BERLIN)) for s in slots]
+    assert [b.utcoffset() for b in berlin] == [timedelta(hours=h) for h in (2, 2, 2, 1, 1)]
+
+
+def test_dst_spring_forward_never_offers_the_skipped_hour() -> None:
+    # 2026-03-29: Berlin jumps from 02:00 CET to 03:00 CEST at 01:00 UTC.
+    start = datetime(2026, 3, 28, 23, 0, tzinfo=UTC)  # 00:00 CET
+    best_at_two = ramp(2)
+    slots = choose_slots(best_at_two, BERLIN, start, 5, None, alternatives=10)
+    assert [s.local_hour for s in slots] == [1, 3, 0, 4, 5]
+    assert all(s.local_hour != 2 for s in slots)
+    utc = {s.local_hour: s.send_at for s in slots}
+    assert utc[1] == datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
+    assert utc[3] == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    assert utc[4] == datetime(2026, 3, 29, 2, 0, tzinfo=UTC)
+
+
+def test_not_before_off_the_hour_is_a_slot_of_its_own() -> None:
+    start = datetime(2026, 6, 1, 8, 20, 30, tzinfo=UTC)  # 10:20:30 in Berlin
+    slots = choose_slots(ramp(10), BERLIN, start, 3, None, alternatives=10)
+    assert slots[0].send_at == start and slots[0].local_hour == 10
+    assert [s.send_at for s in slots[1:]] == [
+        datetime(2026, 6, 1, 9, 0, tzinfo=UTC),
+        datetime(2026, 6, 1, 10, 0, tzinfo=UTC),
+        datetime(2026, 6, 1, 11, 0, tzinfo=UTC),
+    ]
+    # Exactly on the hour it is just the first whole hour; naive means UTC.
+    on_the_hour = choose_slots(ramp(10), BERLIN, datetime(2026, 6, 1, 8, 0), 2, None)
+    assert [s.send_at for s in on_the_hour] == [
+        datetime(2026, 6, 1, 8, 0, tzinfo=UTC),
+        datetime(2026, 6, 1, 9, 0, tzinfo=UTC),
+    ]
+
+
+def test_half_hour_zones_get_their_own_whole_hours() -> None:
+    start = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)  # 05:30 in Kolkata
+    slots = choose_slots(ramp(9), "Asia/Kolkata", start, 6, None, alternatives=10)
+    assert slots[0].local_hour == 9 and slots[0].send_at == datetime(2026, 6, 1, 3, 30, tzinfo=UTC)
+    moments = sorted(s.send_at for s in slots)
+    assert moments[0] == start  # off the local hour: a slot of its own
+    assert [m.minute for m in moments[1:]] == [30] * 6
+
+
+def test_explore_changes_the_ranking_sometimes_but_stays_in_the_window() -> None:
+    start = datetime(2026, 6, 1, 4, 0, tzinfo=UTC)
+    probabilities = ramp(15)
+    greedy = choose_slots(probabilities, BERLIN, start, 24, None)
+    rng = np.random.default_rng(7)
+    firsts = []
+    for _ in range(200):
+        slots = choose_slots(probabilities, BERLIN, start, 24, None, explore_rate=0.5, rng=rng)
+        assert len(slots) == 4 and len({s.send_at for s in slots}) == 4
+        for slot in slots:
+            assert start <= slot.send_at < start + timedelta(hours=24)
+            assert slot.probability == pytest.approx(probabilities[slot.local_hour])
+        firsts.append(slots[0].local_hour)
+    assert 20 < sum(h != 15 for h in firsts) < 180
+    unexplored = choose_slots(
+        probabilities, BERLIN, start, 24, None, explore_rate=0.0, rng=np.random.default_rng(1)
+    )
+    assert unexplored == greedy
+
+
+def test_choose_slots_refuses_bad_arguments() -> None:
+    start = datetime(2026, 6, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="24 values"):
+        choose_slots(np.ones(12), BERLIN, start, 24, None)
+    with pytest.raises(ValueError, match="window_hours"):
+        choose_slots(np.ones(HOURS), BERLIN, start, 0, None)
+    with pytest.raises(ValueError, match="time zone"):
+        choose_slots(np.ones(HOURS), "Mars/Olympus", start, 24, None)
