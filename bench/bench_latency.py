@@ -271,6 +271,25 @@ class Workload:
             for _ in range(POOL_SIZE)
         ]
 
+    def send_time(self) -> list[bytes]:
+        from omnirec.v1 import engagement_pb2 as epb
+
+        channels = ("email", "sms", "push", "messenger")
+        return [
+            epb.PredictSendTimeRequest(
+                user_id=u, channel=self.rng.choice(channels)
+            ).SerializeToString()
+            for u in self.recommend_users(POOL_SIZE)
+        ]
+
+    def channels(self) -> list[bytes]:
+        from omnirec.v1 import engagement_pb2 as epb
+
+        return [
+            epb.RankChannelsRequest(user_id=u).SerializeToString()
+            for u in self.recommend_users(POOL_SIZE)
+        ]
+
     def track(self) -> list[bytes]:
         from omnirec.v1 import recommender_pb2 as pb
 
@@ -291,8 +310,13 @@ class Workload:
         ]
 
 
+ENGAGEMENT = "omnirec.v1.Engagement"
+#: The service of each RPC the bench drives.
+SERVICE_OF = {"PredictSendTime": ENGAGEMENT, "RankChannels": ENGAGEMENT}
+
+
 def method_path(name: str) -> str:
-    return f"/{SERVICE}/{name}"
+    return f"/{SERVICE_OF.get(name, SERVICE)}/{name}"
 
 
 def probe(address: str, name: str, payloads: list[bytes], calls: int = 20) -> tuple[str, int]:
@@ -637,9 +661,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         w = setup.workload
         recommend, similar, track = w.recommend(), w.similar(), w.track()
+        send_time, channels = w.send_time(), w.channels()
         probes = {
             "Recommend": probe(address, "Recommend", recommend),
             "SimilarItems": probe(address, "SimilarItems", similar),
+            "PredictSendTime": probe(address, "PredictSendTime", send_time),
+            "RankChannels": probe(address, "RankChannels", channels),
             "TrackEvents": probe(address, "TrackEvents", track, calls=1),
         }
         request_size = sum(map(len, recommend)) // len(recommend)
@@ -701,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(
             load("SimilarItems", "SimilarItems", address, method_path("SimilarItems"), similar, me)
         )
+        for rpc, payloads in (("PredictSendTime", send_time), ("RankChannels", channels)):
+            rows.append(load(rpc, rpc, address, method_path(rpc), payloads, me))
         in_process = in_process_rows(setup, args.seconds, redis_pid)
         if args.profile and not rows[1].skipped:
             profile_recommend(setup, pool, recommend, args, rows[1].per_second)

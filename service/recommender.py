@@ -101,7 +101,7 @@ class Recommender:
 
     def popular_count(self, options: RankingOptions) -> int:
         """How many popular / trending items to fetch so enough survive the filters."""
-        extra = len(options.item_filter.exclude_item_ids) + 50
+        extra = len(options.item_filter.exclude_item_ids) + 20
         if options.item_filter.uses_metadata:
             extra += 4 * options.limit
         return min(options.limit + extra, 1000)
