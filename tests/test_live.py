@@ -309,3 +309,20 @@ def test_nothing_tracked_is_lost_between_retrains(
     assert "live-only-person" in set(bundle.user_ids.tolist())
     frame = pd.concat([load_events(synthetic.events).frame, exported])
     assert (frame.user_id == "live-only-person").sum() == 5
+
+
+def test_items_command_updates_the_catalogue(live_settings, tmp_path, monkeypatch):
+    from training.__main__ import main as training_main
+
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,category,price,in_stock\ni0001,hats,12.5,false\nbrand-new,hats,,\n")
+    monkeypatch.setenv("REDIS_URL", live_settings.redis_url)
+    monkeypatch.setenv("OMNIREC_KEY_PREFIX", live_settings.key_prefix)
+    assert training_main(["items", "--file", str(items)]) == 0
+    _, catalogue = feature_store(live_settings).catalogue()
+    assert catalogue["i0001"]["category"] == "hats"
+    assert catalogue["i0001"]["in_stock"] is False and catalogue["i0001"]["price"] == 12.5
+    assert catalogue["brand-new"] == {"category": "hats", "in_stock": True}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item_id,price\nx,-3\n")
+    assert training_main(["items", "--file", str(bad)]) == 2
