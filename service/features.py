@@ -159,10 +159,6 @@ class UserFeatures:
     engagement: str | None = None
     """Send-time profile as published by training (JSON owned by ``send_time``)."""
 
-    @property
-    def is_empty(self) -> bool:
-        return not (self.history or self.purchased or self.disliked)
-
 
 def encode_user(features: UserFeatures) -> dict[str, str]:
     encoded = {

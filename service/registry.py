@@ -106,12 +106,12 @@ class ModelRegistry:
         self.client.set_registered_model_alias(self.name, alias, version)
         log.info("alias %r now points at %s/%s", alias, self.name, version)
 
-    def run_metric(self, version: str, metric: str) -> float | None:
-        """A metric logged by the run that produced ``version`` (None when absent)."""
+    def run_metrics(self, version: str) -> dict[str, float]:
+        """The metrics logged by the run that produced ``version`` (empty when none)."""
         mv = self.client.get_model_version(self.name, version)
         if not mv.run_id:
-            return None
-        return self.client.get_run(mv.run_id).data.metrics.get(metric)
+            return {}
+        return dict(self.client.get_run(mv.run_id).data.metrics)
 
     def versions(self) -> list[dict[str, str]]:
         """Every registered version, newest first, with its aliases and run."""

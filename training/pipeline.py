@@ -257,14 +257,11 @@ def _decide(
 
 
 def _champion_metric(registry: ModelRegistry, version: str, k: int) -> float | None:
-    mv = registry.client.get_model_version(registry.name, version)
-    if not mv.run_id:
-        return None
-    metrics = registry.client.get_run(mv.run_id).data.metrics
+    """The champion's logged holdout metric at ``k``, whatever its model kind."""
     found = [
-        v
-        for name, v in metrics.items()
-        if name.endswith(f"_{PRIMARY}_at_{k}") and not name.startswith("popularity_")
+        value
+        for name, value in registry.run_metrics(version).items()
+        if name.endswith(f"_{PRIMARY}_at_{k}") and not name.startswith(("popularity_", "sendtime_"))
     ]
     return found[0] if found else None
 
