@@ -315,6 +315,57 @@ ENGAGEMENT = "omnirec.v1.Engagement"
 SERVICE_OF = {"PredictSendTime": ENGAGEMENT, "RankChannels": ENGAGEMENT}
 
 
+class ServeProcesses:
+    """``python -m service serve --processes N`` on a free port, for the load to hit."""
+
+    def __init__(self, settings: object, processes: int) -> None:
+        import subprocess
+
+        from training.redis_server import free_port
+
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=settings.redis_url,  # type: ignore[attr-defined]
+            MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,  # type: ignore[attr-defined]
+            OMNIREC_WORKERS=str(settings.workers),  # type: ignore[attr-defined]
+            OMNIREC_MODEL_POLL_SECONDS="0",
+            OMNIREC_LOG_LEVEL="WARNING",
+        )
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--processes",
+                str(processes),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes):
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if "serving" not in line:
+                self.stop()
+                raise RuntimeError(f"serve processes did not start: {line!r}")
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        self.pids = [int(p) for p in children.read_text().split()]
+
+    def stop(self) -> None:
+        import signal as signals
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signals.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
 def method_path(name: str) -> str:
     return f"/{SERVICE_OF.get(name, SERVICE)}/{name}"
 
@@ -625,6 +676,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="serve with `python -m service serve --processes N`",
+    )
     parser.add_argument("--profile", action="store_true", help="profile the Recommend load")
     parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--profile-top", type=int, default=15)
@@ -641,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything that asks tempfile for a folder (the registry's bundle download, MLflow)
     # lands under tmp as well, so one rmtree cleans up.
     previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(tmp)
-    local_redis = running = echo = pool = None
+    local_redis = running = served = echo = pool = None
     interrupted = False
     try:
         from training.redis_server import LocalRedis
@@ -655,9 +712,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from service.server import build_server
 
-        running = build_server(setup.settings, setup.model, setup.store)
-        address = f"127.0.0.1:{running.port}"
-        say(f"omnirec serving {setup.model.label} on {address}, {setup.settings.workers} workers")
+        if args.processes > 1:
+            # `python -m service serve --processes N`: N processes share one port.
+            served = ServeProcesses(setup.settings, args.processes)
+            address, server_pids = served.address, served.pids
+        else:
+            running = build_server(setup.settings, setup.model, setup.store)
+            address, server_pids = f"127.0.0.1:{running.port}", [os.getpid()]
+        say(
+            f"omnirec serving {setup.model.label} on {address}: {args.processes} process(es), "
+            f"{setup.settings.workers} workers each"
+        )
 
         w = setup.workload
         recommend, similar, track = w.recommend(), w.similar(), w.track()
@@ -685,7 +750,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[Row] = []
 
         def load(
-            name: str, rpc: str, target: str, method: str, payloads: list[bytes], server: int
+            name: str,
+            rpc: str,
+            target: str,
+            method: str,
+            payloads: list[bytes],
+            server: list[int],
         ) -> Row:
             row = Row(name)
             status = probes.get(rpc, ("", 0))[0]
@@ -705,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.concurrency,
                 args.warmup,
                 args.seconds,
-                {**groups, "server": [server]},
+                {**groups, "server": server},
             )
             row.latencies = result.latencies
             row.completed = result.completed
@@ -717,9 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row.skipped = "unimplemented (skipped)"
             return row
 
-        me = os.getpid()
+        me = server_pids
         echo_row = load(
-            "echo (bare gRPC)", "", f"127.0.0.1:{echo.port}", ECHO_METHOD, echo_payloads, echo.pid
+            "echo (bare gRPC)", "", f"127.0.0.1:{echo.port}", ECHO_METHOD, echo_payloads, [echo.pid]
         )
         rows.append(echo_row)
         rows.append(
@@ -768,6 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: pool.close(now=interrupted) if pool else None,
             lambda: echo.stop() if echo else None,
             lambda: running.stop(grace=1) if running else None,
+            lambda: served.stop() if served else None,
             lambda: local_redis.stop() if local_redis else None,
         ):
             try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import subprocess
 import sys
 import threading
+import time
 
 from service.config import Settings, feature_store, load_settings
 from service.errors import OmnirecError
@@ -27,10 +29,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--host", help="bind address (OMNIREC_HOST, default [::])")
     serve.add_argument("--alias", help="model alias to serve (OMNIREC_MODEL_ALIAS)")
     serve.add_argument("--workers", type=int, help="RPC threads (OMNIREC_WORKERS)")
+    serve.add_argument(
+        "--processes", type=int, help="server processes sharing the port (OMNIREC_PROCESSES)"
+    )
+    # Set by the parent for the processes it starts; not for people.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def serve(settings: Settings) -> None:
+def supervise(settings: Settings, argv: list[str]) -> int:
+    """Run ``settings.processes`` copies of ``serve`` on one port; forward SIGTERM and
+    SIGINT to them; if one exits, stop the others. Returns the first failure's code."""
+    command = [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port"]
+    children = [subprocess.Popen(command) for _ in range(settings.processes)]
+    log.info("started %d server processes on port %d", len(children), settings.port)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    while any(child.poll() is None for child in children):
+        for child in children:
+            if child.poll() is not None and child.returncode != 0 and code == 0:
+                code = child.returncode
+                forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return code or max(child.returncode for child in children)
+
+
+def serve(settings: Settings, reuse_port: bool = False) -> None:
     registry = ModelRegistry(settings)
     model = registry.load_alias(settings.model_alias)
     store = feature_store(settings)
@@ -49,6 +80,7 @@ def serve(settings: Settings) -> None:
         store,
         reload_model=registry.load_version,
         current_version=lambda: registry.version_behind(settings.model_alias),
+        reuse_port=reuse_port,
     )
     stop = threading.Event()
 
@@ -70,17 +102,24 @@ def serve(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
         settings = load_settings(
-            port=args.port, host=args.host, model_alias=args.alias, workers=args.workers
+            port=args.port,
+            host=args.host,
+            model_alias=args.alias,
+            workers=args.workers,
+            processes=args.processes,
         )
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if settings.processes > 1:
+            return supervise(settings, argv)
         quiet_mlflow()
-        serve(settings)
+        serve(settings, reuse_port=args.reuse_port)
     except OmnirecError as exc:
         print(f"omnirec serve: error: {exc}", file=sys.stderr)
         return 2

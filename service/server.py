@@ -342,11 +342,12 @@ def build_server(
     reload_model: Callable[[str], ServedModel] | None = None,
     current_version: Callable[[], str | None] | None = None,
     address: str | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Start a gRPC server on ``address`` (default ``host:port`` from settings).
 
     ``reload_model`` / ``current_version`` let the server follow the alias; leave them
-    out to serve ``model`` for good.
+    out to serve ``model`` for good. ``reuse_port`` lets several processes share the port.
     """
     models = ModelHolder(
         model,
@@ -354,7 +355,8 @@ def build_server(
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
-        options=[("grpc.so_reuseport", 0)],
+        # Off unless asked: a second server on a busy port must fail, not share it.
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
     pb_grpc.add_RecommenderServicer_to_server(RecommenderService(settings, models, store), server)
     epb_grpc.add_EngagementServicer_to_server(EngagementService(settings, models, store), server)

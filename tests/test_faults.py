@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -180,3 +181,32 @@ def test_stop_lets_a_call_in_flight_finish(trained, truth):
     assert len(result["reply"].items) == 3
     # stop() waited for the call rather than cutting it off.
     assert time.monotonic() - started >= 0.5
+
+
+def test_several_processes_share_the_port_and_stop_together(trained, truth):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--processes", "2"],
+        env=serve_env(trained.settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert all(f"on port {port}" in line for line in lines), lines
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        user = sorted(truth["users"])[0]
+        for _ in range(10):  # new connections land on either process
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = pb_grpc.RecommenderStub(channel).Recommend(
+                    pb.RecommendRequest(user_id=user, limit=3), timeout=10
+                )
+                assert len(reply.items) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not any(Path(f"/proc/{child}").exists() for child in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
