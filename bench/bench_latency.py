@@ -332,6 +332,7 @@ class ServeProcesses:
             OMNIREC_WORKERS=str(settings.workers),  # type: ignore[attr-defined]
             OMNIREC_MODEL_POLL_SECONDS="0",
             OMNIREC_LOG_LEVEL="WARNING",
+            OMNIREC_IDENTITY_SECRET=settings.identity_secret,  # type: ignore[attr-defined]
         )
         self.proc = subprocess.Popen(
             [
@@ -416,6 +417,7 @@ def set_up(args: argparse.Namespace, tmp: Path, redis_url: str) -> Setup:
         mlflow_tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
         artifact_root=str(tmp / "artifacts"),
         model_poll_seconds=0.0,
+        identity_secret="bench-secret-0123456789abcdef",
         workers=args.workers,
         host="127.0.0.1",
         port=0,

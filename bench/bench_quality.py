@@ -61,6 +61,7 @@ def served_metrics(frame, split, workdir: Path) -> tuple[dict[str, float], float
             mlflow_tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
             artifact_root=str(workdir / "artifacts"),
             key_prefix="bench",
+            identity_secret="bench-secret-0123456789abcdef",
         )
         events = workdir / "train.parquet"
         write_events(split.train, events)

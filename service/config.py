@@ -91,6 +91,10 @@ class Settings:
     keep_publications: int = 2
     """OMNIREC_KEEP_PUBLICATIONS: published feature sets kept in Redis (the live one and
     its predecessors), so a replica still reading the previous one never sees it vanish."""
+    identity_secret: str = ""
+    """OMNIREC_IDENTITY_SECRET: key of the keyed hash (HMAC-SHA256) that stands in for raw
+    emails and phone numbers. Required by ``serve`` and ``train`` (the demo makes one up);
+    keep it stable: a new key makes known emails and phones unknown."""
     log_level: str = "INFO"
     """OMNIREC_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 
@@ -171,6 +175,17 @@ def _validate(s: Settings) -> None:
         need(bool(getattr(s, field)), field, "must not be empty")
 
 
+def identity_secret(settings: Settings) -> str:
+    """The identity key, or :class:`ConfigError` saying how to set one."""
+    if len(settings.identity_secret) < 16:
+        raise ConfigError(
+            "OMNIREC_IDENTITY_SECRET must be set to a secret of at least 16 characters "
+            "(e.g. `openssl rand -hex 32`); it keys the hash that stands in for emails and "
+            "phones"
+        )
+    return settings.identity_secret
+
+
 def _zone_ok(name: str) -> bool:
     from service.events import is_valid_timezone
 
@@ -208,6 +223,7 @@ def settings_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
         default = getattr(Settings, f.name)
+        default = default if default != "" else "(none)"
         text = " ".join(doc.get(f.name, "").split()).split(": ", 1)[-1].replace("``", "`")
         rows.append(f"| `{ENV_NAMES[f.name]}` | `{default}` | {text} |")
     return "\n".join(rows)

@@ -19,7 +19,8 @@ from service.config import Settings
 from service.errors import BadInput
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
 from service.features import EngagementView, FeatureStore
-from service.rpc import check_id, rpc
+from service.identity import Identities
+from service.rpc import rpc
 from service.send_time import (
     HOURS,
     EngagementProfile,
@@ -60,15 +61,13 @@ def person_profile(
 ) -> EngagementProfile:
     """The published profile, faded to ``now``, plus every live event it does not cover."""
     fresh = [e for e in view.live if view.published_until is None or e[2] > view.published_until]
-    live = profile_from_events(fresh, now, half_life_days, default_timezone)
-    if view.published is None:
-        return live
-    published = EngagementProfile.from_json(view.published)
-    if view.published_until is not None:
-        # Published weights were computed at the data end; fade them to now.
-        factor = 2.0 ** (-max(now - view.published_until, 0.0) / (half_life_days * 86_400))
-        published = published.scaled(factor)
-    return live.merged(published)
+    profile = profile_from_events(fresh, now, half_life_days, default_timezone)
+    # Published weights were computed at the data end; fade them to now.
+    age = max(now - view.published_until, 0.0) if view.published_until is not None else 0.0
+    factor = 2.0 ** (-age / (half_life_days * 86_400))
+    for text in view.published:
+        profile = profile.merged(EngagementProfile.from_json(text).scaled(factor))
+    return profile
 
 
 def _hour(field: str, request: object, default: int) -> int:
@@ -89,10 +88,13 @@ def _timestamp(dt: datetime) -> object:
 
 
 class EngagementService(epb_grpc.EngagementServicer):
-    def __init__(self, settings: Settings, models: object, store: FeatureStore) -> None:
+    def __init__(
+        self, settings: Settings, models: object, store: FeatureStore, identities: Identities
+    ) -> None:
         self.settings = settings
         self.models = models
         self.store = store
+        self.identities = identities
         self._rng = np.random.default_rng()
 
     def _priors(self) -> tuple[Priors, str]:
@@ -108,7 +110,7 @@ class EngagementService(epb_grpc.EngagementServicer):
     def PredictSendTime(  # noqa: N802
         self, request: epb.PredictSendTimeRequest, context: grpc.ServicerContext
     ) -> epb.PredictSendTimeResponse:
-        user_id = check_id("user_id", request.user_id)
+        user_id = self.identities.person_of(request)
         if request.channel not in MESSAGE_CHANNELS:
             raise BadInput(
                 "channel", f"{request.channel!r} is not one of {', '.join(MESSAGE_CHANNELS)}"
@@ -174,7 +176,7 @@ class EngagementService(epb_grpc.EngagementServicer):
     def RankChannels(  # noqa: N802
         self, request: epb.RankChannelsRequest, context: grpc.ServicerContext
     ) -> epb.RankChannelsResponse:
-        user_id = check_id("user_id", request.user_id)
+        user_id = self.identities.person_of(request)
         profile = self._profile(user_id, time.time())
         priors, label = self._priors()
         return epb.RankChannelsResponse(

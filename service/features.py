@@ -36,6 +36,11 @@ Keys (``P`` is the configured prefix, ``<pub>`` a publication id)::
     P:items:ids                         set     every catalogue item id
     P:items:version                     counter bumped on every catalogue change
     P:item:{<item>}                     hash    category, title, price, in_stock
+    P:idn:{<token>}                     string  person id an identifier token names
+    P:person:{<person>}:tokens          set     identifier tokens linked to the person
+    P:person:{<person>}:aliases         set     person ids merged into this one
+    P:identity:lock                     string  held while links / erasures rewrite people
+    P:erased                            set     keyed hashes of erased ids (training skips)
 
 Braces are Redis Cluster hash tags: all of one person's keys share a slot.
 
@@ -134,6 +139,26 @@ def catalogue_version_key(prefix: str) -> str:
 
 def item_key(prefix: str, item_id: str) -> str:
     return f"{prefix}:item:{{{item_id}}}"
+
+
+def identity_key(prefix: str, token: str) -> str:
+    return f"{prefix}:idn:{{{token}}}"
+
+
+def person_key(prefix: str, person: str, part: str) -> str:
+    """``part``: ``tokens`` or ``aliases``."""
+    return f"{prefix}:person:{{{person}}}:{part}"
+
+
+def identity_lock_key(prefix: str) -> str:
+    return f"{prefix}:identity:lock"
+
+
+def erased_key(prefix: str) -> str:
+    return f"{prefix}:erased"
+
+
+LIVE_PARTS = ("history", "purchased", "disliked", "engagement")
 
 
 def new_publication_id(now: float | None = None) -> str:
@@ -287,8 +312,8 @@ EngagementEvent = tuple[str, str, int, str, bool]
 class EngagementView:
     """What send-time and channel questions need about one person, in one round trip."""
 
-    published: str | None
-    """The profile training published (JSON), None when there is none."""
+    published: list[str]
+    """Profiles training published (JSON): the person's and those of people merged in."""
     published_until: int | None
     """Newest event time the published profile covers (its data end)."""
     live: list[EngagementEvent]
@@ -382,11 +407,12 @@ class FeatureStore:
         pipe.zrevrange(trending_key(p, day), 0, popular_count - 1, withscores=True)
         pipe.zrevrange(trending_key(p, day - 1), 0, popular_count - 1, withscores=True)
         pipe.get(catalogue_version_key(p))
+        pipe.smembers(person_key(p, user_id, "aliases"))
         if pub is not None:
             pipe.hgetall(user_key(p, pub, user_id))
         with _unavailable("reading features"):
             replies = pipe.execute()
-        history, purchased, disliked, today, yesterday, version = replies[:6]
+        history, purchased, disliked, today, yesterday, version, aliases = replies[:7]
         live = UserFeatures(
             history=[decode_entry(e) for e in history],
             purchased={_text(i) for i in purchased},
@@ -394,8 +420,10 @@ class FeatureStore:
         )
         published, popular = UserFeatures(), []
         if pub is not None:
-            raw_user = replies[6]
+            raw_user = replies[7]
             published = decode_user(raw_user) if raw_user else UserFeatures()
+            for alias in self._published(pub, aliases):
+                published = merge_features(alias, published, self.history_length)
             popular = self.popular(pub)[:popular_count]
         trending = combine_trending(
             [(_text(i), float(s)) for i, s in today],
@@ -410,6 +438,18 @@ class FeatureStore:
             trending=trending,
             catalogue_version=int(version or 0),
         )
+
+    def _published(self, pub: str, aliases: Iterable[bytes | str]) -> list[UserFeatures]:
+        """Published features of people merged into this one (a second round trip, only
+        for people with aliases)."""
+        names = [_text(a) for a in aliases]
+        if not names:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(user_key(self.prefix, pub, name))
+        with _unavailable("reading merged features"):
+            return [decode_user(raw) for raw in pipe.execute() if raw]
 
     def popular(self, pub: str) -> list[tuple[str, float]]:
         """The publication's top :data:`POPULAR_CACHED` items, read once per publication:
@@ -441,12 +481,17 @@ class FeatureStore:
         pub = self.current_publication()
         pipe = self.client.pipeline(transaction=False)
         pipe.lrange(live_key(self.prefix, user_id, "engagement"), 0, self.engagement_length - 1)
+        pipe.smembers(person_key(self.prefix, user_id, "aliases"))
         if pub is not None:
             pipe.hget(user_key(self.prefix, pub, user_id), "engagement")
         with _unavailable("reading engagement"):
             replies = pipe.execute()
         live = [_decode_engagement(raw) for raw in replies[0]]
-        published = _text(replies[1]) if pub is not None and replies[1] is not None else None
+        published = []
+        if pub is not None:
+            if replies[2] is not None:
+                published.append(_text(replies[2]))
+            published += [f.engagement for f in self._published(pub, replies[1]) if f.engagement]
         return EngagementView(published, self._published_until(pub), live)
 
     def _published_until(self, pub: str | None) -> int | None:

@@ -22,14 +22,18 @@ from grpc_reflection.v1alpha import reflection
 
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
+from omnirec.v1 import profiles_pb2 as ppb
+from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.catalogue import MAX_CATEGORY_LENGTH, CatalogueCache, ItemFilter
-from service.config import Settings
+from service.config import Settings, identity_secret
 from service.engagement import EngagementService, priors_of
 from service.errors import BadInput, NotFound
 from service.events import MAX_ID_LENGTH, validate_event
 from service.features import FeatureStore, TrackedEvent
+from service.identity import Identities
+from service.profiles import ProfilesService
 from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
 from service.registry import ServedModel
 from service.rpc import check_id, check_limit, rpc
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Recommender"].full_name,
     epb.DESCRIPTOR.services_by_name["Engagement"].full_name,
+    ppb.DESCRIPTOR.services_by_name["Profiles"].full_name,
 )
 
 
@@ -86,9 +91,13 @@ SIMILAR_MODES = ("similar", "bought_together")
 MAX_FUTURE_SECONDS = 86_400
 
 
-def to_tracked(event: pb.Event, now: float) -> TrackedEvent:
-    """Validate one live event; raises :class:`BadInput` naming the field."""
-    validate_event(event.user_id, event.item_id, event.event_type, event.channel, event.timezone)
+def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEvent:
+    """Validate one live event; raises :class:`BadInput` naming the field. The event's
+    ``user_id`` is its identity token until the caller resolves it to a person."""
+    token = identities.request_token(event)
+    if token is None:
+        raise BadInput("user_id", "is required (or give an identifier)")
+    validate_event(token, event.item_id, event.event_type, event.channel, event.timezone)
     if event.HasField("timestamp"):
         seconds = event.timestamp.seconds
         if seconds < 0:
@@ -100,7 +109,7 @@ def to_tracked(event: pb.Event, now: float) -> TrackedEvent:
     if not math.isfinite(event.value):
         raise BadInput("value", "must be a finite number")
     return TrackedEvent(
-        event.user_id,
+        token,
         event.item_id,
         event.event_type,
         int(seconds),
@@ -133,17 +142,20 @@ def to_item_fields(item: pb.Item) -> dict[str, Any]:
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
-    def __init__(self, settings: Settings, models: ModelHolder, store: FeatureStore) -> None:
+    def __init__(
+        self, settings: Settings, models: ModelHolder, store: FeatureStore, identities: Identities
+    ) -> None:
         self.settings = settings
         self.models = models
         self.store = store
+        self.identities = identities
         self.catalogue = CatalogueCache(store.catalogue)
 
     @rpc
     def Recommend(  # noqa: N802 (gRPC method name)
         self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
-        user_id = check_id("user_id", request.user_id)
+        user_id = self.identities.person_of(request)
         options = RankingOptions(
             limit=check_limit(request.limit, self.settings),
             item_filter=ItemFilter.from_request(request),
@@ -172,13 +184,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         mode = request.mode or "similar"
         if mode not in SIMILAR_MODES:
             raise BadInput("mode", f"{mode!r} is not one of {', '.join(SIMILAR_MODES)}")
-        if request.user_id:
-            check_id("user_id", request.user_id)
+        token = self.identities.request_token(request)
+        person = self.identities.person(token) if token else None
         options = RankingOptions(
             limit=check_limit(request.limit, self.settings),
             item_filter=ItemFilter.from_request(request),
-            exclude_purchased=bool(request.user_id),
-            exclude_disliked=bool(request.user_id),
+            exclude_purchased=person is not None,
+            exclude_disliked=person is not None,
         )
         engine = self.models.engine
         # The person's view also brings popular/trending items and the catalogue version.
@@ -187,7 +199,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         known = engine.recommender.knows_item(item_id)
         popular = engine.recommender.popular_count(options) if known else MAX_POPULAR
         # Without a person, "\x00" (never a valid id) reads no one's features.
-        view = self.store.serving_view(request.user_id or "\x00", popular)
+        view = self.store.serving_view(person or "\x00", popular)
         catalogue = self.catalogue.get(view.catalogue_version)
         together = self.store.bought_together(item_id, options.limit + 50)
         if not (known or together or catalogue.meta(item_id)):
@@ -214,13 +226,21 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         rejections: list[pb.RejectedEvent] = []
         for n, event in enumerate(request.events):
             try:
-                accepted.append(to_tracked(event, now))
+                accepted.append(to_tracked(event, now, self.identities))
             except BadInput as exc:
                 rejections.append(pb.RejectedEvent(index=n, field=exc.field, reason=exc.reason))
+        # One round trip resolves every event's person.
+        people = self._people({e.user_id for e in accepted})
+        for event in accepted:
+            event.user_id = people[event.user_id]
         self.store.record(accepted, self.models.engine.recommender.weights)
         return pb.TrackEventsResponse(
             accepted=len(accepted), rejected=len(rejections), rejections=rejections
         )
+
+    def _people(self, tokens: set[str]) -> dict[str, str]:
+        ordered = sorted(tokens)
+        return dict(zip(ordered, self.identities.resolve(ordered), strict=True))
 
     @rpc
     def UpsertItems(  # noqa: N802
@@ -358,8 +378,16 @@ def build_server(
         # Off unless asked: a second server on a busy port must fail, not share it.
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderService(settings, models, store), server)
-    epb_grpc.add_EngagementServicer_to_server(EngagementService(settings, models, store), server)
+    identities = Identities(store, identity_secret(settings))
+    pb_grpc.add_RecommenderServicer_to_server(
+        RecommenderService(settings, models, store, identities), server
+    )
+    epb_grpc.add_EngagementServicer_to_server(
+        EngagementService(settings, models, store, identities), server
+    )
+    ppb_grpc.add_ProfilesServicer_to_server(
+        ProfilesService(settings, models, store, identities), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -17,6 +17,8 @@ from training.redis_server import LocalRedis
 
 quiet_mlflow()
 
+TEST_SECRET = "test-secret-0123456789abcdef"
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
@@ -44,6 +46,7 @@ def make_settings(redis_url: str, root: Path, **extra: object) -> Settings:
         redis_url=redis_url,
         mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         artifact_root=str(root / "artifacts"),
+        identity_secret=TEST_SECRET,
         **extra,
     )
 

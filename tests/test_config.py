@@ -50,4 +50,5 @@ def test_readme_documents_every_variable_with_its_default():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for field, name in ENV_NAMES.items():
         default = getattr(Settings, field)
+        default = default if default != "" else "(none)"
         assert f"| `{name}` | `{default}` |" in readme, name

@@ -74,6 +74,7 @@ def serve_env(settings, **extra):
         MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
         OMNIREC_KEY_PREFIX=settings.key_prefix,
         OMNIREC_GRACE_SECONDS="5",
+        OMNIREC_IDENTITY_SECRET=settings.identity_secret,
         **extra,
     )
     return env

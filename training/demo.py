@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -33,6 +34,9 @@ from training.synthetic import generate
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     work: Path = args.workdir
+    if not settings.identity_secret:
+        # A throw-away key for a throw-away store; deployments set their own.
+        settings = replace(settings, identity_secret=secrets.token_hex(32))
     local = None
     if not os.environ.get("REDIS_URL"):
         local = LocalRedis(work / "redis")

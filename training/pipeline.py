@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from service.config import Settings, feature_store
+from service.config import Settings, feature_store, identity_secret
+from service.identity import Identities
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
 from training import evaluation
 from training.catalogue import load_catalogue
@@ -84,6 +85,20 @@ class TrainResult:
     publication: str | None
 
 
+def one_person_each(frame: pd.DataFrame, identities: Identities) -> pd.DataFrame:
+    """Relabel every linked user id to its person, and drop the events of erased people,
+    so training sees one person per human and never brings an erased one back."""
+    links = identities.links()
+    if links:
+        frame = frame.assign(user_id=frame["user_id"].map(lambda u: links.get(u, u)))
+        log.info("identity links: %d user ids relabelled to their person", len(links))
+    erased = identities.is_erased(frame["user_id"].unique().tolist())
+    if erased:
+        frame = frame[~frame["user_id"].isin(erased)].reset_index(drop=True)
+        log.info("left out the events of %d erased people", len(erased))
+    return frame
+
+
 def evaluate_holdout(
     frame: pd.DataFrame,
     params: ModelParams,
@@ -130,6 +145,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     logs = [load_events(path, skip_bad_rows=cfg.skip_bad_rows) for path in sources]
     frame = pd.concat([one.frame for one in logs], ignore_index=True)
     bad_rows = sum(one.report.bad_rows for one in logs)
+    frame = one_person_each(frame, Identities(feature_store(settings), identity_secret(settings)))
     catalogue = load_catalogue(cfg.items) if cfg.items else {}
 
     holdout = evaluate_holdout(

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from omnirec.v1 import identity_pb2 as _identity_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -10,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictSendTimeRequest(_message.Message):
-    __slots__ = ("user_id", "channel", "not_before", "window_hours", "timezone", "quiet_start_hour", "quiet_end_hour", "ignore_quiet_hours")
+    __slots__ = ("user_id", "channel", "not_before", "window_hours", "timezone", "quiet_start_hour", "quiet_end_hour", "ignore_quiet_hours", "identifier")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +20,7 @@ class PredictSendTimeRequest(_message.Message):
     QUIET_START_HOUR_FIELD_NUMBER: _ClassVar[int]
     QUIET_END_HOUR_FIELD_NUMBER: _ClassVar[int]
     IGNORE_QUIET_HOURS_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     channel: str
     not_before: _timestamp_pb2.Timestamp
@@ -27,7 +29,8 @@ class PredictSendTimeRequest(_message.Message):
     quiet_start_hour: int
     quiet_end_hour: int
     ignore_quiet_hours: bool
-    def __init__(self, user_id: _Optional[str] = ..., channel: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_hours: _Optional[int] = ..., timezone: _Optional[str] = ..., quiet_start_hour: _Optional[int] = ..., quiet_end_hour: _Optional[int] = ..., ignore_quiet_hours: _Optional[bool] = ...) -> None: ...
+    identifier: _identity_pb2.Identifier
+    def __init__(self, user_id: _Optional[str] = ..., channel: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_hours: _Optional[int] = ..., timezone: _Optional[str] = ..., quiet_start_hour: _Optional[int] = ..., quiet_end_hour: _Optional[int] = ..., ignore_quiet_hours: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
 
 class SendSlot(_message.Message):
     __slots__ = ("send_at", "probability", "local_hour")
@@ -58,10 +61,12 @@ class PredictSendTimeResponse(_message.Message):
     def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[SendSlot, _Mapping]]] = ..., source: _Optional[str] = ..., evidence: _Optional[int] = ..., timezone: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class RankChannelsRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "identifier")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    identifier: _identity_pb2.Identifier
+    def __init__(self, user_id: _Optional[str] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
 
 class ChannelScore(_message.Message):
     __slots__ = ("channel", "score", "evidence")

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from omnirec.v1 import identity_pb2 as _identity_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -10,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "channel", "timezone", "value", "automated")
+    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "channel", "timezone", "value", "automated", "identifier")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +20,7 @@ class Event(_message.Message):
     TIMEZONE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     AUTOMATED_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: str
@@ -27,10 +29,11 @@ class Event(_message.Message):
     timezone: str
     value: float
     automated: bool
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., timezone: _Optional[str] = ..., value: _Optional[float] = ..., automated: _Optional[bool] = ...) -> None: ...
+    identifier: _identity_pb2.Identifier
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., timezone: _Optional[str] = ..., value: _Optional[float] = ..., automated: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "limit", "exclude_item_ids", "exclude_purchased", "exclude_disliked", "include_categories", "exclude_categories", "in_stock_only", "context_item_id", "exclude_seen")
+    __slots__ = ("user_id", "limit", "exclude_item_ids", "exclude_purchased", "exclude_disliked", "include_categories", "exclude_categories", "in_stock_only", "context_item_id", "exclude_seen", "identifier")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +44,7 @@ class RecommendRequest(_message.Message):
     IN_STOCK_ONLY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     limit: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -51,7 +55,8 @@ class RecommendRequest(_message.Message):
     in_stock_only: bool
     context_item_id: str
     exclude_seen: bool
-    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., exclude_disliked: _Optional[bool] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ..., context_item_id: _Optional[str] = ..., exclude_seen: _Optional[bool] = ...) -> None: ...
+    identifier: _identity_pb2.Identifier
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., exclude_disliked: _Optional[bool] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ..., context_item_id: _Optional[str] = ..., exclude_seen: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "score", "reason")
@@ -74,7 +79,7 @@ class RecommendResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_id", "limit", "mode", "include_categories", "exclude_categories", "exclude_item_ids", "in_stock_only", "user_id")
+    __slots__ = ("item_id", "limit", "mode", "include_categories", "exclude_categories", "exclude_item_ids", "in_stock_only", "user_id", "identifier")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +88,7 @@ class SimilarItemsRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     IN_STOCK_ONLY_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     limit: int
     mode: str
@@ -91,7 +97,8 @@ class SimilarItemsRequest(_message.Message):
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     in_stock_only: bool
     user_id: str
-    def __init__(self, item_id: _Optional[str] = ..., limit: _Optional[int] = ..., mode: _Optional[str] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ..., user_id: _Optional[str] = ...) -> None: ...
+    identifier: _identity_pb2.Identifier
+    def __init__(self, item_id: _Optional[str] = ..., limit: _Optional[int] = ..., mode: _Optional[str] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ..., user_id: _Optional[str] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
     __slots__ = ("items", "model_version", "recommendation_id")

@@ -1,0 +1,149 @@
+"""The Profiles service: identity links, a person's profile for staff, and erasure.
+
+The identity logic lives in ``identity``; this module validates requests and shapes
+answers. Profiles show identifier *kinds*, never their values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from omnirec.v1 import profiles_pb2 as ppb
+from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
+from service.config import Settings
+from service.engagement import person_profile
+from service.errors import BadInput
+from service.features import FeatureStore, HistoryEntry
+from service.identity import Identities
+from service.rpc import rpc
+from service.send_time import hour_probabilities, rank_channels
+
+log = logging.getLogger(__name__)
+
+MAX_LINKED = 20
+DEFAULT_PROFILE_ITEMS = 10
+MAX_PROFILE_ITEMS = 100
+PREFERRED_HOURS = 3
+
+
+class ProfilesService(ppb_grpc.ProfilesServicer):
+    def __init__(
+        self, settings: Settings, models: object, store: FeatureStore, identities: Identities
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.store = store
+        self.identities = identities
+
+    def _token(self, message: object, field: str = "identifier") -> str:
+        if not message.HasField("identifier"):  # type: ignore[attr-defined]
+            raise BadInput(field, "is required")
+        identifier = message.identifier  # type: ignore[attr-defined]
+        return self.identities.token(identifier.kind, identifier.value, field)
+
+    @rpc
+    def LinkIdentities(  # noqa: N802
+        self, request: ppb.LinkIdentitiesRequest, context: grpc.ServicerContext
+    ) -> ppb.LinkIdentitiesResponse:
+        if not 2 <= len(request.identifiers) <= MAX_LINKED:
+            raise BadInput("identifiers", f"must name 2 to {MAX_LINKED} identifiers")
+        tokens = [
+            self.identities.token(i.kind, i.value, f"identifiers[{n}]")
+            for n, i in enumerate(request.identifiers)
+        ]
+        if len(set(tokens)) < len(tokens):
+            raise BadInput("identifiers", "an identifier cannot be linked to itself")
+        person, merged = self.identities.link(tokens)
+        log.info("linked %d identifiers, %d people merged", len(tokens), merged)
+        return ppb.LinkIdentitiesResponse(person_id=person, merged=merged)
+
+    @rpc
+    def GetProfile(  # noqa: N802
+        self, request: ppb.GetProfileRequest, context: grpc.ServicerContext
+    ) -> ppb.GetProfileResponse:
+        token = self._token(request)
+        limit = request.limit or DEFAULT_PROFILE_ITEMS
+        if not 1 <= limit <= MAX_PROFILE_ITEMS:
+            raise BadInput("limit", f"must be between 1 and {MAX_PROFILE_ITEMS}; got {limit}")
+        person = self.identities.person(token)
+        view = self.store.serving_view(person, 1)
+        catalogue = self.store.catalogue()[1]
+        history = view.user.history
+
+        def items(entries: list[HistoryEntry]) -> list[ppb.ProfileItem]:
+            out = []
+            for item, _, ts in entries[:limit]:
+                meta = catalogue.get(item, {})
+                out.append(
+                    ppb.ProfileItem(
+                        item_id=item,
+                        timestamp=Timestamp(seconds=ts),
+                        category=meta.get("category", ""),
+                        title=meta.get("title", ""),
+                        price=float(meta.get("price", 0.0)),
+                    )
+                )
+            return out
+
+        def of(kind: str) -> list[HistoryEntry]:
+            seen: set[str] = set()
+            out = []
+            for entry in history:
+                if entry[1] == kind and entry[0] not in seen:
+                    seen.add(entry[0])
+                    out.append(entry)
+            return out
+
+        bought = {item for item, kind, _ in history if kind == "purchase"} | view.user.purchased
+        cart = [e for e in of("add_to_cart") if e[0] not in bought]
+        categories = Counter(
+            catalogue.get(item, {}).get("category")
+            for item, kind, _ in history
+            if kind != "dislike"
+        )
+        categories.pop(None, None)
+        now = time.time()
+        s = self.settings
+        engagement = person_profile(
+            self.store.engagement_view(person), now, s.engagement_half_life_days, s.default_timezone
+        )
+        priors = self.models.engine.priors  # type: ignore[attr-defined]
+        channel = rank_channels(engagement, priors)[0][0]
+        zone = engagement.timezone or s.default_timezone
+        probabilities, _, _ = hour_probabilities(engagement, channel, priors, zone)
+        hours = [int(h) for h in np.argsort(-probabilities, kind="stable")[:PREFERRED_HOURS]]
+        kinds = sorted({t.partition(":")[0] for t in self.identities.tokens(person)})
+        return ppb.GetProfileResponse(
+            person_id=person,
+            recent_views=items(of("view")),
+            favourites=items(of("favourite")),
+            cart=items(cart),
+            purchases=items(of("purchase")),
+            top_categories=[
+                ppb.CategoryCount(category=c, events=n) for c, n in categories.most_common(5)
+            ],
+            preferred_channel=channel,
+            preferred_hours=hours,
+            timezone=zone,
+            identifier_kinds=kinds,
+        )
+
+    @rpc
+    def ForgetUser(  # noqa: N802
+        self, request: ppb.ForgetUserRequest, context: grpc.ServicerContext
+    ) -> ppb.ForgetUserResponse:
+        forgotten = self.identities.forget(self._token(request))
+        log.info(
+            "erased a person: %d keys, %d stream events",
+            forgotten.keys_removed,
+            forgotten.events_removed,
+        )
+        return ppb.ForgetUserResponse(
+            keys_removed=forgotten.keys_removed, events_removed=forgotten.events_removed
+        )
