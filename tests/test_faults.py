@@ -211,3 +211,30 @@ def test_several_processes_share_the_port_and_stop_together(trained, truth):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_and_train_refuse_to_start_without_the_identity_secret(trained, tmp_path):
+    env = serve_env(trained.settings, OMNIREC_PORT=str(free_port()))
+    env.pop("OMNIREC_IDENTITY_SECRET")
+    served = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 2
+    assert "OMNIREC_IDENTITY_SECRET must be set" in served.stderr.strip().splitlines()[-1]
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,event_type,timestamp\nu,i,view,1\n")
+    trained_ = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--events", str(events)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert trained_.returncode == 2
+    assert "OMNIREC_IDENTITY_SECRET must be set" in trained_.stderr
+    assert "Traceback" not in served.stderr + trained_.stderr

@@ -21,6 +21,9 @@ import grpc
 
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
+from omnirec.v1 import identity_pb2 as ipb
+from omnirec.v1 import profiles_pb2 as ppb
+from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.config import Settings, feature_store
@@ -89,6 +92,7 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
                     )
             _taste_summary(stub, truth, category)
             _engagement(epb_grpc.EngagementStub(channel), truth, people[:3])
+            _one_person(channel, people[0], category)
     finally:
         running.stop(grace=1)
     uri = settings.mlflow_tracking_uri
@@ -137,3 +141,48 @@ def _engagement(stub: epb_grpc.EngagementStub, truth: dict, people: list[str]) -
             f"send {best} at {local:%a %H:%M} {slot.timezone} p={slot.probability:.2f} "
             f"[{slot.source}] (planted active hour {planted['active_hour_local']}:00)"
         )
+
+
+def _one_person(channel: grpc.Channel, account: str, category: dict) -> None:
+    """Anonymous browsing → login → store visit by phone, as the README tells it."""
+    print("\n== 6. one person across channels (Profiles)")
+    rec = pb_grpc.RecommenderStub(channel)
+    profiles = ppb_grpc.ProfilesStub(channel)
+    cookie = ipb.Identifier(kind="cookie", value="demo-cookie-1")
+    phone = ipb.Identifier(kind="phone", value="+49 151 23456789")
+    viewed = [i for i, c in sorted(category.items()) if c == "bags"][:3]
+    rec.TrackEvents(
+        pb.TrackEventsRequest(
+            events=[
+                pb.Event(identifier=cookie, item_id=i, event_type="view", channel="web")
+                for i in viewed
+            ]
+        ),
+        timeout=5,
+    )
+    anonymous = rec.Recommend(pb.RecommendRequest(identifier=cookie, limit=3), timeout=5)
+    print(
+        f"anonymous cookie viewed {', '.join(viewed)} (bags) → "
+        + ", ".join(
+            f"{r.item_id} ({category.get(r.item_id, '?')}, {r.reason})" for r in anonymous.items
+        )
+    )
+    account_id = ipb.Identifier(kind="user_id", value=account)
+    merged = profiles.LinkIdentities(
+        ppb.LinkIdentitiesRequest(identifiers=[cookie, account_id]), timeout=5
+    )
+    print(f"login as {account}: linked, person {merged.person_id}, {merged.merged} merged")
+    profiles.LinkIdentities(ppb.LinkIdentitiesRequest(identifiers=[account_id, phone]), timeout=5)
+    found = profiles.GetProfile(
+        ppb.GetProfileRequest(
+            identifier=ipb.Identifier(kind="phone", value="0049151 23456789"), limit=3
+        ),
+        timeout=5,
+    )
+    print(
+        f"store clerk types the phone → person {found.person_id}: recent views "
+        + ", ".join(v.item_id for v in found.recent_views)
+        + f"; top categories {', '.join(c.category for c in found.top_categories[:3])}; "
+        f"best channel {found.preferred_channel} at {list(found.preferred_hours)} h; "
+        f"identifiers: {', '.join(found.identifier_kinds)} (values never stored raw)"
+    )
