@@ -49,6 +49,8 @@ KINDS: tuple[str, ...] = ("user_id", "cookie", "device_id", "email", "phone", "l
 #: Kinds that are personal data: only their keyed hash is ever stored.
 HASHED_KINDS = frozenset({"email", "phone"})
 LOCK_SECONDS = 10.0
+#: Optimistic merge attempts before a link gives up (each aborted by a live event).
+MERGE_ATTEMPTS = 20
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_NOISE = re.compile(r"[\s().\-/]")
@@ -172,20 +174,32 @@ class Identities:
             )
             survivor = account or people[0]
             others = [p for p in people if p != survivor]
-            p = self.prefix
+            for _ in range(MERGE_ATTEMPTS):
+                try:
+                    self._merge(tokens, survivor, others)
+                    return survivor, len(others)
+                except redis.WatchError:
+                    # A live event reached one of these people mid-merge: read again.
+                    continue
+        raise StoreUnavailable("merging people kept racing live events; try again")
+
+    def _merge(self, tokens: Sequence[str], survivor: str, others: list[str]) -> None:
+        """One optimistic transaction: the live keys read are WATCHed, so an event
+        tracked meanwhile aborts it instead of being lost."""
+        p = self.prefix
+        people = [survivor, *others]
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(*(live_key(p, who, part) for who in people for part in LIVE_PARTS))
             all_tokens = set(tokens) | {default_token(survivor)}
             aliases: set[str] = set(others)
             for other in others:
-                all_tokens |= {
-                    _text(t) for t in self.client.smembers(person_key(p, other, "tokens"))
-                }
+                all_tokens |= {_text(t) for t in pipe.smembers(person_key(p, other, "tokens"))}
                 all_tokens.add(default_token(other))
-                aliases |= {_text(a) for a in self.client.smembers(person_key(p, other, "aliases"))}
+                aliases |= {_text(a) for a in pipe.smembers(person_key(p, other, "aliases"))}
             merged_lists = {
-                part: self._merged_list(part, [survivor, *others])
-                for part in ("history", "engagement")
+                part: self._merged_list(pipe, part, people) for part in ("history", "engagement")
             }
-            pipe = self.client.pipeline(transaction=True)
+            pipe.multi()
             for token in all_tokens:
                 pipe.set(identity_key(p, token), survivor)
             pipe.sadd(person_key(p, survivor, "tokens"), *all_tokens)
@@ -198,7 +212,7 @@ class Identities:
                     if entries:
                         pipe.rpush(key, *entries)
                 for part in ("purchased", "disliked"):
-                    keys = [live_key(p, x, part) for x in (survivor, *others)]
+                    keys = [live_key(p, who, part) for who in people]
                     pipe.sunionstore(live_key(p, survivor, part), keys)
                 for other in others:
                     pipe.delete(
@@ -207,13 +221,14 @@ class Identities:
                         person_key(p, other, "aliases"),
                     )
             pipe.execute()
-            return survivor, len(others)
 
-    def _merged_list(self, part: str, people: Sequence[str]) -> list[str]:
+    def _merged_list(
+        self, reader: redis.client.Pipeline, part: str, people: Sequence[str]
+    ) -> list[str]:
         limit = self.store.history_length if part == "history" else self.store.engagement_length
         entries: dict[str, int] = {}
         for person in people:
-            for raw in self.client.lrange(live_key(self.prefix, person, part), 0, -1):
+            for raw in reader.lrange(live_key(self.prefix, person, part), 0, -1):
                 text = _text(raw)
                 entries.setdefault(text, int(json.loads(text)[2]))
         newest_first = sorted(entries, key=lambda e: -entries[e])
