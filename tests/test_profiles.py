@@ -129,9 +129,16 @@ def test_anonymous_browsing_then_login_then_store_visit(rec, profiles, catalogue
     assert list(profile.identifier_kinds) == ["cookie", "phone", "user_id"]
     assert profile.preferred_channel in ("email", "sms", "push", "messenger")
     assert len(profile.preferred_hours) == 3
-    # The purchase made by phone is excluded for the account too.
+    # The purchase made by phone is excluded for the account too, and in SimilarItems
+    # filters for her whichever identifier the page knows her by.
     again = rec.Recommend(pb.RecommendRequest(user_id="acct-42", limit=20), timeout=5)
     assert bags[0] not in {r.item_id for r in again.items}
+    anyone = rec.SimilarItems(pb.SimilarItemsRequest(item_id=bags[1], limit=50), timeout=5)
+    assert bags[0] in {r.item_id for r in anyone.items}
+    hers = rec.SimilarItems(
+        pb.SimilarItemsRequest(item_id=bags[1], limit=50, identifier=cookie), timeout=5
+    )
+    assert bags[0] not in {r.item_id for r in hers.items}
 
 
 def test_merging_two_people_with_histories_keeps_both(rec, profiles, truth, catalogue):
