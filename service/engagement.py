@@ -29,6 +29,7 @@ from service.send_time import (
     hour_probabilities,
     profile_from_events,
     rank_channels,
+    week_probabilities,
 )
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,11 @@ class EngagementService(epb_grpc.EngagementServicer):
         profile = self._profile(user_id, now)
         zone = request.timezone or profile.timezone or self.settings.default_timezone
         priors, label = self._priors()
-        probabilities, source, evidence = hour_probabilities(profile, request.channel, priors, zone)
+        day, source, evidence = hour_probabilities(profile, request.channel, priors, zone)
+        # The hour-of-week layer over the day-level answer (equal to it without weekly data).
+        week = week_probabilities(profile, request.channel, priors, zone, day=day)
         slots = choose_slots(
-            probabilities,
+            week,
             zone,
             not_before,
             window,

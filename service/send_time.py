@@ -48,6 +48,15 @@ How shrinkage works
     activity share with ``s`` pseudo-events. With no data the answer is the prior; with
     lots of data it is the data.
 
+Hour of the week
+    Profiles also keep the same counts by local hour of the WEEK (weekday * 24 + hour).
+    :func:`week_probabilities` adds a second level: per (weekday, hour) a Beta posterior
+    whose prior mean is the day-level answer of :func:`hour_probabilities` for that hour,
+    with ``s`` pseudo-deliveries, and whose data are the weekly counts pooled over
+    neighbouring hours of the week. Sparse weekly data thus barely moves the day-level
+    answer; without any (profiles written before the week was kept) it is that answer on
+    every day. :func:`choose_slots` ranks slots by their local weekday and hour.
+
 Engagement is the open, or the click where a channel records more clicks than opens
 (SMS has no open tracking). Counts are recency-weighted (half-life set by the caller), so
 a person whose habits change is followed.
@@ -69,6 +78,10 @@ import numpy as np
 from service.events import MESSAGE_CHANNELS
 
 HOURS = 24
+#: Days of the week (Monday is 0, as ``datetime.weekday``).
+DAYS = 7
+#: Hours of the week: weekly arrays are indexed ``weekday * 24 + hour`` (local).
+WEEK_HOURS = DAYS * HOURS
 #: Where an answer's evidence comes from (``hour_probabilities``' second value).
 SOURCES = ("user", "segment_prior", "global_prior")
 
@@ -110,40 +123,59 @@ def _zeros() -> np.ndarray:
     return np.zeros(HOURS, dtype=np.float64)
 
 
-def _hours(values: object, what: str) -> np.ndarray:
+def _week_zeros() -> np.ndarray:
+    return np.zeros(WEEK_HOURS, dtype=np.float64)
+
+
+def _hours(values: object, what: str, size: int = HOURS) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
-    if array.shape != (HOURS,):
-        raise ValueError(f"{what} must have {HOURS} values, got shape {array.shape}")
+    if array.shape != (size,):
+        raise ValueError(f"{what} must have {size} values, got shape {array.shape}")
     return array
 
 
 @dataclass
 class ChannelCounts:
-    """One channel's recency-weighted counts, indexed by the person's LOCAL hour 0..23.
+    """One channel's recency-weighted counts, indexed by the person's LOCAL hour 0..23,
+    and the same counts by LOCAL hour of the week (``weekly_*``, float64[168], index
+    ``weekday * 24 + hour``, Monday 0), whose sums over the days are the hourly arrays
+    (for counts that recorded the week: profiles from before it have weekly zeros).
 
-    ``opens`` and ``clicks`` are non-automated and sit at the hour of the delivery they
-    answer (at their own hour when no delivery precedes them within 48 h).
+    ``opens`` and ``clicks`` are non-automated and sit at the hour (and weekday) of the
+    delivery they answer (at their own when no delivery precedes them within 48 h).
     """
 
     deliveries: np.ndarray = field(default_factory=_zeros)
     opens: np.ndarray = field(default_factory=_zeros)
     clicks: np.ndarray = field(default_factory=_zeros)
+    weekly_deliveries: np.ndarray = field(default_factory=_week_zeros)
+    weekly_opens: np.ndarray = field(default_factory=_week_zeros)
+    weekly_clicks: np.ndarray = field(default_factory=_week_zeros)
 
     def engaged(self) -> np.ndarray:
         """Engagements per delivery hour: opens, or clicks where a channel tracks more
         clicks than opens (SMS has no open tracking; a click implies the read)."""
         return np.maximum(self.opens, self.clicks)
 
+    def weekly_engaged(self) -> np.ndarray:
+        """:meth:`engaged` per hour of the week."""
+        return np.maximum(self.weekly_opens, self.weekly_clicks)
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return (
+            self.deliveries,
+            self.opens,
+            self.clicks,
+            self.weekly_deliveries,
+            self.weekly_opens,
+            self.weekly_clicks,
+        )
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChannelCounts):
             return NotImplemented
         return all(
-            np.array_equal(a, b)
-            for a, b in (
-                (self.deliveries, other.deliveries),
-                (self.opens, other.opens),
-                (self.clicks, other.clicks),
-            )
+            np.array_equal(a, b) for a, b in zip(self._arrays(), other._arrays(), strict=True)
         )
 
 
@@ -175,10 +207,15 @@ class EngagementProfile:
         )
 
     def to_json(self) -> str:
-        """Compact JSON (6 significant digits; all-zero arrays and channels left out)."""
+        """Compact JSON (6 significant digits; all-zero arrays and channels left out).
+
+        Keys: ``d``/``o``/``c`` the hourly deliveries, opens and clicks of a channel,
+        ``wd``/``wo``/``wc`` the same per hour of the week, sparse (``{"hour of the
+        week": value}`` for the non-zero ones; absent in profiles written before the week
+        was kept: they load as zeros)."""
         channels = {}
         for name, counts in self.channels.items():
-            parts = {
+            parts: dict[str, object] = {
                 key: _compact(values)
                 for key, values in (
                     ("d", counts.deliveries),
@@ -187,6 +224,15 @@ class EngagementProfile:
                 )
                 if np.any(values)
             }
+            parts.update(
+                (key, _sparse(values))
+                for key, values in (
+                    ("wd", counts.weekly_deliveries),
+                    ("wo", counts.weekly_opens),
+                    ("wc", counts.weekly_clicks),
+                )
+                if np.any(values)
+            )
             if parts:
                 channels[name] = parts
         payload: dict[str, object] = {"v": _JSON_VERSION}
@@ -217,11 +263,30 @@ class EngagementProfile:
         def array(raw: Mapping, key: str, what: str) -> np.ndarray:
             return _hours(raw[key], what) if key in raw else _zeros()
 
+        def weekly(raw: Mapping, key: str, what: str) -> np.ndarray:
+            if key not in raw:
+                return _week_zeros()
+            if not isinstance(raw[key], Mapping):  # a dense list is read too
+                return _hours(raw[key], what, WEEK_HOURS)
+            values = _week_zeros()
+            for at, value in raw[key].items():
+                try:
+                    index, number = int(at), float(value)
+                except (TypeError, ValueError):
+                    index, number = -1, 0.0
+                if not 0 <= index < WEEK_HOURS:
+                    raise ValueError(f"{what}: bad entry {at!r}: {value!r}")
+                values[index] = number
+            return values
+
         channels = {
             str(name): ChannelCounts(
                 deliveries=array(raw, "d", f"{name} deliveries"),
                 opens=array(raw, "o", f"{name} opens"),
                 clicks=array(raw, "c", f"{name} clicks"),
+                weekly_deliveries=weekly(raw, "wd", f"{name} weekly deliveries"),
+                weekly_opens=weekly(raw, "wo", f"{name} weekly opens"),
+                weekly_clicks=weekly(raw, "wc", f"{name} weekly clicks"),
             )
             for name, raw in dict(payload.get("ch", {})).items()
         }
@@ -237,9 +302,7 @@ class EngagementProfile:
         for name in (*self.channels, *(c for c in other.channels if c not in self.channels)):
             mine, theirs = self.channel(name), other.channel(name)
             channels[name] = ChannelCounts(
-                deliveries=mine.deliveries + theirs.deliveries,
-                opens=mine.opens + theirs.opens,
-                clicks=mine.clicks + theirs.clicks,
+                *(a + b for a, b in zip(mine._arrays(), theirs._arrays(), strict=True))
             )
         return EngagementProfile(
             timezone=self.timezone or other.timezone,
@@ -252,7 +315,7 @@ class EngagementProfile:
         return EngagementProfile(
             timezone=self.timezone,
             channels={
-                name: ChannelCounts(c.deliveries * factor, c.opens * factor, c.clicks * factor)
+                name: ChannelCounts(*(values * factor for values in c._arrays()))
                 for name, c in self.channels.items()
             },
             activity=self.activity * factor,
@@ -261,6 +324,12 @@ class EngagementProfile:
 
 def _compact(values: np.ndarray) -> list[float | int]:
     return [0 if v == 0 else float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64)]
+
+
+def _sparse(values: np.ndarray) -> dict[str, float]:
+    """The non-zero entries as ``{str(index): value}`` (6 significant digits)."""
+    values = np.asarray(values, dtype=np.float64)
+    return {str(i): float(f"{values[i]:.6g}") for i in np.flatnonzero(values)}
 
 
 @lru_cache(maxsize=1024)
@@ -316,10 +385,11 @@ def profile_from_events(
     default_timezone
         Zone of events when neither they nor any other event of the person names one.
 
-    A delivery counts at its local hour on its channel; a non-automated ``message_open``
-    (``message_click``) counts, with its own weight, at the local hour of the latest
-    delivery on the same channel at most 48 h before it (same second included), else at
-    its own local hour. Session starts and item events (:data:`ACTIVITY_EVENT_TYPES`)
+    A delivery counts at its local hour (and local hour of the week) on its channel; a
+    non-automated ``message_open`` (``message_click``) counts, with its own weight, at the
+    local hour and weekday of the latest delivery on the same channel at most 48 h before
+    it (same second included; on equal times the greatest hour, then weekday), else at its
+    own. Session starts and item events (:data:`ACTIVITY_EVENT_TYPES`)
     count as activity at their local hour, on any channel. The zone of an event is its
     own, else the person's latest known zone, else ``default_timezone``. Events flagged
     automated are ignored, deliveries excepted.
@@ -332,21 +402,25 @@ def profile_from_events(
     fallback = known or default_timezone
     scale = half_life_days * _SECONDS_PER_DAY
 
-    def hour_and_weight(ts: int, zone: str) -> tuple[int, float]:
+    def when_and_weight(ts: int, zone: str) -> tuple[int, int, float]:
+        """Local hour, local weekday and recency weight."""
         name = zone if _zone(zone) is not None else fallback
-        return local_hour(ts, name), 2.0 ** (-(now - ts) / scale)
+        local = datetime.fromtimestamp(ts, _zone(name))
+        return local.hour, local.weekday(), 2.0 ** (-(now - ts) / scale)
 
     channels: dict[str, ChannelCounts] = {}
     activity = _zeros()
-    # Per channel, deliveries sorted by time with their local hours, for attribution.
-    sent: dict[str, list[tuple[int, int]]] = {}
+    # Per channel, deliveries sorted by time with their local hours and weekdays.
+    sent: dict[str, list[tuple[int, int, int]]] = {}
     answers: list[tuple[str, str, int, str]] = []
     active: dict[int, tuple[int, str]] = {}  # clock hour -> its earliest activity event
     for channel, kind, ts, zone, automated in rows:
         if kind == "message_delivered" and channel in MESSAGE_CHANNELS:
-            hour, weight = hour_and_weight(ts, zone)
-            channels.setdefault(channel, ChannelCounts()).deliveries[hour] += weight
-            sent.setdefault(channel, []).append((ts, hour))
+            hour, day, weight = when_and_weight(ts, zone)
+            counts = channels.setdefault(channel, ChannelCounts())
+            counts.deliveries[hour] += weight
+            counts.weekly_deliveries[day * HOURS + hour] += weight
+            sent.setdefault(channel, []).append((ts, hour, day))
         elif automated:
             continue
         elif kind in ("message_open", "message_click") and channel in MESSAGE_CHANNELS:
@@ -358,20 +432,21 @@ def profile_from_events(
                 active[ts // 3600] = (ts, zone)
     # A burst of events in one clock hour is one sign of being around, not fifty.
     for ts, zone in active.values():
-        hour, weight = hour_and_weight(ts, zone)
+        hour, _, weight = when_and_weight(ts, zone)
         activity[hour] += weight
     for deliveries in sent.values():
         deliveries.sort()
     for channel, kind, ts, zone in answers:
-        hour, weight = hour_and_weight(ts, zone)
+        hour, day, weight = when_and_weight(ts, zone)
         deliveries = sent.get(channel, [])
-        # The last delivery at or before ts: (ts, 24) sorts after every (ts, hour).
+        # The last delivery at or before ts: (ts, 24) sorts after every (ts, hour, day).
         at = bisect.bisect_right(deliveries, (ts, HOURS)) - 1
         if at >= 0 and ts - deliveries[at][0] <= ATTRIBUTION_WINDOW_SECONDS:
-            hour = deliveries[at][1]
+            _, hour, day = deliveries[at]
         counts = channels.setdefault(channel, ChannelCounts())
-        target = counts.opens if kind == "message_open" else counts.clicks
-        target[hour] += weight
+        opened = kind == "message_open"
+        (counts.opens if opened else counts.clicks)[hour] += weight
+        (counts.weekly_opens if opened else counts.weekly_clicks)[day * HOURS + hour] += weight
     ordered = {name: channels[name] for name in MESSAGE_CHANNELS if name in channels}
     return EngagementProfile(timezone=known, channels=ordered, activity=activity)
 
@@ -458,8 +533,9 @@ def _hour_list(values: Iterable[float], what: str) -> list[float]:
 # --- the model ---------------------------------------------------------------------------
 
 
-def _smoothing_matrix(sd_hours: float) -> np.ndarray:
-    distance = (np.arange(HOURS)[:, None] - np.arange(HOURS)[None, :] + 12) % HOURS - 12
+def _smoothing_matrix(sd_hours: float, size: int = HOURS) -> np.ndarray:
+    half = size // 2
+    distance = (np.arange(size)[:, None] - np.arange(size)[None, :] + half) % size - half
     kernel = np.exp(-0.5 * (distance / sd_hours) ** 2)
     return kernel / kernel.sum(axis=1, keepdims=True)
 
@@ -469,6 +545,9 @@ _SMOOTHING = _smoothing_matrix(SMOOTHING_SD_HOURS)
 # exp(-1 / (2 sd^2)) of one in the hour (0.8 at sd 1.5 h), so an hour's evidence is its
 # neighbourhood's, compared with `strength` pseudo-deliveries per hour.
 _POOLING = _SMOOTHING / _SMOOTHING[0, 0]
+# The same over the 168 hours of the week (circular: Sunday 23:00 neighbours Monday 00:00).
+_WEEK_SMOOTHING = _smoothing_matrix(SMOOTHING_SD_HOURS, WEEK_HOURS)
+_WEEK_POOLING = _WEEK_SMOOTHING / _WEEK_SMOOTHING[0, 0]
 
 
 def smooth(counts: np.ndarray) -> np.ndarray:
@@ -480,6 +559,11 @@ def pool(counts: np.ndarray) -> np.ndarray:
     """Evidence near each hour: the counts weighted by the Gaussian kernel, 1 at the hour
     itself (circular, over the last axis). Rates of pooled counts are smoothed rates."""
     return np.asarray(counts, dtype=np.float64) @ _POOLING
+
+
+def pool_week(counts: np.ndarray) -> np.ndarray:
+    """:func:`pool` over the hours of the week (the last axis, 168, circular)."""
+    return np.asarray(counts, dtype=np.float64) @ _WEEK_POOLING
 
 
 def _channel_rate(priors: Priors, channel: str) -> float:
@@ -590,6 +674,46 @@ def hour_probabilities(
     return probabilities, source, int(round(delivered + active))
 
 
+def week_probabilities(
+    profile: EngagementProfile,
+    channel: str,
+    priors: Priors,
+    segment: str | None,
+    day: np.ndarray | None = None,
+) -> np.ndarray:
+    """P(engagement | delivery on local weekday d at local hour h): float64[7, 24],
+    Monday row 0.
+
+    A second level on top of :func:`hour_probabilities` (``day``, computed when not
+    given): per (weekday, hour) a Beta posterior mean whose prior mean is the hour's
+    day-level probability and whose prior weight is ``priors.strength`` pseudo-deliveries;
+    its data are the person's weekly deliveries and engagements on the channel, pooled over
+    neighbouring hours of the week (:func:`pool_week`). A weekday slot has about a seventh
+    of an hour's evidence, so sparse weekly data moves the answer little from the
+    day-level one; with no weekly data (e.g. profiles from before the week was kept) every
+    row is the day-level answer.
+
+    Raises
+    ------
+    ValueError
+        for a channel not in ``MESSAGE_CHANNELS``.
+    """
+    if day is None:
+        day, _, _ = hour_probabilities(profile, channel, priors, segment)
+    else:
+        _check_channel(channel)
+        day = _hours(day, "day")
+    counts = profile.channel(channel)
+    deliveries = np.maximum(_hours(counts.weekly_deliveries, "weekly", WEEK_HOURS), 0.0)
+    engaged = np.maximum(_hours(counts.weekly_engaged(), "weekly", WEEK_HOURS), 0.0)
+    prior = np.tile(day, DAYS)  # index weekday * 24 + hour -> day[hour]
+    if not deliveries.any() and not engaged.any():
+        return prior.reshape(DAYS, HOURS)
+    strength = priors.strength
+    rates = (pool_week(engaged) + strength * prior) / (pool_week(deliveries) + strength)
+    return np.clip(rates, 0.0, 1.0).reshape(DAYS, HOURS)
+
+
 def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str, float, int]]:
     """``(channel, score, evidence)`` for every channel of ``MESSAGE_CHANNELS``, best first.
 
@@ -653,8 +777,9 @@ def choose_slots(
     converting each to local time: a local hour repeated when clocks go back appears
     twice, one skipped when they go forward never does. Candidates whose local hour is
     quiet (:func:`is_quiet`) are dropped. The rest are ranked by ``probabilities`` of
-    their local hour, ties going to the earliest; at most ``1 + alternatives`` come back,
-    and none when every candidate is quiet.
+    their local hour (float64[24]), or of their local weekday and hour (float64[7, 24],
+    Monday row 0, as :func:`week_probabilities` gives), ties going to the earliest; at
+    most ``1 + alternatives`` come back, and none when every candidate is quiet.
 
     With probability ``explore_rate`` the ranking instead uses a Thompson-style draw per
     slot (Beta around its probability, :data:`EXPLORE_CONCENTRATION` pseudo-observations),
@@ -664,10 +789,17 @@ def choose_slots(
     Raises
     ------
     ValueError
-        on a ``probabilities`` shape other than 24, a ``window_hours`` below 1, or an
-        unknown time zone.
+        on a ``probabilities`` shape other than (24,) or (7, 24), a ``window_hours`` below
+        1, or an unknown time zone.
     """
-    probabilities = _hours(probabilities, "probabilities")
+    table = np.asarray(probabilities, dtype=np.float64)
+    if table.shape == (HOURS,):
+        table = np.broadcast_to(table, (DAYS, HOURS))
+    elif table.shape != (DAYS, HOURS):
+        raise ValueError(
+            f"probabilities must have {HOURS} values (or {DAYS} rows of {HOURS} values), "
+            f"got shape {table.shape}"
+        )
     if window_hours < 1:
         raise ValueError(f"window_hours must be at least 1, got {window_hours}")
     zone = _zone(timezone)
@@ -695,9 +827,10 @@ def choose_slots(
 
     candidates = []
     for moment in moments:
-        hour = moment.astimezone(zone).hour
+        there = moment.astimezone(zone)
+        hour = there.hour
         if not is_quiet(hour, quiet):
-            candidates.append(Slot(moment, float(probabilities[hour]), hour))
+            candidates.append(Slot(moment, float(table[there.weekday(), hour]), hour))
     if not candidates:
         return []
 

@@ -67,7 +67,14 @@ def assert_same(a: EngagementProfile, b: EngagementProfile) -> None:
     assert a.timezone == b.timezone
     assert set(a.channels) == set(b.channels)
     for name in a.channels:
-        for part in ("deliveries", "opens", "clicks"):
+        for part in (
+            "deliveries",
+            "opens",
+            "clicks",
+            "weekly_deliveries",
+            "weekly_opens",
+            "weekly_clicks",
+        ):
             np.testing.assert_allclose(
                 getattr(a.channels[name], part), getattr(b.channels[name], part), rtol=1e-12
             )
@@ -104,6 +111,12 @@ TRICKY = [
     ("d", "view", T0, "", "Asia/Tokyo", False),
     ("d", "view", T0, "", "America/New_York", False),
     ("d", "session_start", T0 - DAY, "web", "", False),
+    # Equal times, zones a day apart: the same local hour on different weekdays.
+    ("e", "message_delivered", T0, "push", "Pacific/Kiritimati", False),
+    ("e", "message_delivered", T0, "push", "Pacific/Honolulu", False),
+    ("e", "message_open", T0 + 60, "push", "", False),
+    ("e", "message_delivered", T0 + 3 * DAY, "email", "Pacific/Honolulu", False),
+    ("e", "message_click", T0 + 3 * DAY + 60, "email", "", False),
 ]
 
 
@@ -112,7 +125,7 @@ def test_user_profiles_agree_with_profile_from_events(default_timezone: str) -> 
     frame = frame_of(TRICKY)
     now = T0 + 12 * DAY
     profiles = user_profiles(frame, now, 20.0, default_timezone)
-    assert list(profiles) == ["a", "b", "c", "d"]
+    assert list(profiles) == ["a", "b", "c", "d", "e"]
     for user, built in profiles.items():
         # Any order of events gives the same profile.
         events = events_of(frame, user)[::-1]
@@ -124,6 +137,14 @@ def test_user_profiles_agree_with_profile_from_events(default_timezone: str) -> 
     assert profiles["d"].timezone == "Asia/Tokyo"
     assert not profiles["c"].channels and not profiles["c"].activity.any()
     assert set(profiles["a"].channels) == {"email", "sms", "push"}
+    # The open answers one of the two same-second deliveries: same hour, another weekday.
+    push = profiles["e"].channels["push"]
+    assert np.flatnonzero(push.weekly_deliveries).size == 2
+    assert np.flatnonzero(push.weekly_opens).size == 1
+    for name, counts in profiles["a"].channels.items():
+        np.testing.assert_allclose(
+            counts.weekly_deliveries.reshape(7, HOURS).sum(0), counts.deliveries, err_msg=name
+        )
 
 
 def test_user_profiles_without_the_automated_column() -> None:

@@ -180,10 +180,20 @@ def test_across_a_dst_change_slots_keep_their_local_hours(engagement, truth):
     slots = [(reply.send_at, reply.probability)] + [
         (a.send_at, a.probability) for a in reply.alternatives
     ]
-    best = [ts.ToDatetime(tzinfo=UTC) for ts, p in slots if p == reply.probability]
-    assert len(best) >= 2  # the best local hour on several days, earliest first
     berlin = ZoneInfo("Europe/Berlin")
-    assert len({at.astimezone(berlin).hour for at in best}) == 1
+    for alternative in reply.alternatives:
+        at = alternative.send_at.ToDatetime(tzinfo=UTC).astimezone(berlin)
+        assert (at.hour, at.minute) == (alternative.local_hour, 0)
+    # The hour-of-week layer tells the days apart, so the best local hour's slots on
+    # several days need not have equal probabilities: group them by local hour instead.
+    top = reply.send_at.ToDatetime(tzinfo=UTC).astimezone(berlin).hour
+    best = sorted(
+        at
+        for at in (ts.ToDatetime(tzinfo=UTC) for ts, _ in slots)
+        if at.astimezone(berlin).hour == top
+    )
+    assert len(best) >= 2  # the best local hour on several days
+    assert all(p <= reply.probability for _, p in slots)
     offsets = {at.astimezone(berlin).utcoffset() for at in best}
     change = datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
     if best[0] < change <= best[-1]:
@@ -293,3 +303,36 @@ def test_bad_requests_name_the_field(engagement, request_, field):
         engagement.PredictSendTime(request_, timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(f"{field}:")
+
+
+def test_a_dst_change_keeps_the_planned_local_hour(engagement):
+    # A newcomer planned in Berlin: no weekly data, so every day scores its hours alike and
+    # the best local hour comes back on consecutive days, on both sides of the fall-back
+    # (2026-10-25 03:00 local = 01:00 UTC): 2 h after UTC before it, 1 h after it later.
+    start = datetime(2026, 10, 24, 0, 0, tzinfo=UTC)
+    reply = engagement.PredictSendTime(
+        epb.PredictSendTimeRequest(
+            user_id="dst-newcomer",
+            channel="email",
+            not_before=stamp(start),
+            window_hours=72,
+            timezone="Europe/Berlin",
+            ignore_quiet_hours=True,
+        ),
+        timeout=5,
+    )
+    best = [reply.send_at.ToDatetime(tzinfo=UTC)] + [
+        a.send_at.ToDatetime(tzinfo=UTC)
+        for a in reply.alternatives
+        if a.probability == reply.probability
+    ]
+    berlin = ZoneInfo("Europe/Berlin")
+    assert len(best) == 3
+    assert len({at.astimezone(berlin).hour for at in best}) == 1
+    assert [at.astimezone(berlin).utcoffset() for at in best] == [
+        timedelta(hours=2),
+        timedelta(hours=1),
+        timedelta(hours=1),
+    ]
+    assert best[1] - best[0] == timedelta(hours=25)
+    assert best[2] - best[1] == timedelta(hours=24)

@@ -11,8 +11,10 @@ import pytest
 
 from service.events import MESSAGE_CHANNELS
 from service.send_time import (
+    DAYS,
     HOURS,
     SOURCES,
+    WEEK_HOURS,
     ChannelCounts,
     EngagementProfile,
     Priors,
@@ -23,6 +25,7 @@ from service.send_time import (
     profile_from_events,
     rank_channels,
     smooth,
+    week_probabilities,
 )
 
 DAY = 86_400
@@ -377,6 +380,109 @@ def test_rank_channels_puts_the_best_read_channel_first() -> None:
     ]
 
 
+# --- hour of the week -------------------------------------------------------------------
+
+
+def saturday_reader(weeks: int = 8) -> EngagementProfile:
+    """Email at 10:00 Berlin every day for ``weeks`` weeks, opened only on Saturdays."""
+    first = datetime(2026, 9, 21) - timedelta(weeks=weeks)  # a Monday
+    events = []
+    for k in range(weeks * DAYS):
+        day = first + timedelta(days=k)
+        sent = ts_at(f"{day:%Y-%m-%d}T10:00")
+        events.append(("email", "message_delivered", sent, BERLIN, False))
+        if day.weekday() == 5:
+            events.append(("email", "message_open", sent + 300, BERLIN, False))
+    return profile_from_events(events, NOW, 30.0)
+
+
+def test_weekly_counts_sum_to_the_hourly_ones() -> None:
+    person = saturday_reader()
+    email = person.channels["email"]
+    assert email.weekly_deliveries.shape == (WEEK_HOURS,)
+    np.testing.assert_allclose(
+        email.weekly_deliveries.reshape(DAYS, HOURS).sum(0), email.deliveries
+    )
+    np.testing.assert_allclose(email.weekly_opens.reshape(DAYS, HOURS).sum(0), email.opens)
+    assert np.flatnonzero(email.weekly_deliveries).tolist() == [d * HOURS + 10 for d in range(7)]
+    assert np.flatnonzero(email.weekly_opens).tolist() == [5 * HOURS + 10]
+
+
+def test_without_weekly_data_every_weekday_is_the_day_level_answer() -> None:
+    priors = flat_priors(channel_hour_rate={c: ramp(15).tolist() for c in MESSAGE_CHANNELS})
+    for person in (
+        EngagementProfile(),
+        profile(deliveries=at_hour(9, 30.0), opens=at_hour(9, 12.0), activity=at_hour(20, 9.0)),
+    ):
+        day, _, _ = hour_probabilities(person, "email", priors, BERLIN)
+        week = week_probabilities(person, "email", priors, BERLIN)
+        assert week.dtype == np.float64 and week.shape == (DAYS, HOURS)
+        np.testing.assert_allclose(week, np.tile(day, (DAYS, 1)))
+    with pytest.raises(ValueError, match="channel 'fax'"):
+        week_probabilities(EngagementProfile(), "fax", priors, None)
+
+
+def test_a_saturday_reader_gets_saturday() -> None:
+    person, priors = saturday_reader(), flat_priors()
+    day, _, _ = hour_probabilities(person, "email", priors, BERLIN)
+    week = week_probabilities(person, "email", priors, BERLIN)
+    saturday, tuesday = week[5, 10], week[1, 10]
+    assert saturday > day[10] > tuesday
+    assert saturday > 3 * tuesday
+    # Weekday differences only where the week has evidence: far from 10:00, the day.
+    np.testing.assert_allclose(week[:, 22], day[22], rtol=1e-3)
+
+    start = datetime(2026, 9, 21, 0, 0, tzinfo=UTC)  # Monday 02:00 in Berlin
+    best = choose_slots(week, BERLIN, start, 7 * 24, None)[0]
+    local = best.send_at.astimezone(ZoneInfo(BERLIN))
+    assert (local.weekday(), local.hour, best.local_hour) == (5, 10, 10)
+    assert best.probability == pytest.approx(saturday)
+    # The day-level answer cannot tell the days apart: the earliest 10:00 wins.
+    first = choose_slots(day, BERLIN, start, 7 * 24, None)[0]
+    assert first.send_at.astimezone(ZoneInfo(BERLIN)).weekday() == 0
+
+
+def test_weekly_counts_round_trip_through_json_and_old_json_loads() -> None:
+    person = saturday_reader()
+    text = person.to_json()
+    payload = json.loads(text)
+    assert list(payload["ch"]["email"]["wo"]) == [str(5 * HOURS + 10)]
+    back = EngagementProfile.from_json(text)
+    for part in ("weekly_deliveries", "weekly_opens", "weekly_clicks"):
+        np.testing.assert_allclose(
+            getattr(back.channels["email"], part),
+            getattr(person.channels["email"], part),
+            rtol=1e-5,
+        )
+    # Profiles written before the week was kept load with weekly zeros.
+    for key in ("wd", "wo", "wc"):
+        payload["ch"]["email"].pop(key, None)
+    old = EngagementProfile.from_json(json.dumps(payload))
+    assert not old.channels["email"].weekly_deliveries.any()
+    assert not old.channels["email"].weekly_opens.any()
+    np.testing.assert_allclose(
+        old.channels["email"].opens, person.channels["email"].opens, rtol=1e-5
+    )
+    # A dense list is read too; a bad index is refused.
+    dense = {"v": 1, "ch": {"email": {"wd": [1.0] * WEEK_HOURS}}}
+    loaded = EngagementProfile.from_json(json.dumps(dense))
+    assert loaded.channels["email"].weekly_deliveries.sum() == WEEK_HOURS
+    with pytest.raises(ValueError, match="bad entry"):
+        EngagementProfile.from_json('{"ch": {"email": {"wo": {"168": 1}}}}')
+
+    both = person.merged(old)
+    np.testing.assert_allclose(
+        both.channels["email"].weekly_opens, person.channels["email"].weekly_opens
+    )
+    np.testing.assert_allclose(
+        both.channels["email"].opens, 2 * person.channels["email"].opens, rtol=1e-5
+    )
+    half = person.scaled(0.5).channels["email"]
+    np.testing.assert_allclose(
+        half.weekly_deliveries, person.channels["email"].weekly_deliveries / 2
+    )
+
+
 # --- slots -----------------------------------------------------------------------------
 
 
@@ -502,6 +608,8 @@ def test_choose_slots_refuses_bad_arguments() -> None:
     start = datetime(2026, 6, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="24 values"):
         choose_slots(np.ones(12), BERLIN, start, 24, None)
+    with pytest.raises(ValueError, match="24 values"):
+        choose_slots(np.ones((DAYS, 12)), BERLIN, start, 24, None)
     with pytest.raises(ValueError, match="window_hours"):
         choose_slots(np.ones(HOURS), BERLIN, start, 0, None)
     with pytest.raises(ValueError, match="time zone"):

@@ -28,6 +28,7 @@ from service.send_time import (
     DEFAULT_RATE,
     DEFAULT_STRENGTH,
     HOURS,
+    WEEK_HOURS,
     ChannelCounts,
     EngagementProfile,
     Priors,
@@ -66,12 +67,13 @@ _SECONDS_PER_DAY = 86_400
 
 @dataclass
 class _Rows:
-    """Per-user 24-hour count rows, only for the users that have any."""
+    """Per-user count rows (24 hours of the day, or 168 of the week), only for the users
+    that have any."""
 
     users: np.ndarray
     """Positions into ``_Counts.users``, ascending."""
     values: np.ndarray
-    """(len(users), 24)."""
+    """(len(users), 24) or (len(users), 168)."""
 
 
 @dataclass
@@ -82,7 +84,9 @@ class _Counts:
     zone: np.ndarray
     """Latest known zone per user, "" when none."""
     channels: dict[str, tuple[_Rows, _Rows, _Rows]]
-    """Channel -> (deliveries, opens, clicks)."""
+    """Channel -> (deliveries, opens, clicks), by local hour."""
+    weekly: dict[str, tuple[_Rows, _Rows, _Rows]]
+    """Channel -> (deliveries, opens, clicks), by local hour of the week."""
     activity: _Rows
     raw_deliveries: dict[str, np.ndarray]
     """Channel -> unweighted deliveries per user (for the segment threshold)."""
@@ -94,8 +98,10 @@ class _Counts:
         for name, parts in self.channels.items():
             rows = [_row(part, i) for part in parts]
             if any(r is not None for r in rows):
-                deliveries, opens, clicks = (np.zeros(HOURS) if r is None else r for r in rows)
-                channels[name] = ChannelCounts(deliveries, opens, clicks)
+                day = [np.zeros(HOURS) if r is None else r for r in rows]
+                weekly = [_row(part, i) for part in self.weekly[name]]
+                week = [np.zeros(WEEK_HOURS) if r is None else r for r in weekly]
+                channels[name] = ChannelCounts(*day, *week)
         activity = _row(self.activity, i)
         return EngagementProfile(
             timezone=self.zone[i] or None,
@@ -111,7 +117,7 @@ def _aligned(parts: tuple[_Rows, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
         users = np.union1d(users, part.users)
     aligned = []
     for part in parts:
-        values = np.zeros((len(users), HOURS))
+        values = np.zeros((len(users), part.values.shape[1]))
         values[np.searchsorted(users, part.users)] = part.values
         aligned.append(values)
     return users, aligned
@@ -124,10 +130,12 @@ def _row(rows: _Rows, i: int) -> np.ndarray | None:
     return None
 
 
-def _bincount_rows(users: np.ndarray, hours: np.ndarray, weights: np.ndarray) -> _Rows:
+def _bincount_rows(
+    users: np.ndarray, hours: np.ndarray, weights: np.ndarray, width: int = HOURS
+) -> _Rows:
     present, compact = np.unique(users, return_inverse=True)
-    flat = np.bincount(compact * HOURS + hours, weights=weights, minlength=len(present) * HOURS)
-    return _Rows(present, flat.reshape(len(present), HOURS))
+    flat = np.bincount(compact * width + hours, weights=weights, minlength=len(present) * width)
+    return _Rows(present, flat.reshape(len(present), width))
 
 
 def _automated(frame: pd.DataFrame) -> np.ndarray:
@@ -169,6 +177,8 @@ class _Events:
     """Per user: position of their latest known zone in ``zone_names``, -1 when none."""
     hour: np.ndarray
     """Local hour (see :func:`_with_hours`)."""
+    weekday: np.ndarray
+    """Local weekday, Monday 0 (see :func:`_with_hours`)."""
 
     def of_kind(self, *names: str) -> np.ndarray:
         return np.isin(self.kind, [EVENT_TYPES.index(n) for n in names])
@@ -194,6 +204,7 @@ class _Events:
             zone_names=self.zone_names,
             user_zone=_latest_zones(codes, ts, own_zone, len(self.users)),
             hour=np.zeros(len(rows), dtype=np.int64),
+            weekday=np.zeros(len(rows), dtype=np.int64),
         )
 
 
@@ -219,6 +230,7 @@ def _parse(frame: pd.DataFrame) -> _Events:
         zone_names=names,
         user_zone=_latest_zones(codes, ts, own_zone, len(users)),
         hour=np.zeros(len(frame), dtype=np.int64),
+        weekday=np.zeros(len(frame), dtype=np.int64),
     )
 
 
@@ -237,21 +249,29 @@ def _latest_zones(codes: np.ndarray, ts: np.ndarray, zones: np.ndarray, n: int) 
 
 
 def _with_hours(events: _Events, default_timezone: str) -> _Events:
-    """``events`` with each row's local hour: in its own zone, else its person's latest
-    known zone, else ``default_timezone``."""
+    """``events`` with each row's local hour and weekday: in its own zone, else its
+    person's latest known zone, else ``default_timezone``."""
     zone = np.where(events.own_zone >= 0, events.own_zone, events.user_zone[events.codes])
-    events.hour = _local_hours(events.ts, zone, events.zone_names, default_timezone)
+    events.hour, events.weekday = _local_times(events.ts, zone, events.zone_names, default_timezone)
     return events
 
 
 def _local_hours(
     ts: np.ndarray, zone: np.ndarray, names: np.ndarray, default_timezone: str
 ) -> np.ndarray:
-    """Local hour of each epoch second; ``zone`` indexes ``names``, -1 is the default
-    zone. One ``tz_convert`` per distinct zone."""
+    """Local hour of each epoch second (see :func:`_local_times`)."""
+    return _local_times(ts, zone, names, default_timezone)[0]
+
+
+def _local_times(
+    ts: np.ndarray, zone: np.ndarray, names: np.ndarray, default_timezone: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local hour and weekday (Monday 0) of each epoch second; ``zone`` indexes ``names``,
+    -1 is the default zone. One ``tz_convert`` per distinct zone."""
     hours = np.zeros(len(ts), dtype=np.int64)
+    weekdays = np.zeros(len(ts), dtype=np.int64)
     if not len(ts):
-        return hours
+        return hours, weekdays
     order = np.argsort(zone, kind="stable")
     present, starts = np.unique(zone[order], return_index=True)
     bounds = np.append(starts, len(order))
@@ -259,8 +279,10 @@ def _local_hours(
         rows = order[bounds[k] : bounds[k + 1]]
         name = default_timezone if code < 0 else str(names[code])
         stamps = pd.DatetimeIndex(pd.to_datetime(ts[rows], unit="s", utc=True))
-        hours[rows] = stamps.tz_convert(name).hour
-    return hours
+        local = stamps.tz_convert(name)
+        hours[rows] = local.hour
+        weekdays[rows] = local.day_of_week
+    return hours, weekdays
 
 
 def _events(frame: pd.DataFrame, default_timezone: str) -> _Events:
@@ -300,8 +322,8 @@ def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
     active = _one_per_clock_hour(events, active)
 
     # Each open or click goes to the hour of the latest delivery on its channel at most
-    # 48 h before it (same second included); on equal times the greatest hour, as in
-    # send_time.profile_from_events.
+    # 48 h before it (same second included); on equal times the greatest hour, then
+    # weekday, as in send_time.profile_from_events.
     channel_codes = events.channel  # position in MESSAGE_CHANNELS, -1 for others
     sent = pd.DataFrame(
         {
@@ -309,8 +331,9 @@ def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
             "c": channel_codes[delivered],
             "ts": events.ts[delivered],
             "sent_hour": events.hour[delivered],
+            "sent_day": events.weekday[delivered],
         }
-    ).sort_values(["ts", "sent_hour"], kind="stable")
+    ).sort_values(["ts", "sent_hour", "sent_day"], kind="stable")
     at = np.flatnonzero(answer)
     answers = pd.DataFrame(
         {"u": events.codes[at], "c": channel_codes[at], "ts": events.ts[at], "row": at}
@@ -324,28 +347,37 @@ def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
         direction="backward",
     )
     answer_hour = events.hour.copy()
+    answer_day = events.weekday.copy()
     matched = linked["sent_hour"].notna().to_numpy()
     rows = linked["row"].to_numpy()
     answer_hour[rows[matched]] = linked["sent_hour"].to_numpy()[matched].astype(np.int64)
+    answer_day[rows[matched]] = linked["sent_day"].to_numpy()[matched].astype(np.int64)
+    week_hour = events.weekday * HOURS + events.hour
+    answer_week_hour = answer_day * HOURS + answer_hour
 
     channels: dict[str, tuple[_Rows, _Rows, _Rows]] = {}
+    weekly: dict[str, tuple[_Rows, _Rows, _Rows]] = {}
     raw_deliveries: dict[str, np.ndarray] = {}
     for c, name in enumerate(MESSAGE_CHANNELS):
         on = channel_codes == c
-        parts = []
-        for mask, hours in (
-            (delivered & on, events.hour),
-            (answer & on & events.of_kind("message_open"), answer_hour),
-            (answer & on & events.of_kind("message_click"), answer_hour),
+        parts, week_parts = [], []
+        for mask, hours, week_hours in (
+            (delivered & on, events.hour, week_hour),
+            (answer & on & events.of_kind("message_open"), answer_hour, answer_week_hour),
+            (answer & on & events.of_kind("message_click"), answer_hour, answer_week_hour),
         ):
-            parts.append(_bincount_rows(events.codes[mask], hours[mask], weight[mask]))
+            users, w = events.codes[mask], weight[mask]
+            parts.append(_bincount_rows(users, hours[mask], w))
+            week_parts.append(_bincount_rows(users, week_hours[mask], w, WEEK_HOURS))
         if any(len(p.users) for p in parts):
             channels[name] = (parts[0], parts[1], parts[2])
+            weekly[name] = (week_parts[0], week_parts[1], week_parts[2])
         raw_deliveries[name] = np.bincount(events.codes[delivered & on], minlength=n)
     return _Counts(
         users=events.users,
         zone=events.zone,
         channels=channels,
+        weekly=weekly,
         activity=_bincount_rows(events.codes[active], events.hour[active], weight[active]),
         raw_deliveries=raw_deliveries,
         raw_activity=np.bincount(events.codes[active], minlength=n),
@@ -368,9 +400,10 @@ def user_profiles(
     counts = _counts(_events(frame, default_timezone), now, half_life_days)
     built = [EngagementProfile(timezone=zone or None) for zone in counts.zone]
     for name, parts in counts.channels.items():
-        users, (deliveries, opens, clicks) = _aligned(parts)
+        # The weekly rows belong to the same users as the hourly ones (same events).
+        users, arrays = _aligned((*parts, *counts.weekly[name]))
         for k, i in enumerate(users):
-            built[i].channels[name] = ChannelCounts(deliveries[k], opens[k], clicks[k])
+            built[i].channels[name] = ChannelCounts(*(a[k] for a in arrays))
     for k, i in enumerate(counts.activity.users):
         built[i].activity = counts.activity.values[k]
     profiles = {str(user): built[i] for i, user in enumerate(counts.users)}
