@@ -422,9 +422,10 @@ class FeatureStore:
         if pub is not None:
             raw_user = replies[7]
             published = decode_user(raw_user) if raw_user else UserFeatures()
-            for alias in self._published(pub, aliases):
-                published = merge_features(alias, published, self.history_length)
             popular = self.popular(pub)[:popular_count]
+        for their_published, their_live, _ in self._merged_away(pub, aliases):
+            published = merge_features(their_published, published, self.history_length)
+            live = merge_features(their_live, live, self.history_length)
         trending = combine_trending(
             [(_text(i), float(s)) for i, s in today],
             [(_text(i), float(s)) for i, s in yesterday],
@@ -439,17 +440,42 @@ class FeatureStore:
             catalogue_version=int(version or 0),
         )
 
-    def _published(self, pub: str, aliases: Iterable[bytes | str]) -> list[UserFeatures]:
-        """Published features of people merged into this one (a second round trip, only
-        for people with aliases)."""
+    def _merged_away(
+        self, pub: str | None, aliases: Iterable[bytes | str]
+    ) -> list[tuple[UserFeatures, UserFeatures, list[EngagementEvent]]]:
+        """For each person merged into this one: ``(published, live, live engagement)``.
+
+        A second round trip, only for people with aliases. Reading the merged-away
+        people's live keys too means an event that reached one of them just as the merge
+        committed still counts.
+        """
         names = [_text(a) for a in aliases]
         if not names:
             return []
+        p = self.prefix
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(user_key(self.prefix, pub, name))
+            pipe.lrange(live_key(p, name, "history"), 0, self.history_length - 1)
+            pipe.smembers(live_key(p, name, "purchased"))
+            pipe.smembers(live_key(p, name, "disliked"))
+            pipe.lrange(live_key(p, name, "engagement"), 0, self.engagement_length - 1)
+            if pub is not None:
+                pipe.hgetall(user_key(p, pub, name))
         with _unavailable("reading merged features"):
-            return [decode_user(raw) for raw in pipe.execute() if raw]
+            replies = pipe.execute()
+        step = 5 if pub is not None else 4
+        out = []
+        for k in range(len(names)):
+            history, purchased, disliked, engagement, *rest = replies[step * k : step * (k + 1)]
+            raw = rest[0] if rest else None
+            live = UserFeatures(
+                history=[decode_entry(e) for e in history],
+                purchased={_text(i) for i in purchased},
+                disliked={_text(i) for i in disliked},
+            )
+            published = decode_user(raw) if raw else UserFeatures()
+            out.append((published, live, [_decode_engagement(e) for e in engagement]))
+        return out
 
     def popular(self, pub: str) -> list[tuple[str, float]]:
         """The publication's top :data:`POPULAR_CACHED` items, read once per publication:
@@ -488,10 +514,13 @@ class FeatureStore:
             replies = pipe.execute()
         live = [_decode_engagement(raw) for raw in replies[0]]
         published = []
-        if pub is not None:
-            if replies[2] is not None:
-                published.append(_text(replies[2]))
-            published += [f.engagement for f in self._published(pub, replies[1]) if f.engagement]
+        if pub is not None and replies[2] is not None:
+            published.append(_text(replies[2]))
+        for their_published, _, their_live in self._merged_away(pub, replies[1]):
+            if their_published.engagement:
+                published.append(their_published.engagement)
+            live += their_live
+        live.sort(key=lambda e: -e[2])
         return EngagementView(published, self._published_until(pub), live)
 
     def _published_until(self, pub: str | None) -> int | None:

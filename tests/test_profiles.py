@@ -347,3 +347,23 @@ def test_requests_and_events_without_a_person_are_refused(rec):
         (0, "user_id"),
         (1, "identifier.kind"),
     ]
+
+
+def test_an_event_racing_a_merge_still_counts(rec, profiles, settings):
+    from service.features import TrackedEvent
+
+    cookie = ident("cookie", "c-race")
+    rec.TrackEvents(pb.TrackEventsRequest(events=views(cookie, ["i0020"])), timeout=5)
+    profiles.LinkIdentities(
+        ppb.LinkIdentitiesRequest(identifiers=[cookie, ident("user_id", "acct-race")]),
+        timeout=5,
+    )
+    # A TrackEvents call that resolved the cookie just before the merge committed writes
+    # under the merged-away person id.
+    feature_store(settings).record(
+        [TrackedEvent("cookie:c-race", "i0021", "view", 1_790_000_000)], DEFAULT_WEIGHTS
+    )
+    found = profiles.GetProfile(
+        ppb.GetProfileRequest(identifier=ident("user_id", "acct-race")), timeout=5
+    )
+    assert {"i0020", "i0021"} <= {v.item_id for v in found.recent_views}
