@@ -626,7 +626,7 @@ class FeatureStore:
         p = self.prefix
         created = 0
         with _unavailable("writing the catalogue"):
-            for batch in _chunks(items, PUBLISH_BATCH):
+            for batch in chunks(items, PUBLISH_BATCH):
                 pipe = self.client.pipeline(transaction=False)
                 for item_id, meta in batch:
                     pipe.sadd(catalogue_ids_key(p), item_id)
@@ -645,7 +645,7 @@ class FeatureStore:
             version = int(self.client.get(catalogue_version_key(p)) or 0)
             ids = sorted(_text(i) for i in self.client.smembers(catalogue_ids_key(p)))
             items: dict[str, dict[str, Any]] = {}
-            for batch in _chunks(ids, PUBLISH_BATCH):
+            for batch in chunks(ids, PUBLISH_BATCH):
                 pipe = self.client.pipeline(transaction=False)
                 for item_id in batch:
                     pipe.hgetall(item_key(p, item_id))
@@ -697,7 +697,7 @@ class FeatureStore:
     ) -> int:
         written = 0
         next_report = time.monotonic() + 2.0
-        for batch in _chunks(users, PUBLISH_BATCH):
+        for batch in chunks(users, PUBLISH_BATCH):
             pipe = self.client.pipeline(transaction=False)
             for user_id, feats in batch:
                 pipe.hset(user_key(self.prefix, pub, user_id), mapping=encode_user(feats))
@@ -720,7 +720,7 @@ class FeatureStore:
         """Remove every key of one publication; returns how many keys went."""
         removed = 0
         pattern = f"{publication_prefix(self.prefix, pub)}:*"
-        for batch in _chunks(self.client.scan_iter(match=pattern, count=1000), 1000):
+        for batch in chunks(self.client.scan_iter(match=pattern, count=1000), 1000):
             removed += self.client.unlink(*batch)
         log.info("removed publication %s (%d keys)", pub, removed)
         return removed
@@ -753,7 +753,8 @@ def _unavailable(doing: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis unreachable while {doing}: {exc}") from exc
 
 
-def _chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``values`` in lists of ``size`` (the last one shorter)."""
     batch: list[Any] = []
     for value in values:
         batch.append(value)

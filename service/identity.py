@@ -36,6 +36,7 @@ from service.events import MAX_ID_LENGTH
 from service.features import (
     LIVE_PARTS,
     FeatureStore,
+    chunks,
     erased_key,
     identity_key,
     identity_lock_key,
@@ -283,11 +284,12 @@ class Identities:
     def links(self) -> dict[str, str]:
         """Every linked ``user_id`` → its person id (for the training job)."""
         out: dict[str, str] = {}
-        for key in self.client.scan_iter(match=f"{self.prefix}:idn:{{user_id:*", count=1000):
-            token = _text(key).split("{", 1)[1].rstrip("}")
-            target = self.client.get(key)
-            if target is not None:
-                out[default_person(token)] = _text(target)
+        keys = self.client.scan_iter(match=f"{self.prefix}:idn:{{user_id:*", count=1000)
+        for batch in chunks(keys, 1000):
+            for key, target in zip(batch, self.client.mget(batch), strict=True):
+                if target is not None:
+                    token = _text(key).split("{", 1)[1].rstrip("}")
+                    out[default_person(token)] = _text(target)
         return out
 
     def _locked(self) -> redis.lock.Lock:
