@@ -71,6 +71,14 @@ def person_profile(
     return profile
 
 
+def read_profile(
+    store: FeatureStore, settings: Settings, person: str, now: float
+) -> EngagementProfile:
+    """One person's engagement profile as of ``now``, read from Redis."""
+    view = store.engagement_view(person)
+    return person_profile(view, now, settings.engagement_half_life_days, settings.default_timezone)
+
+
 def _hour(field: str, request: object, default: int) -> int:
     if not request.HasField(field):  # type: ignore[attr-defined]
         return default
@@ -103,9 +111,7 @@ class EngagementService(epb_grpc.EngagementServicer):
         return engine.priors, engine.model.label
 
     def _profile(self, user_id: str, now: float) -> EngagementProfile:
-        view = self.store.engagement_view(user_id)
-        s = self.settings
-        return person_profile(view, now, s.engagement_half_life_days, s.default_timezone)
+        return read_profile(self.store, self.settings, user_id, now)
 
     @rpc
     def PredictSendTime(  # noqa: N802

@@ -16,8 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
+from service.catalogue import CatalogueCache
 from service.config import Settings
-from service.engagement import person_profile
+from service.engagement import read_profile
 from service.errors import BadInput
 from service.features import FeatureStore, HistoryEntry
 from service.identity import Identities
@@ -40,6 +41,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         self.models = models
         self.store = store
         self.identities = identities
+        self.catalogue = CatalogueCache(store.catalogue)
 
     def _token(self, message: object, field: str = "identifier") -> str:
         if not message.HasField("identifier"):  # type: ignore[attr-defined]
@@ -73,7 +75,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
             raise BadInput("limit", f"must be between 1 and {MAX_PROFILE_ITEMS}; got {limit}")
         person = self.identities.person(token)
         view = self.store.serving_view(person, 1)
-        catalogue = self.store.catalogue()[1]
+        catalogue = self.catalogue.get(view.catalogue_version).items
         history = view.user.history
 
         def items(entries: list[HistoryEntry]) -> list[ppb.ProfileItem]:
@@ -110,9 +112,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         categories.pop(None, None)
         now = time.time()
         s = self.settings
-        engagement = person_profile(
-            self.store.engagement_view(person), now, s.engagement_half_life_days, s.default_timezone
-        )
+        engagement = read_profile(self.store, s, person, now)
         priors = self.models.engine.priors  # type: ignore[attr-defined]
         channel = rank_channels(engagement, priors)[0][0]
         zone = engagement.timezone or s.default_timezone

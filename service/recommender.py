@@ -133,13 +133,8 @@ class Recommender:
                 for j in top
             ]
         if len(ranked) < options.limit:
-            taken = excluded | {r.item_id for r in ranked}
-            ranked += self._fill(
-                [(view.trending, "trending"), (view.popular, "popular")],
-                options.limit - len(ranked),
-                taken,
-                catalogue,
-                options.item_filter,
+            ranked += self._fallback(
+                view, ranked, options.limit, excluded, catalogue, options.item_filter
             )
         return ranked
 
@@ -188,14 +183,7 @@ class Recommender:
                     narrowed.exclude_item_ids,
                     narrowed.in_stock_only,
                 )
-            taken = excluded | {r.item_id for r in ranked}
-            ranked += self._fill(
-                [(view.trending, "trending"), (view.popular, "popular")],
-                options.limit - len(ranked),
-                taken,
-                catalogue,
-                narrowed,
-            )
+            ranked += self._fallback(view, ranked, options.limit, excluded, catalogue, narrowed)
         return ranked
 
     def knows_item(self, item_id: str) -> bool:
@@ -283,6 +271,24 @@ class Recommender:
             return "personalised"
         label = "recent" if history[best][1] < self.params.recent_events else "similar"
         return f"{label}: {self.bundle.item_ids[idx[best]]}"
+
+    def _fallback(
+        self,
+        view: ServingView,
+        ranked: list[Recommendation],
+        limit: int,
+        excluded: set[str],
+        catalogue: Catalogue,
+        item_filter: ItemFilter,
+    ) -> list[Recommendation]:
+        """Trending, then popular items to bring ``ranked`` up to ``limit``."""
+        return self._fill(
+            [(view.trending, "trending"), (view.popular, "popular")],
+            limit - len(ranked),
+            excluded | {r.item_id for r in ranked},
+            catalogue,
+            item_filter,
+        )
 
     @staticmethod
     def _fill(
