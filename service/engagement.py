@@ -18,18 +18,16 @@ from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
 from service.errors import BadInput
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
-from service.features import EngagementView, FeatureStore
+from service.features import FeatureStore
 from service.identity import Identities
 from service.rpc import rpc
 from service.send_time import (
     HOURS,
     EngagementProfile,
     Priors,
-    choose_slots,
-    hour_probabilities,
-    profile_from_events,
+    plan_send,
     rank_channels,
-    week_probabilities,
+    served_profile,
 )
 
 log = logging.getLogger(__name__)
@@ -57,26 +55,19 @@ def priors_of(metadata: dict) -> Priors:
     return Priors.from_dict(raw) if raw else neutral_priors()
 
 
-def person_profile(
-    view: EngagementView, now: float, half_life_days: float, default_timezone: str
-) -> EngagementProfile:
-    """The published profile, faded to ``now``, plus every live event it does not cover."""
-    fresh = [e for e in view.live if view.published_until is None or e[2] > view.published_until]
-    profile = profile_from_events(fresh, now, half_life_days, default_timezone)
-    # Published weights were computed at the data end; fade them to now.
-    age = max(now - view.published_until, 0.0) if view.published_until is not None else 0.0
-    factor = 2.0 ** (-age / (half_life_days * 86_400))
-    for text in view.published:
-        profile = profile.merged(EngagementProfile.from_json(text).scaled(factor))
-    return profile
-
-
 def read_profile(
     store: FeatureStore, settings: Settings, person: str, now: float
 ) -> EngagementProfile:
     """One person's engagement profile as of ``now``, read from Redis."""
     view = store.engagement_view(person)
-    return person_profile(view, now, settings.engagement_half_life_days, settings.default_timezone)
+    return served_profile(
+        view.published,
+        view.published_until,
+        view.live,
+        now,
+        settings.engagement_half_life_days,
+        settings.default_timezone,
+    )
 
 
 def _hour(field: str, request: object, default: int) -> int:
@@ -144,11 +135,10 @@ class EngagementService(epb_grpc.EngagementServicer):
         profile = self._profile(user_id, now)
         zone = request.timezone or profile.timezone or self.settings.default_timezone
         priors, label = self._priors()
-        day, source, evidence = hour_probabilities(profile, request.channel, priors, zone)
-        # The hour-of-week layer over the day-level answer (equal to it without weekly data).
-        week = week_probabilities(profile, request.channel, priors, zone, day=day)
-        slots = choose_slots(
-            week,
+        plan = plan_send(
+            profile,
+            request.channel,
+            priors,
             zone,
             not_before,
             window,
@@ -157,6 +147,7 @@ class EngagementService(epb_grpc.EngagementServicer):
             rng=self._rng,
             alternatives=ALTERNATIVES,
         )
+        slots, source, evidence = plan.slots, plan.source, plan.evidence
         if not slots:
             raise BadInput(
                 "window_hours",

@@ -451,6 +451,27 @@ def profile_from_events(
     return EngagementProfile(timezone=known, channels=ordered, activity=activity)
 
 
+def served_profile(
+    published: Iterable[str],
+    published_until: int | None,
+    live: Iterable[tuple[str, str, int, str, bool]],
+    now: float,
+    half_life_days: float,
+    default_timezone: str = "UTC",
+) -> EngagementProfile:
+    """The profile a request is answered from: the published profiles (JSON, as training
+    wrote them at ``published_until``), faded to ``now``, plus every live event (as
+    :func:`profile_from_events` takes them) that they do not cover."""
+    fresh = [e for e in live if published_until is None or e[2] > published_until]
+    profile = profile_from_events(fresh, now, half_life_days, default_timezone)
+    # Published weights were computed at the data end; fade them to now.
+    age = max(now - published_until, 0.0) if published_until is not None else 0.0
+    factor = 2.0 ** (-age / (half_life_days * _SECONDS_PER_DAY))
+    for text in published:
+        profile = profile.merged(EngagementProfile.from_json(text).scaled(factor))
+    return profile
+
+
 # --- priors ------------------------------------------------------------------------------
 
 
@@ -844,3 +865,53 @@ def choose_slots(
             )
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].send_at))
     return [candidates[i] for i in order[: 1 + max(alternatives, 0)]]
+
+
+# --- one answer --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """What :func:`plan_send` answers: the slots best first (empty when every candidate
+    is quiet), where the evidence came from, and how much of it there was."""
+
+    slots: list[Slot]
+    source: str
+    evidence: int
+
+
+def plan_send(
+    profile: EngagementProfile,
+    channel: str,
+    priors: Priors,
+    timezone: str,
+    not_before: datetime,
+    window_hours: int,
+    quiet: tuple[int, int] | None,
+    explore_rate: float = 0.0,
+    rng: np.random.Generator | None = None,
+    alternatives: int = 3,
+) -> SendPlan:
+    """The whole ``PredictSendTime`` answer for one person, planned in ``timezone`` (also
+    the priors' segment): :func:`hour_probabilities`, the hour-of-week layer
+    (:func:`week_probabilities`), then :func:`choose_slots`. The service and the
+    evaluations call this one function, so what is measured is what is served.
+
+    Raises
+    ------
+    ValueError
+        as :func:`hour_probabilities` and :func:`choose_slots` do.
+    """
+    day, source, evidence = hour_probabilities(profile, channel, priors, timezone)
+    week = week_probabilities(profile, channel, priors, timezone, day=day)
+    slots = choose_slots(
+        week,
+        timezone,
+        not_before,
+        window_hours,
+        quiet,
+        explore_rate=explore_rate,
+        rng=rng,
+        alternatives=alternatives,
+    )
+    return SendPlan(slots, source, evidence)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -32,9 +33,12 @@ from service.send_time import (
     ChannelCounts,
     EngagementProfile,
     Priors,
+    SendPlan,
     hour_probabilities,
     is_known_zone,
+    plan_send,
     rank_channels,
+    served_profile,
     smooth,
 )
 
@@ -409,6 +413,69 @@ def user_profiles(
     profiles = {str(user): built[i] for i, user in enumerate(counts.users)}
     log.info("built %d engagement profiles in %.2fs", len(profiles), time.perf_counter() - started)
     return profiles
+
+
+@dataclass
+class SendTimeModel:
+    """The send-time and channel model exactly as served, fitted on a log in memory.
+
+    :meth:`fit` learns the priors and publishes (in memory) every person's profile as
+    ``train`` does; :meth:`plan` and :meth:`channels` answer as ``PredictSendTime`` and
+    ``RankChannels`` would at time ``now``, through the same functions
+    (:func:`service.send_time.served_profile`, :func:`service.send_time.plan_send`,
+    :func:`service.send_time.rank_channels`). Evaluations and benchmarks query this, so
+    what they measure is what the service answers, without Redis or gRPC.
+    """
+
+    priors: Priors
+    published: dict[str, str]
+    """User id -> the profile JSON training would publish."""
+    data_end: int
+    half_life_days: float
+    default_timezone: str
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, half_life_days: float = 30.0, default_timezone: str = "UTC"
+    ) -> SendTimeModel:
+        data_end = int(frame["timestamp"].max()) if len(frame) else 0
+        priors = learn_priors(frame, half_life_days, default_timezone)
+        profiles = user_profiles(frame, data_end, half_life_days, default_timezone)
+        return cls(
+            priors=priors,
+            published={user: p.to_json() for user, p in profiles.items()},
+            data_end=data_end,
+            half_life_days=half_life_days,
+            default_timezone=default_timezone,
+        )
+
+    def profile(self, user_id: str, now: float) -> EngagementProfile:
+        """The person's profile as a request at ``now`` sees it (no live events)."""
+        published = [self.published[user_id]] if user_id in self.published else []
+        return served_profile(
+            published, self.data_end, [], now, self.half_life_days, self.default_timezone
+        )
+
+    def plan(
+        self,
+        user_id: str,
+        channel: str,
+        not_before: datetime,
+        window_hours: int = 24,
+        timezone: str = "",
+        quiet: tuple[int, int] | None = None,
+        now: float | None = None,
+    ) -> SendPlan:
+        """``PredictSendTime`` for the person (``now`` defaults to ``not_before``;
+        ``timezone`` empty: the person's known zone, else the default one)."""
+        at = not_before.timestamp() if now is None else now
+        profile = self.profile(user_id, at)
+        zone = timezone or profile.timezone or self.default_timezone
+        return plan_send(profile, channel, self.priors, zone, not_before, window_hours, quiet)
+
+    def channels(self, user_id: str, now: float) -> list[str]:
+        """``RankChannels`` for the person at ``now``: channel names, best first."""
+        return [c for c, _, _ in rank_channels(self.profile(user_id, now), self.priors)]
 
 
 # --- priors ------------------------------------------------------------------------------
