@@ -14,6 +14,10 @@ Kinds:
 ``item_knn``
     item-item neighbourhood: a sparse ``similarity`` (items × items); a person's scores
     are their (weighted) history times ``similarity``.
+``popularity``
+    the baseline every run is measured against, registered when no personalised model
+    beats it on the holdout: ``item_scores`` (one per item, most popular first) and no
+    users. It scores nobody personally; serving answers with trending, then popular items.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 FACTOR_KINDS = ("als", "bpr")
-KINDS = (*FACTOR_KINDS, "item_knn")
+#: The kinds training fits with implicit (``python -m training train --model``).
+PERSONALISED_KINDS = (*FACTOR_KINDS, "item_knn")
+POPULARITY = "popularity"
+KINDS = (*PERSONALISED_KINDS, POPULARITY)
 
 
 class BundleError(OmnirecError):
@@ -51,6 +58,8 @@ class ModelBundle:
     user_factors: np.ndarray | None = None
     item_factors: np.ndarray | None = None
     similarity: sp.csr_matrix | None = None
+    item_scores: np.ndarray | None = None
+    """``popularity`` only: ``item_scores[j]`` is the popularity of ``item_ids[j]``."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form facts: params, event weights, data cut-off, metrics, run id."""
 
@@ -67,6 +76,9 @@ class ModelBundle:
                 raise BundleError("user_factors rows do not match user_ids")
             if self.user_factors.shape[1] != self.item_factors.shape[1]:
                 raise BundleError("user and item factors differ in width")
+        elif self.kind == POPULARITY:
+            if self.item_scores is None or self.item_scores.shape != (n_items,):
+                raise BundleError("a popularity bundle needs one item score per item")
         elif self.similarity is None or self.similarity.shape != (n_items, n_items):
             raise BundleError("an item_knn bundle needs an items × items similarity")
 
@@ -81,6 +93,8 @@ class ModelBundle:
         if self.kind in FACTOR_KINDS:
             arrays["user_factors"] = np.ascontiguousarray(self.user_factors, dtype=np.float32)
             arrays["item_factors"] = np.ascontiguousarray(self.item_factors, dtype=np.float32)
+        elif self.kind == POPULARITY:
+            arrays["item_scores"] = np.ascontiguousarray(self.item_scores, dtype=np.float32)
         else:
             sim = sp.csr_matrix(self.similarity, dtype=np.float32)
             arrays |= {
@@ -138,5 +152,6 @@ class ModelBundle:
             user_factors=arrays.get("user_factors"),
             item_factors=arrays.get("item_factors"),
             similarity=similarity,
+            item_scores=arrays.get("item_scores"),
             metadata=manifest.get("metadata", {}),
         )

@@ -22,7 +22,6 @@ from service.features import FeatureStore
 from service.identity import Identities
 from service.rpc import rpc
 from service.send_time import (
-    HOURS,
     EngagementProfile,
     Priors,
     plan_send,
@@ -38,35 +37,25 @@ DEFAULT_QUIET = (22, 8)
 ALTERNATIVES = 3
 
 
-def neutral_priors() -> Priors:
-    """Priors for a bundle trained before send-time priors existed: flat, modest rates."""
-    flat = [0.1] * HOURS
-    return Priors(
-        channel_rate={c: 0.1 for c in MESSAGE_CHANNELS},
-        channel_hour_rate={c: list(flat) for c in MESSAGE_CHANNELS},
-        segment_hour_rate={},
-        activity=[1.0 / HOURS] * HOURS,
-        segment_activity={},
-    )
-
-
 def priors_of(metadata: dict) -> Priors:
     raw = metadata.get("engagement_priors")
-    return Priors.from_dict(raw) if raw else neutral_priors()
+    return Priors.from_dict(raw) if raw else Priors.flat()
 
 
 def read_profile(
-    store: FeatureStore, settings: Settings, person: str, now: float
+    store: FeatureStore, settings: Settings, person: str, priors: Priors
 ) -> EngagementProfile:
-    """One person's engagement profile as of ``now``, read from Redis."""
+    """One person's engagement profile (published + live), read from Redis, with the
+    recency half-lives the model learnt (else the configured one)."""
     view = store.engagement_view(person)
+    messages, activity = priors.tuning.recency(settings.engagement_half_life_days)
     return served_profile(
         view.published,
         view.published_until,
         view.live,
-        now,
-        settings.engagement_half_life_days,
+        messages,
         settings.default_timezone,
+        activity,
     )
 
 
@@ -101,8 +90,8 @@ class EngagementService(epb_grpc.EngagementServicer):
         engine = self.models.engine  # type: ignore[attr-defined]
         return engine.priors, engine.model.label
 
-    def _profile(self, user_id: str, now: float) -> EngagementProfile:
-        return read_profile(self.store, self.settings, user_id, now)
+    def _profile(self, user_id: str, priors: Priors) -> EngagementProfile:
+        return read_profile(self.store, self.settings, user_id, priors)
 
     @rpc
     def PredictSendTime(  # noqa: N802
@@ -126,15 +115,14 @@ class EngagementService(epb_grpc.EngagementServicer):
             _hour("quiet_start_hour", request, DEFAULT_QUIET[0]),
             _hour("quiet_end_hour", request, DEFAULT_QUIET[1]),
         )
-        now = time.time()
         not_before = (
             request.not_before.ToDatetime(tzinfo=UTC)
             if request.HasField("not_before")
-            else datetime.fromtimestamp(now, UTC)
+            else datetime.fromtimestamp(time.time(), UTC)
         )
-        profile = self._profile(user_id, now)
-        zone = request.timezone or profile.timezone or self.settings.default_timezone
         priors, label = self._priors()
+        profile = self._profile(user_id, priors)
+        zone = request.timezone or profile.timezone or self.settings.default_timezone
         plan = plan_send(
             profile,
             request.channel,
@@ -177,8 +165,8 @@ class EngagementService(epb_grpc.EngagementServicer):
         self, request: epb.RankChannelsRequest, context: grpc.ServicerContext
     ) -> epb.RankChannelsResponse:
         user_id = self.identities.person_of(request)
-        profile = self._profile(user_id, time.time())
         priors, label = self._priors()
+        profile = self._profile(user_id, priors)
         return epb.RankChannelsResponse(
             channels=[
                 epb.ChannelScore(channel=c, score=score, evidence=evidence)

@@ -7,7 +7,6 @@ answers. Profiles show identifier *kinds*, never their values.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 
 import grpc
@@ -110,10 +109,9 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
             if kind != "dislike"
         )
         categories.pop(None, None)
-        now = time.time()
         s = self.settings
-        engagement = read_profile(self.store, s, person, now)
         priors = self.models.engine.priors  # type: ignore[attr-defined]
+        engagement = read_profile(self.store, s, person, priors)
         channel = rank_channels(engagement, priors)[0][0]
         zone = engagement.timezone or s.default_timezone
         probabilities, _, _ = hour_probabilities(engagement, channel, priors, zone)

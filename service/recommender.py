@@ -10,6 +10,12 @@ as much. For ALS and BPR this is the closed-form ALS user solve against the fixe
 factors ("fold-in"); for item-kNN it is the weighted sum of neighbour rows. A view
 tracked a moment ago therefore changes the very next answer, and people the model never
 saw get personalised items as soon as they have history.
+
+A ``popularity`` bundle (the baseline, registered when no personalised model beat it)
+scores nobody personally: every answer is the trending-then-popular fallback — the
+published lists first, then the bundle's own ranking, so a run that published nothing
+still answers — and SimilarItems is bought-together plus popular items of the item's
+category. The reasons say so (``trending``, ``popular``, ``bought together: …``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.bundle import FACTOR_KINDS, ModelBundle
+from service.bundle import FACTOR_KINDS, POPULARITY, ModelBundle
 from service.catalogue import Catalogue, ItemFilter
 from service.features import HistoryEntry, ServingView
 
 #: History items looked at when explaining an item.
 EXPLAIN_HISTORY = 50
+#: Items of a popularity bundle's own ranking kept as the last fallback.
+OWN_POPULAR = 1000
 #: Event weights used when a bundle does not carry its own.
 FALLBACK_WEIGHTS: Mapping[str, float] = {
     "view": 1.0,
@@ -87,8 +95,23 @@ class Recommender:
         model_params = meta.get("params", {})
         self.alpha = float(model_params.get("alpha", 1.0))
         self.regularization = float(model_params.get("regularization", 0.05))
-        self.item_index = {str(item): j for j, item in enumerate(bundle.item_ids)}
+        personalised = bundle.kind != POPULARITY
+        # The items the model can score. A popularity bundle scores none, so every path
+        # that needs scores finds nothing and falls through to the popular items.
+        self.item_index = (
+            {str(item): j for j, item in enumerate(bundle.item_ids)} if personalised else {}
+        )
         self.user_index = {str(user): i for i, user in enumerate(bundle.user_ids)}
+        self._own_popular: list[tuple[str, float]] = (
+            []
+            if personalised
+            else [
+                (str(item), float(score))
+                for item, score in zip(
+                    bundle.item_ids[:OWN_POPULAR], bundle.item_scores[:OWN_POPULAR], strict=True
+                )
+            ]
+        )
         if bundle.kind in FACTOR_KINDS:
             factors = bundle.item_factors.astype(np.float64)
             self._factors = factors
@@ -187,6 +210,7 @@ class Recommender:
         return ranked
 
     def knows_item(self, item_id: str) -> bool:
+        """Whether the model can rank items like ``item_id`` (never, for popularity)."""
         return item_id in self.item_index
 
     # -- the person's representation --
@@ -283,7 +307,11 @@ class Recommender:
     ) -> list[Recommendation]:
         """Trending, then popular items to bring ``ranked`` up to ``limit``."""
         return self._fill(
-            [(view.trending, "trending"), (view.popular, "popular")],
+            [
+                (view.trending, "trending"),
+                (view.popular, "popular"),
+                (self._own_popular, "popular"),
+            ],
             limit - len(ranked),
             excluded | {r.item_id for r in ranked},
             catalogue,

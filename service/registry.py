@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.bundle import ModelBundle
+from service.bundle import POPULARITY, ModelBundle
 from service.config import Settings, local_store_dirs
 from service.errors import ModelNotFound, OmnirecError
 
@@ -33,7 +33,11 @@ class ServedModel:
 
     @property
     def label(self) -> str:
-        """``<name>/<version>``: what responses report as ``model_version``."""
+        """What responses report as ``model_version``: ``<name>/<version>``, and
+        ``<name>/<version> (popularity)`` when the version is the popularity baseline,
+        so a caller can tell that nothing in the answer is personalised."""
+        if self.bundle.kind == POPULARITY:
+            return f"{self.name}/{self.version} ({POPULARITY})"
         return f"{self.name}/{self.version}"
 
 
@@ -88,8 +92,15 @@ class ModelRegistry:
         bundle = ModelBundle.load(Path(path))
         return ServedModel(self.name, str(mv.version), mv.run_id or "", bundle)
 
-    def register(self, run_id: str, artifact_uri: str) -> str:
-        """Create a model version from a run's bundle artifact; returns its number."""
+    def register(
+        self,
+        run_id: str,
+        artifact_uri: str,
+        tags: dict[str, str] | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Create a model version from a run's bundle artifact (with ``tags`` and a
+        ``description`` on the version); returns its number."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -99,12 +110,18 @@ class ModelRegistry:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        mv = self.client.create_model_version(self.name, source=artifact_uri, run_id=run_id)
+        mv = self.client.create_model_version(
+            self.name, source=artifact_uri, run_id=run_id, tags=tags, description=description
+        )
         return str(mv.version)
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, version)
         log.info("alias %r now points at %s/%s", alias, self.name, version)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        """The tags training set on ``version`` (e.g. ``omnirec.kind``)."""
+        return dict(self.client.get_model_version(self.name, version).tags or {})
 
     def run_metrics(self, version: str) -> dict[str, float]:
         """The metrics logged by the run that produced ``version`` (empty when none)."""
@@ -114,17 +131,25 @@ class ModelRegistry:
         return dict(self.client.get_run(mv.run_id).data.metrics)
 
     def versions(self) -> list[dict[str, str]]:
-        """Every registered version, newest first, with its aliases and run."""
+        """Every registered version, newest first, with its aliases, kind, run and the
+        decision training recorded on it."""
         found = self.client.search_model_versions(f"name='{self.name}'")
-        rows = [
-            {
-                "version": str(mv.version),
-                "aliases": ",".join(mv.aliases or []),
-                "run_id": mv.run_id or "",
-                "created": str(mv.creation_timestamp),
-            }
-            for mv in found
-        ]
+        rows = []
+        for listed in found:
+            # search_model_versions leaves ``aliases`` empty (MLflow 3.x);
+            # get_model_version fills them in.
+            mv = self.client.get_model_version(self.name, str(listed.version))
+            tags = mv.tags or {}
+            rows.append(
+                {
+                    "version": str(mv.version),
+                    "aliases": ",".join(sorted(mv.aliases or [])),
+                    "kind": tags.get("omnirec.kind", ""),
+                    "run_id": mv.run_id or "",
+                    "created": str(mv.creation_timestamp),
+                    "decision": tags.get("omnirec.decision", ""),
+                }
+            )
         return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
 
 

@@ -68,7 +68,7 @@ import bisect
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -104,7 +104,7 @@ ACTIVITY_EXPONENT = 0.75
 #: deliveries on the channel, or this many weighted activity events.
 MIN_USER_DELIVERIES = 5.0
 MIN_USER_ACTIVITY = 10.0
-#: Pseudo-observations of the priors (``Priors.strength``).
+#: Pseudo-observations of the priors where nothing was learnt (``Tuning.strength``).
 DEFAULT_STRENGTH = 8.0
 #: Open rate assumed for a channel the priors know nothing about.
 DEFAULT_RATE = 0.1
@@ -186,12 +186,17 @@ class EngagementProfile:
     ``channels`` holds the channels of ``MESSAGE_CHANNELS`` the person has any counted
     message event on (a missing channel means all zeros); ``activity`` counts activity
     events (:data:`ACTIVITY_EVENT_TYPES`) by local hour; ``timezone`` is the person's
-    latest known IANA zone, ``None`` when no event named one.
+    latest known IANA zone, ``None`` when no event named one. Counts are recency-weighted
+    relative to ``as_of`` (epoch seconds; the person's latest event, where weights are 1;
+    None for an empty profile).
     """
 
     timezone: str | None = None
     channels: dict[str, ChannelCounts] = field(default_factory=dict)
     activity: np.ndarray = field(default_factory=_zeros)
+    as_of: float | None = None
+    weekly_activity: np.ndarray = field(default_factory=_week_zeros)
+    """``activity`` by local hour of the week (zeros in profiles written before it)."""
 
     def channel(self, name: str) -> ChannelCounts:
         """The counts of channel ``name`` (zeros when the person has none)."""
@@ -202,15 +207,18 @@ class EngagementProfile:
             return NotImplemented
         return (
             self.timezone == other.timezone
+            and self.as_of == other.as_of
             and self.channels == other.channels
             and np.array_equal(self.activity, other.activity)
+            and np.array_equal(self.weekly_activity, other.weekly_activity)
         )
 
     def to_json(self) -> str:
         """Compact JSON (6 significant digits; all-zero arrays and channels left out).
 
         Keys: ``d``/``o``/``c`` the hourly deliveries, opens and clicks of a channel,
-        ``wd``/``wo``/``wc`` the same per hour of the week, sparse (``{"hour of the
+        ``wd``/``wo``/``wc`` the same per hour of the week, sparse, ``a``/``wa`` the
+        activity by hour of the day and of the week, ``t`` the ``as_of`` time (``{"hour of the
         week": value}`` for the non-zero ones; absent in profiles written before the week
         was kept: they load as zeros)."""
         channels = {}
@@ -238,10 +246,14 @@ class EngagementProfile:
         payload: dict[str, object] = {"v": _JSON_VERSION}
         if self.timezone:
             payload["tz"] = self.timezone
+        if self.as_of is not None:
+            payload["t"] = int(self.as_of)
         if channels:
             payload["ch"] = channels
         if np.any(self.activity):
             payload["a"] = _compact(self.activity)
+        if np.any(self.weekly_activity):
+            payload["wa"] = _sparse(self.weekly_activity)
         return json.dumps(payload, separators=(",", ":"))
 
     @classmethod
@@ -294,10 +306,13 @@ class EngagementProfile:
             timezone=payload.get("tz") or None,
             channels=channels,
             activity=array(payload, "a", "activity"),
+            as_of=float(payload["t"]) if payload.get("t") is not None else None,
+            weekly_activity=weekly(payload, "wa", "weekly activity"),
         )
 
     def merged(self, other: EngagementProfile) -> EngagementProfile:
-        """Element-wise sums; the time zone is this profile's when set, else ``other``'s."""
+        """Element-wise sums (align ``as_of`` first: :meth:`faded_to`); the time zone is
+        this profile's when set, else ``other``'s; ``as_of`` the later one."""
         channels = {}
         for name in (*self.channels, *(c for c in other.channels if c not in self.channels)):
             mine, theirs = self.channel(name), other.channel(name)
@@ -308,17 +323,39 @@ class EngagementProfile:
             timezone=self.timezone or other.timezone,
             channels=channels,
             activity=self.activity + other.activity,
+            weekly_activity=self.weekly_activity + other.weekly_activity,
+            as_of=max((t for t in (self.as_of, other.as_of) if t is not None), default=None),
         )
 
-    def scaled(self, factor: float) -> EngagementProfile:
-        """Every count times ``factor`` (e.g. to fade a published profile to now)."""
+    def faded_to(
+        self, as_of: float, half_life_days: float, activity_half_life_days: float | None = None
+    ) -> EngagementProfile:
+        """The profile with weights relative to the later moment ``as_of``: message counts
+        times ``2 ** (-(as_of - self.as_of) / half_life)``, activity with its own
+        half-life (default: the same). An empty profile only takes the new ``as_of``."""
+        if self.as_of is None:
+            return replace(self, as_of=as_of)
+        age = max(as_of - self.as_of, 0.0) / _SECONDS_PER_DAY
+        faded = self.scaled(
+            2.0 ** (-age / half_life_days),
+            2.0 ** (-age / (activity_half_life_days or half_life_days)),
+        )
+        faded.as_of = max(as_of, self.as_of)
+        return faded
+
+    def scaled(self, factor: float, activity_factor: float | None = None) -> EngagementProfile:
+        """Message counts times ``factor``, activity times ``activity_factor`` (default:
+        the same)."""
+        active = factor if activity_factor is None else activity_factor
         return EngagementProfile(
+            as_of=self.as_of,
             timezone=self.timezone,
             channels={
                 name: ChannelCounts(*(values * factor for values in c._arrays()))
                 for name, c in self.channels.items()
             },
-            activity=self.activity * factor,
+            activity=self.activity * active,
+            weekly_activity=self.weekly_activity * active,
         )
 
 
@@ -368,9 +405,9 @@ def latest_zone(events: Iterable[tuple[int, str]]) -> str | None:
 
 def profile_from_events(
     events: Iterable[tuple[str, str, int, str, bool]],
-    now: float,
     half_life_days: float,
     default_timezone: str = "UTC",
+    activity_half_life_days: float | None = None,
 ) -> EngagementProfile:
     """One person's profile from their events, in any order.
 
@@ -379,9 +416,14 @@ def profile_from_events(
     events
         ``(channel, event_type, epoch_seconds, timezone, automated)``; channel and time
         zone may be empty. Other event types (dislike, ...) only tell the time zone.
-    now
-        Epoch seconds the recency weights are relative to: an event weighs
-        ``2 ** (-(now - ts) / (half_life_days * 86400))``.
+    half_life_days
+        Recency: an event weighs ``2 ** (-(latest - ts) / (half_life_days * 86400))``,
+        ``latest`` being the person's latest event (the profile's ``as_of``). Relative to
+        the person's own latest event, not to the clock: someone who has been quiet for a
+        year keeps the evidence of their habits (newer habits still outweigh older ones).
+    activity_half_life_days
+        The same for activity events (default: ``half_life_days``): how fast a person's
+        hours of being around go stale need not match how fast message habits do.
     default_timezone
         Zone of events when neither they nor any other event of the person names one.
 
@@ -401,8 +443,12 @@ def profile_from_events(
     known = latest_zone((ts, zone) for _, _, ts, zone, _ in rows)
     fallback = known or default_timezone
     scale = half_life_days * _SECONDS_PER_DAY
+    active_scale = (activity_half_life_days or half_life_days) * _SECONDS_PER_DAY
+    now = max((ts for _, _, ts, _, _ in rows), default=None)
+    if now is None:
+        return EngagementProfile()
 
-    def when_and_weight(ts: int, zone: str) -> tuple[int, int, float]:
+    def when_and_weight(ts: int, zone: str, scale: float = scale) -> tuple[int, int, float]:
         """Local hour, local weekday and recency weight."""
         name = zone if _zone(zone) is not None else fallback
         local = datetime.fromtimestamp(ts, _zone(name))
@@ -410,6 +456,7 @@ def profile_from_events(
 
     channels: dict[str, ChannelCounts] = {}
     activity = _zeros()
+    weekly_activity = _week_zeros()
     # Per channel, deliveries sorted by time with their local hours and weekdays.
     sent: dict[str, list[tuple[int, int, int]]] = {}
     answers: list[tuple[str, str, int, str]] = []
@@ -432,8 +479,9 @@ def profile_from_events(
                 active[ts // 3600] = (ts, zone)
     # A burst of events in one clock hour is one sign of being around, not fifty.
     for ts, zone in active.values():
-        hour, _, weight = when_and_weight(ts, zone)
+        hour, day, weight = when_and_weight(ts, zone, active_scale)
         activity[hour] += weight
+        weekly_activity[day * HOURS + hour] += weight
     for deliveries in sent.values():
         deliveries.sort()
     for channel, kind, ts, zone in answers:
@@ -448,31 +496,125 @@ def profile_from_events(
         (counts.opens if opened else counts.clicks)[hour] += weight
         (counts.weekly_opens if opened else counts.weekly_clicks)[day * HOURS + hour] += weight
     ordered = {name: channels[name] for name in MESSAGE_CHANNELS if name in channels}
-    return EngagementProfile(timezone=known, channels=ordered, activity=activity)
+    return EngagementProfile(
+        timezone=known,
+        channels=ordered,
+        activity=activity,
+        as_of=now,
+        weekly_activity=weekly_activity,
+    )
 
 
 def served_profile(
     published: Iterable[str],
     published_until: int | None,
     live: Iterable[tuple[str, str, int, str, bool]],
-    now: float,
     half_life_days: float,
     default_timezone: str = "UTC",
+    activity_half_life_days: float | None = None,
 ) -> EngagementProfile:
     """The profile a request is answered from: the published profiles (JSON, as training
-    wrote them at ``published_until``), faded to ``now``, plus every live event (as
-    :func:`profile_from_events` takes them) that they do not cover."""
+    wrote them; ``published_until`` is the data end they cover) and every live event (as
+    :func:`profile_from_events` takes them) that they do not cover, weighted relative to
+    the latest of them all (half-lives as :func:`profile_from_events`)."""
     fresh = [e for e in live if published_until is None or e[2] > published_until]
-    profile = profile_from_events(fresh, now, half_life_days, default_timezone)
-    # Published weights were computed at the data end; fade them to now.
-    age = max(now - published_until, 0.0) if published_until is not None else 0.0
-    factor = 2.0 ** (-age / (half_life_days * _SECONDS_PER_DAY))
+    parts = [profile_from_events(fresh, half_life_days, default_timezone, activity_half_life_days)]
     for text in published:
-        profile = profile.merged(EngagementProfile.from_json(text).scaled(factor))
+        part = EngagementProfile.from_json(text)
+        if part.as_of is None and published_until is not None:  # written before as_of
+            part.as_of = float(published_until)
+        parts.append(part)
+    latest = max((p.as_of for p in parts if p.as_of is not None), default=None)
+    profile = EngagementProfile()
+    for part in parts:
+        if latest is not None:
+            part = part.faded_to(latest, half_life_days, activity_half_life_days)
+        profile = profile.merged(part)
     return profile
 
 
 # --- priors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How far to trust a person's own evidence: learnt per training run from the data
+    (``training.engagement.learn_tuning``: empirical Bayes and a validation time split),
+    never tuned by hand on one generator. The defaults are only for bundles from before.
+    """
+
+    strength: float = DEFAULT_STRENGTH
+    """Pseudo-deliveries per hour slot of the rate prior."""
+    activity_strength: float = DEFAULT_STRENGTH
+    """Pseudo-events of the activity share prior (the segment's or everybody's share)."""
+    activity_exponent: float = ACTIVITY_EXPONENT
+    """How strongly activity shapes the prior rate: (share / mean) ** exponent."""
+    activity_smoothing_hours: float = SMOOTHING_SD_HOURS
+    """Standard deviation (hours) of the kernel spreading activity to nearby hours."""
+    day_type_strength: float = DEFAULT_STRENGTH
+    """Pseudo-events of the person's all-days activity share behind each day type's
+    (weekdays, weekends): large ignores the difference, small trusts each day type."""
+    half_life_days: float | None = None
+    """Recency half-life of message counts; None: the service's configured one."""
+    activity_half_life_days: float | None = None
+    """Recency half-life of activity counts; None: as ``half_life_days``."""
+    channel_strength: dict[str, float] = field(default_factory=dict)
+    """Per channel, pseudo-deliveries of the person's overall open rate prior (empirical
+    Bayes, beta-binomial); absent: ``strength``."""
+
+    def recency(self, default_days: float) -> tuple[float, float]:
+        """``(message, activity)`` half-lives in days, ``default_days`` where not learnt."""
+        message = self.half_life_days or default_days
+        return message, self.activity_half_life_days or message
+
+    def to_dict(self) -> dict:
+        out = {
+            "strength": float(self.strength),
+            "activity_strength": float(self.activity_strength),
+            "activity_exponent": float(self.activity_exponent),
+            "activity_smoothing_hours": float(self.activity_smoothing_hours),
+            "day_type_strength": float(self.day_type_strength),
+            "channel_strength": {c: float(v) for c, v in self.channel_strength.items()},
+        }
+        if self.half_life_days is not None:
+            out["half_life_days"] = float(self.half_life_days)
+        if self.activity_half_life_days is not None:
+            out["activity_half_life_days"] = float(self.activity_half_life_days)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Tuning:
+        """The tuning :meth:`to_dict` wrote; missing keys take the defaults.
+
+        Raises
+        ------
+        ValueError
+            on a value out of its range.
+        """
+
+        def number(key: str, default: float | None) -> float | None:
+            value = d.get(key, default)
+            return None if value is None else float(value)
+
+        tuning = cls(
+            strength=number("strength", DEFAULT_STRENGTH),
+            activity_strength=number("activity_strength", DEFAULT_STRENGTH),
+            activity_exponent=number("activity_exponent", ACTIVITY_EXPONENT),
+            activity_smoothing_hours=number("activity_smoothing_hours", SMOOTHING_SD_HOURS),
+            day_type_strength=number("day_type_strength", DEFAULT_STRENGTH),
+            half_life_days=number("half_life_days", None),
+            activity_half_life_days=number("activity_half_life_days", None),
+            channel_strength={str(c): float(v) for c, v in d.get("channel_strength", {}).items()},
+        )
+        for name in (
+            "strength",
+            "activity_strength",
+            "activity_smoothing_hours",
+            "day_type_strength",
+        ):
+            if not getattr(tuning, name) > 0:
+                raise ValueError(f"tuning {name} must be positive, got {getattr(tuning, name)}")
+        return tuning
 
 
 @dataclass
@@ -493,8 +635,25 @@ class Priors:
     """Global share of activity per local hour (sums to 1)."""
     segment_activity: dict[str, list[float]]
     """Segment -> share of activity per local hour."""
-    strength: float = DEFAULT_STRENGTH
-    """Pseudo-deliveries per hour slot (and pseudo-events of activity) of the priors."""
+    tuning: Tuning = field(default_factory=Tuning)
+    """How far to trust each person's own evidence (learnt)."""
+
+    @classmethod
+    def flat(cls, rate: float = DEFAULT_RATE) -> Priors:
+        """Priors that know nothing: every channel and hour at ``rate``, activity uniform
+        (no events to learn from, or a bundle from before priors were learnt)."""
+        return cls(
+            channel_rate={c: rate for c in MESSAGE_CHANNELS},
+            channel_hour_rate={c: [rate] * HOURS for c in MESSAGE_CHANNELS},
+            segment_hour_rate={},
+            activity=[1.0 / HOURS] * HOURS,
+            segment_activity={},
+        )
+
+    @property
+    def strength(self) -> float:
+        """Pseudo-deliveries per hour slot of the rate prior."""
+        return self.tuning.strength
 
     def to_dict(self) -> dict:
         return {
@@ -506,19 +665,25 @@ class Priors:
             },
             "activity": _floats(self.activity),
             "segment_activity": {s: _floats(a) for s, a in self.segment_activity.items()},
-            "strength": float(self.strength),
+            "tuning": self.tuning.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Priors:
-        """Priors from :meth:`to_dict`'s output (e.g. after a JSON round trip).
+        """Priors from :meth:`to_dict`'s output (e.g. after a JSON round trip); priors
+        written before the tuning was learnt (a lone ``strength``) read with defaults.
 
         Raises
         ------
         ValueError
-            when an hour list does not have 24 values or a key is missing.
+            when an hour list does not have 24 values, a key is missing or a tuning value
+            is out of range.
         """
         try:
+            raw_tuning = d.get("tuning")
+            if raw_tuning is None:
+                raw_tuning = {"strength": d.get("strength", DEFAULT_STRENGTH)}
+                raw_tuning["activity_strength"] = raw_tuning["strength"]
             return cls(
                 channel_rate={str(c): float(r) for c, r in d["channel_rate"].items()},
                 channel_hour_rate={
@@ -537,7 +702,7 @@ class Priors:
                     str(s): _hour_list(a, f"segment_activity[{s}]")
                     for s, a in d.get("segment_activity", {}).items()
                 },
-                strength=float(d.get("strength", DEFAULT_STRENGTH)),
+                tuning=Tuning.from_dict(raw_tuning),
             )
         except KeyError as exc:
             raise ValueError(f"priors lack {exc.args[0]!r}") from None
@@ -554,37 +719,36 @@ def _hour_list(values: Iterable[float], what: str) -> list[float]:
 # --- the model ---------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=64)
 def _smoothing_matrix(sd_hours: float, size: int = HOURS) -> np.ndarray:
     half = size // 2
     distance = (np.arange(size)[:, None] - np.arange(size)[None, :] + half) % size - half
     kernel = np.exp(-0.5 * (distance / sd_hours) ** 2)
-    return kernel / kernel.sum(axis=1, keepdims=True)
+    kernel = kernel / kernel.sum(axis=1, keepdims=True)
+    kernel.setflags(write=False)
+    return kernel
 
 
-_SMOOTHING = _smoothing_matrix(SMOOTHING_SD_HOURS)
-# The same kernel with weight 1 at the hour itself: a delivery one hour away is worth
-# exp(-1 / (2 sd^2)) of one in the hour (0.8 at sd 1.5 h), so an hour's evidence is its
-# neighbourhood's, compared with `strength` pseudo-deliveries per hour.
-_POOLING = _SMOOTHING / _SMOOTHING[0, 0]
-# The same over the 168 hours of the week (circular: Sunday 23:00 neighbours Monday 00:00).
-_WEEK_SMOOTHING = _smoothing_matrix(SMOOTHING_SD_HOURS, WEEK_HOURS)
-_WEEK_POOLING = _WEEK_SMOOTHING / _WEEK_SMOOTHING[0, 0]
+@lru_cache(maxsize=64)
+def _pooling_matrix(sd_hours: float) -> np.ndarray:
+    # The smoothing kernel with weight 1 at the hour itself: a delivery one hour away is
+    # worth exp(-1 / (2 sd^2)) of one in the hour (0.8 at sd 1.5 h), so an hour's evidence
+    # is its neighbourhood's, compared with `strength` pseudo-deliveries per hour.
+    kernel = _smoothing_matrix(sd_hours)
+    pooled = kernel / kernel[0, 0]
+    pooled.setflags(write=False)
+    return pooled
 
 
-def smooth(counts: np.ndarray) -> np.ndarray:
+def smooth(counts: np.ndarray, sd_hours: float = SMOOTHING_SD_HOURS) -> np.ndarray:
     """Circular Gaussian smoothing over the last axis (24 hours); totals are kept."""
-    return np.asarray(counts, dtype=np.float64) @ _SMOOTHING
+    return np.asarray(counts, dtype=np.float64) @ _smoothing_matrix(float(sd_hours))
 
 
-def pool(counts: np.ndarray) -> np.ndarray:
+def pool(counts: np.ndarray, sd_hours: float = SMOOTHING_SD_HOURS) -> np.ndarray:
     """Evidence near each hour: the counts weighted by the Gaussian kernel, 1 at the hour
     itself (circular, over the last axis). Rates of pooled counts are smoothed rates."""
-    return np.asarray(counts, dtype=np.float64) @ _POOLING
-
-
-def pool_week(counts: np.ndarray) -> np.ndarray:
-    """:func:`pool` over the hours of the week (the last axis, 168, circular)."""
-    return np.asarray(counts, dtype=np.float64) @ _WEEK_POOLING
+    return np.asarray(counts, dtype=np.float64) @ _pooling_matrix(float(sd_hours))
 
 
 def _channel_rate(priors: Priors, channel: str) -> float:
@@ -597,7 +761,9 @@ def _check_channel(channel: str) -> None:
         raise ValueError(f"channel {channel!r} is not one of {', '.join(MESSAGE_CHANNELS)}")
 
 
-def _activity_prior(priors: Priors, segment: str | None) -> np.ndarray:
+def activity_prior(priors: Priors, segment: str | None) -> np.ndarray:
+    """The share of activity per local hour that a person without any is assumed to have:
+    the segment's learnt share, else everybody's (float64[24], sums to 1)."""
     raw = priors.segment_activity.get(segment) if segment else None
     share = np.asarray(raw if raw is not None else priors.activity, dtype=np.float64)
     if share.shape != (HOURS,) or not np.isfinite(share).all() or share.sum() <= 0:
@@ -605,18 +771,59 @@ def _activity_prior(priors: Priors, segment: str | None) -> np.ndarray:
     return np.maximum(share, 0.0) / share.sum()
 
 
+def activity_share(activity: np.ndarray, tuning: Tuning, prior: np.ndarray) -> np.ndarray:
+    """The person's share of activity per local hour: their counts smoothed over nearby
+    hours, shrunk to ``prior`` with ``tuning.activity_strength`` pseudo-events. Works on
+    any leading axes (the last one is the 24 hours)."""
+    activity = np.maximum(np.asarray(activity, dtype=np.float64), 0.0)
+    strength = tuning.activity_strength
+    return (smooth(activity, tuning.activity_smoothing_hours) + strength * prior) / (
+        activity.sum(axis=-1, keepdims=True) + strength
+    )
+
+
 def awake_factor(activity: np.ndarray, priors: Priors, segment: str | None) -> np.ndarray:
     """How much likelier than average the person is to be around in each local hour:
-    their smoothed activity share, shrunk to the segment's (else global) share with
-    ``priors.strength`` pseudo-events, raised to :data:`ACTIVITY_EXPONENT` and normalised
-    to mean 1 over the day."""
-    activity = np.maximum(np.asarray(activity, dtype=np.float64), 0.0)
-    strength = priors.strength
-    share = (smooth(activity) + strength * _activity_prior(priors, segment)) / (
-        activity.sum() + strength
-    )
-    factor = (share * HOURS) ** ACTIVITY_EXPONENT
-    return factor / factor.mean()
+    :func:`activity_share` (towards the segment's, else everybody's share) raised to
+    ``tuning.activity_exponent`` and normalised to mean 1 over the day. Any leading axes."""
+    share = activity_share(activity, priors.tuning, activity_prior(priors, segment))
+    return awake_from_share(share, priors.tuning.activity_exponent)
+
+
+def prior_curve(priors: Priors, channel: str, segment: str | None) -> np.ndarray:
+    """Everybody's engagement rate per delivery by local hour on ``channel``: the
+    segment's curve, else the global one, else the channel's flat rate (float64[24])."""
+    by_channel = priors.segment_hour_rate.get(segment, {}) if segment else {}
+    curve = by_channel.get(channel) or priors.channel_hour_rate.get(channel)
+    if curve:
+        return np.asarray(curve, dtype=np.float64)
+    return np.full(HOURS, _channel_rate(priors, channel))
+
+
+def posterior_rates(
+    deliveries: np.ndarray,
+    engaged: np.ndarray,
+    prior: np.ndarray,
+    base: float,
+    tuning: Tuning,
+) -> np.ndarray:
+    """Beta posterior mean of P(engagement | delivery in local hour h) over the last axis
+    (24 hours; any leading axes, e.g. people).
+
+    Prior mean per hour: ``prior`` (the curve times the awake factor) times the person's
+    lift on the channel, their engagements against what ``prior`` expects at the hours
+    they were sent, with ``strength`` deliveries' worth of "as expected" (rate ``base``)
+    added to both sides; prior weight ``tuning.strength`` pseudo-deliveries. Data: the
+    deliveries and engagements pooled over neighbouring hours (:func:`pool`).
+    """
+    strength = tuning.strength
+    base = max(base, 1e-3)
+    deliveries = np.maximum(np.asarray(deliveries, dtype=np.float64), 0.0)
+    engaged = np.maximum(np.asarray(engaged, dtype=np.float64), 0.0)
+    expected = np.sum(deliveries * prior, axis=-1, keepdims=True)
+    lift = (engaged.sum(axis=-1, keepdims=True) + strength * base) / (expected + strength * base)
+    mean = np.clip(prior * lift, _RATE_FLOOR, 1.0 - _RATE_FLOOR)
+    return (pool(engaged) + strength * mean) / (pool(deliveries) + strength)
 
 
 def delivery_rates(
@@ -626,28 +833,14 @@ def delivery_rates(
     segment: str | None,
     awake: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Beta posterior mean of P(engagement | delivery in local hour h), h = 0..23.
-
-    Prior mean per hour: the segment's (else global) curve for the channel, times
-    ``awake`` (mean 1; none: all ones), times the person's lift on the channel; prior
-    weight ``priors.strength`` pseudo-deliveries. Data: the person's deliveries and
-    engagements pooled over neighbouring hours (:func:`pool`).
-    """
-    strength = priors.strength
-    base = max(_channel_rate(priors, channel), 1e-3)
-    by_channel = priors.segment_hour_rate.get(segment, {}) if segment else {}
-    curve = by_channel.get(channel) or priors.channel_hour_rate.get(channel)
-    prior = np.asarray(curve, dtype=np.float64) if curve else np.full(HOURS, base)
+    """:func:`posterior_rates` of one person's counts on ``channel``: prior curve
+    :func:`prior_curve` times ``awake`` (mean 1; none: all ones)."""
+    prior = prior_curve(priors, channel, segment)
     if awake is not None:
         prior = prior * awake
-    deliveries = np.maximum(counts.deliveries, 0.0)
-    engaged = np.maximum(counts.engaged(), 0.0)
-    # The person's lift over the prior on this channel: their engagements against what
-    # the prior curve expects at the hours they were sent, with `strength` deliveries'
-    # worth of "as expected" added to both sides.
-    lift = (engaged.sum() + strength * base) / (deliveries @ prior + strength * base)
-    mean = np.clip(prior * lift, _RATE_FLOOR, 1.0 - _RATE_FLOOR)
-    return (pool(engaged) + strength * mean) / (pool(deliveries) + strength)
+    return posterior_rates(
+        counts.deliveries, counts.engaged(), prior, _channel_rate(priors, channel), priors.tuning
+    )
 
 
 def hour_probabilities(
@@ -695,62 +888,132 @@ def hour_probabilities(
     return probabilities, source, int(round(delivered + active))
 
 
+#: Weekday indexes (Monday 0) of the weekend.
+WEEKEND = (5, 6)
+
+
+def by_day_type(weekly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weekday, weekend) hourly counts from weekly ones (last axis 168, any leading
+    axes): the sums over Monday–Friday and over Saturday–Sunday."""
+    weekly = np.asarray(weekly, dtype=np.float64)
+    days = weekly.reshape(*weekly.shape[:-1], DAYS, HOURS)
+    weekend = days[..., list(WEEKEND), :].sum(axis=-2)
+    return days.sum(axis=-2) - weekend, weekend
+
+
+def day_type_share(
+    weekly_activity: np.ndarray, overall: np.ndarray, tuning: Tuning
+) -> tuple[np.ndarray, np.ndarray]:
+    """(weekday, weekend) activity shares: each day type's own activity, smoothed, shrunk
+    towards the person's ``overall`` share (:func:`activity_share`) with
+    ``tuning.day_type_strength`` pseudo-events. A day type without activity of its own is
+    the overall share; much of it, its own. Any leading axes."""
+    strength = tuning.day_type_strength
+    shares = []
+    for counts in by_day_type(np.maximum(weekly_activity, 0.0)):
+        shares.append(
+            (smooth(counts, tuning.activity_smoothing_hours) + strength * overall)
+            / (counts.sum(axis=-1, keepdims=True) + strength)
+        )
+    return shares[0], shares[1]
+
+
+def awake_from_share(share: np.ndarray, exponent: float) -> np.ndarray:
+    """``(share / mean share) ** exponent`` normalised to mean 1 over the last axis."""
+    factor = (np.asarray(share) * HOURS) ** exponent
+    return factor / factor.mean(axis=-1, keepdims=True)
+
+
+def day_type_rates(
+    day: np.ndarray,
+    awake: np.ndarray,
+    weekly_deliveries: np.ndarray,
+    weekly_engaged: np.ndarray,
+    weekly_activity: np.ndarray,
+    overall_share: np.ndarray,
+    tuning: Tuning,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(weekday, weekend) rates per local hour: a second level over the all-days rates
+    ``day`` (whose prior carried ``awake``). Per day type a Beta posterior whose prior mean
+    is ``day`` times how much likelier the person is around at that hour on that day type
+    than on an average day (:func:`day_type_share` against ``overall_share``), with
+    ``tuning.strength`` pseudo-deliveries; data: that day type's deliveries and
+    engagements pooled over neighbouring hours. Any leading axes."""
+    out = []
+    shares = day_type_share(weekly_activity, overall_share, tuning)
+    sent = by_day_type(np.maximum(weekly_deliveries, 0.0))
+    read = by_day_type(np.maximum(weekly_engaged, 0.0))
+    strength = tuning.strength
+    for k in range(2):
+        mean = np.clip(
+            day * awake_from_share(shares[k], tuning.activity_exponent) / awake,
+            _RATE_FLOOR,
+            1.0 - _RATE_FLOOR,
+        )
+        rate = (pool(read[k]) + strength * mean) / (pool(sent[k]) + strength)
+        out.append(np.clip(rate, 0.0, 1.0))
+    return out[0], out[1]
+
+
 def week_probabilities(
-    profile: EngagementProfile,
-    channel: str,
-    priors: Priors,
-    segment: str | None,
-    day: np.ndarray | None = None,
+    profile: EngagementProfile, channel: str, priors: Priors, segment: str | None
 ) -> np.ndarray:
     """P(engagement | delivery on local weekday d at local hour h): float64[7, 24],
     Monday row 0.
 
-    A second level on top of :func:`hour_probabilities` (``day``, computed when not
-    given): per (weekday, hour) a Beta posterior mean whose prior mean is the hour's
-    day-level probability and whose prior weight is ``priors.strength`` pseudo-deliveries;
-    its data are the person's weekly deliveries and engagements on the channel, pooled over
-    neighbouring hours of the week (:func:`pool_week`). A weekday slot has about a seventh
-    of an hour's evidence, so sparse weekly data moves the answer little from the
-    day-level one; with no weekly data (e.g. profiles from before the week was kept) every
-    row is the day-level answer.
+    Habits differ between weekdays and weekends (lie-ins, commutes), and a weekend has
+    2/7 of the evidence, so the week is two day types, not seven days, and each is a
+    second level over the all-days answer of :func:`hour_probabilities`
+    (:func:`day_type_rates`): with little evidence about a day type, the all-days answer;
+    with much, the day type's own. Profiles without weekly counts: every row the same.
 
     Raises
     ------
     ValueError
         for a channel not in ``MESSAGE_CHANNELS``.
     """
-    if day is None:
-        day, _, _ = hour_probabilities(profile, channel, priors, segment)
-    else:
-        _check_channel(channel)
-        day = _hours(day, "day")
+    day, _, _ = hour_probabilities(profile, channel, priors, segment)
     counts = profile.channel(channel)
-    deliveries = np.maximum(_hours(counts.weekly_deliveries, "weekly", WEEK_HOURS), 0.0)
-    engaged = np.maximum(_hours(counts.weekly_engaged(), "weekly", WEEK_HOURS), 0.0)
-    prior = np.tile(day, DAYS)  # index weekday * 24 + hour -> day[hour]
-    if not deliveries.any() and not engaged.any():
-        return prior.reshape(DAYS, HOURS)
-    strength = priors.strength
-    rates = (pool_week(engaged) + strength * prior) / (pool_week(deliveries) + strength)
-    return np.clip(rates, 0.0, 1.0).reshape(DAYS, HOURS)
+    if not (
+        np.any(profile.weekly_activity)
+        or np.any(counts.weekly_deliveries)
+        or np.any(counts.weekly_engaged())
+    ):
+        return np.tile(day, (DAYS, 1))
+    tuning = priors.tuning
+    overall = activity_share(profile.activity, tuning, activity_prior(priors, segment))
+    weekday, weekend = day_type_rates(
+        day,
+        awake_from_share(overall, tuning.activity_exponent),
+        counts.weekly_deliveries,
+        counts.weekly_engaged(),
+        profile.weekly_activity,
+        overall,
+        tuning,
+    )
+    table = np.tile(weekday, (DAYS, 1))
+    table[list(WEEKEND)] = weekend
+    return table
 
 
 def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str, float, int]]:
     """``(channel, score, evidence)`` for every channel of ``MESSAGE_CHANNELS``, best first.
 
-    ``score`` is the person's posterior open rate per delivery on the channel, a Beta
-    posterior mean shrunk to ``priors.channel_rate`` with ``priors.strength``
-    pseudo-deliveries; ``evidence`` is the weighted deliveries, rounded. Ties keep the
-    order of ``MESSAGE_CHANNELS``.
+    ``score`` is the person's posterior engagement rate per delivery on the channel, a
+    Beta posterior mean shrunk to ``priors.channel_rate`` with the channel's learnt
+    pseudo-deliveries (``tuning.channel_strength``, else ``tuning.strength``): opens per
+    delivery, not opens, since a brand that sends mostly email gets mostly email opens
+    from everybody. ``evidence`` is the weighted deliveries, rounded. Ties keep the order
+    of ``MESSAGE_CHANNELS``.
     """
     scored = []
+    tuning = priors.tuning
     for channel in MESSAGE_CHANNELS:
         counts = profile.channel(channel)
         delivered = float(np.maximum(counts.deliveries, 0.0).sum())
         engaged = float(np.maximum(counts.engaged(), 0.0).sum())
-        score = (engaged + priors.strength * _channel_rate(priors, channel)) / (
-            delivered + priors.strength
-        )
+        strength = tuning.channel_strength.get(channel, tuning.strength)
+        score = (engaged + strength * _channel_rate(priors, channel)) / (delivered + strength)
         scored.append((channel, float(np.clip(score, 0.0, 1.0)), int(round(delivered))))
     return sorted(scored, key=lambda entry: -entry[1])
 
@@ -902,8 +1165,8 @@ def plan_send(
     ValueError
         as :func:`hour_probabilities` and :func:`choose_slots` do.
     """
-    day, source, evidence = hour_probabilities(profile, channel, priors, timezone)
-    week = week_probabilities(profile, channel, priors, timezone, day=day)
+    _, source, evidence = hour_probabilities(profile, channel, priors, timezone)
+    week = week_probabilities(profile, channel, priors, timezone)
     slots = choose_slots(
         week,
         timezone,

@@ -202,7 +202,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         view = self.store.serving_view(person or "\x00", popular)
         catalogue = self.catalogue.get(view.catalogue_version)
         together = self.store.bought_together(item_id, options.limit + 50)
-        if not (known or together or catalogue.meta(item_id)):
+        # An item in the catalogue without metadata (seen only in events) still counts.
+        if not (known or together or catalogue.meta(item_id) is not None):
             raise NotFound(f"item_id: {item_id!r} is unknown to the model and the catalogue")
         ranked = engine.recommender.similar_items(
             item_id, catalogue, options, view, together, mode == "bought_together"

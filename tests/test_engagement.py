@@ -124,12 +124,12 @@ TRICKY = [
 def test_user_profiles_agree_with_profile_from_events(default_timezone: str) -> None:
     frame = frame_of(TRICKY)
     now = T0 + 12 * DAY
-    profiles = user_profiles(frame, now, 20.0, default_timezone)
+    profiles = user_profiles(frame, 20.0, default_timezone)
     assert list(profiles) == ["a", "b", "c", "d", "e"]
     for user, built in profiles.items():
         # Any order of events gives the same profile.
         events = events_of(frame, user)[::-1]
-        assert_same(built, profile_from_events(events, now, 20.0, default_timezone))
+        assert_same(built, profile_from_events(events, 20.0, default_timezone))
     # a's latest zones are two at the same second: the greatest name wins.
     assert profiles["a"].timezone == "Asia/Tokyo"
     assert profiles["b"].timezone is None
@@ -149,7 +149,7 @@ def test_user_profiles_agree_with_profile_from_events(default_timezone: str) -> 
 
 def test_user_profiles_without_the_automated_column() -> None:
     frame = frame_of(TRICKY[:4]).drop(columns="automated")
-    profile = user_profiles(frame, T0)["a"]
+    profile = user_profiles(frame)["a"]
     # Read as all False: the proxy's open counts too.
     assert profile.channels["email"].opens.sum() == pytest.approx(2.0, rel=1e-2)
 
@@ -167,7 +167,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, dic
 def fitted(planted: tuple[pd.DataFrame, dict]) -> tuple[dict[str, EngagementProfile], Priors]:
     frame, _ = planted
     now = float(frame.timestamp.max())
-    return user_profiles(frame, now), learn_priors(frame)
+    return user_profiles(frame), learn_priors(frame)
 
 
 def circular(a: int, b: int) -> int:
@@ -183,7 +183,7 @@ def test_synthetic_profiles_agree_with_profile_from_events(
     now = float(frame.timestamp.max())
     proxied = [u for u, t in truth["users"].items() if t["proxy_opens"]][:3]
     for user in [*proxied, "u00000", "u00299"]:
-        assert_same(profiles[user], profile_from_events(events_of(frame, user), now, 30.0))
+        assert_same(profiles[user], profile_from_events(events_of(frame, user), 30.0))
 
 
 def test_planted_hours_are_found_where_open_histograms_echo_the_schedule(
@@ -326,6 +326,6 @@ def test_degenerate_logs_report_nothing_to_evaluate() -> None:
         assert "nothing to evaluate" in report.table()
         assert report.flat() == {}
     assert learn_priors(one_moment.iloc[:0]).activity == pytest.approx([1 / HOURS] * HOURS)
-    assert user_profiles(one_moment.iloc[:0], T0) == {}
+    assert user_profiles(one_moment.iloc[:0]) == {}
     with pytest.raises(ValueError, match="test_fraction"):
         evaluate_send_time(one_moment, test_fraction=1.0)

@@ -58,7 +58,7 @@ def server(settings, synthetic, catalogue):
         history_length=200,
         popularity_half_life_days=30,
         keep=2,
-        engagement={u: p.to_json() for u, p in user_profiles(frame, end).items()},
+        engagement={u: p.to_json() for u, p in user_profiles(frame).items()},
     )
     running = build_server(settings, ModelRegistry(settings).load_alias("champion"), store)
     yield running

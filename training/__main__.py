@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from service.bundle import PERSONALISED_KINDS
 from service.config import Settings, load_settings
 from service.errors import OmnirecError
 
@@ -48,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="events CSV / Parquet files or folders (e.g. the base log and live exports)",
     )
     tr.add_argument("--items", type=Path, help="item catalogue CSV / Parquet")
-    tr.add_argument("--model", choices=("als", "bpr", "item_knn"), default="als")
+    tr.add_argument(
+        "--model",
+        choices=PERSONALISED_KINDS,
+        default="als",
+        help="registered only if it beats the popularity baseline on the holdout",
+    )
     tr.add_argument("--factors", type=_positive_int, default=32)
     tr.add_argument("--iterations", type=_positive_int, help="default: 15 for ALS, 100 for BPR")
     tr.add_argument("--regularization", type=float, default=5.0)
@@ -68,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--min-user-events", type=_positive_int, default=5)
     tr.add_argument("--k", type=_positive_int, default=10, help="metric cut-off")
     tr.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows (still reported)")
-    tr.add_argument("--promote", action="store_true", help="move the alias to this version")
+    tr.add_argument(
+        "--promote", action="store_true", help="move the alias to this run's version regardless"
+    )
     tr.add_argument("--no-publish", action="store_true", help="do not write features to Redis")
     tr.add_argument("--popularity-half-life-days", type=float, default=30.0)
 
@@ -136,7 +144,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no versions of {settings.model_name!r} registered yet")
         for row in rows:
             label = f"{settings.model_name}/{row['version']}"
-            print(f"{label:<16} {row['aliases']:<12} run {row['run_id']}")
+            print(
+                f"{label:<16} {row['aliases'] or '-':<12} {row['kind'] or '?':<11} "
+                f"run {row['run_id']}"
+            )
+            if row["decision"]:
+                print(f"{'':<16} {row['decision']}")
         return 0
     if args.command == "demo":
         from training.demo import run_demo
@@ -180,7 +193,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         popularity_half_life_days=args.popularity_half_life_days,
     )
     result = train(settings, cfg)
-    print(f"registered {settings.model_name}/{result.version} (run {result.run_id})")
+    print(f"registered {settings.model_name}/{result.version} ({result.kind}, run {result.run_id})")
     print(f"{settings.model_alias}: {result.decision}")
     if result.publication:
         print(f"features published to Redis as {result.publication}")

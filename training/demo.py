@@ -61,7 +61,8 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
 
     print("\n== 2. train (ALS) → MLflow → Redis")
     result = train(settings, TrainConfig(events=data.events, items=data.items))
-    print(f"registered {settings.model_name}/{result.version}; {result.decision}")
+    print(f"registered {settings.model_name}/{result.version} ({result.selection})")
+    print(f"{settings.model_alias}: {result.decision}")
 
     print("\n== 3. serve over gRPC on loopback")
     registry = ModelRegistry(settings)

@@ -15,8 +15,9 @@ optional ``automated`` column is read as if it were all False.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -30,13 +31,20 @@ from service.send_time import (
     DEFAULT_STRENGTH,
     HOURS,
     WEEK_HOURS,
+    WEEKEND,
     ChannelCounts,
     EngagementProfile,
     Priors,
     SendPlan,
+    Tuning,
+    activity_share,
+    awake_from_share,
+    day_type_rates,
+    day_type_share,
     hour_probabilities,
     is_known_zone,
     plan_send,
+    posterior_rates,
     rank_channels,
     served_profile,
     smooth,
@@ -92,10 +100,14 @@ class _Counts:
     weekly: dict[str, tuple[_Rows, _Rows, _Rows]]
     """Channel -> (deliveries, opens, clicks), by local hour of the week."""
     activity: _Rows
+    weekly_activity: _Rows
+    """Activity by local hour of the week (same users as ``activity``)."""
     raw_deliveries: dict[str, np.ndarray]
     """Channel -> unweighted deliveries per user (for the segment threshold)."""
     raw_activity: np.ndarray
     """Unweighted activity events per user."""
+    latest: np.ndarray
+    """Per user the time of their latest row: where their weights are 1."""
 
     def profile(self, i: int) -> EngagementProfile:
         channels = {}
@@ -107,10 +119,13 @@ class _Counts:
                 week = [np.zeros(WEEK_HOURS) if r is None else r for r in weekly]
                 channels[name] = ChannelCounts(*day, *week)
         activity = _row(self.activity, i)
+        weekly_activity = _row(self.weekly_activity, i)
         return EngagementProfile(
             timezone=self.zone[i] or None,
             channels=channels,
             activity=np.zeros(HOURS) if activity is None else activity,
+            as_of=float(self.latest[i]) if self.latest[i] >= 0 else None,
+            weekly_activity=np.zeros(WEEK_HOURS) if weekly_activity is None else weekly_activity,
         )
 
 
@@ -314,9 +329,22 @@ def _one_per_clock_hour(events: _Events, mask: np.ndarray) -> np.ndarray:
     return kept
 
 
-def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
+def _latest(events: _Events) -> np.ndarray:
+    """Per user the time of their latest row (-1 for users without rows)."""
+    latest = np.full(len(events.users), -1, dtype=np.int64)
+    np.maximum.at(latest, events.codes, events.ts)
+    return latest
+
+
+def _counts(
+    events: _Events, half_life_days: float, activity_half_life_days: float | None = None
+) -> _Counts:
     n = len(events.users)
-    weight = np.exp2(-(now - events.ts) / (half_life_days * _SECONDS_PER_DAY))
+    # Recency relative to each person's own latest event (see send_time.profile_from_events).
+    latest = _latest(events)
+    age = (latest[events.codes] - events.ts) / _SECONDS_PER_DAY
+    weight = np.exp2(-age / half_life_days)
+    active_weight = np.exp2(-age / (activity_half_life_days or half_life_days))
     on_message_channel = events.channel >= 0
     delivered = events.of_kind("message_delivered") & on_message_channel
     answer = events.of_kind("message_open", "message_click") & on_message_channel
@@ -382,27 +410,34 @@ def _counts(events: _Events, now: float, half_life_days: float) -> _Counts:
         zone=events.zone,
         channels=channels,
         weekly=weekly,
-        activity=_bincount_rows(events.codes[active], events.hour[active], weight[active]),
+        activity=_bincount_rows(events.codes[active], events.hour[active], active_weight[active]),
+        weekly_activity=_bincount_rows(
+            events.codes[active], week_hour[active], active_weight[active], WEEK_HOURS
+        ),
         raw_deliveries=raw_deliveries,
         raw_activity=np.bincount(events.codes[active], minlength=n),
+        latest=latest,
     )
 
 
 def user_profiles(
     frame: pd.DataFrame,
-    now: float,
     half_life_days: float = 30.0,
     default_timezone: str = "UTC",
+    activity_half_life_days: float | None = None,
 ) -> dict[str, EngagementProfile]:
     """Every person's :class:`EngagementProfile`, keyed by user id (sorted), equal to what
     ``send_time.profile_from_events`` gives for that person's events.
 
-    ``now`` is the time the recency weights refer to (training uses the data end).
-    Everybody in ``frame`` gets a profile, possibly empty.
+    Everybody in ``frame`` gets a profile, possibly empty; weights are relative to each
+    person's latest event.
     """
     started = time.perf_counter()
-    counts = _counts(_events(frame, default_timezone), now, half_life_days)
-    built = [EngagementProfile(timezone=zone or None) for zone in counts.zone]
+    counts = _counts(_events(frame, default_timezone), half_life_days, activity_half_life_days)
+    built = [
+        EngagementProfile(timezone=zone or None, as_of=float(t))
+        for zone, t in zip(counts.zone, counts.latest, strict=True)
+    ]
     for name, parts in counts.channels.items():
         # The weekly rows belong to the same users as the hourly ones (same events).
         users, arrays = _aligned((*parts, *counts.weekly[name]))
@@ -410,6 +445,7 @@ def user_profiles(
             built[i].channels[name] = ChannelCounts(*(a[k] for a in arrays))
     for k, i in enumerate(counts.activity.users):
         built[i].activity = counts.activity.values[k]
+        built[i].weekly_activity = counts.weekly_activity.values[k]
     profiles = {str(user): built[i] for i, user in enumerate(counts.users)}
     log.info("built %d engagement profiles in %.2fs", len(profiles), time.perf_counter() - started)
     return profiles
@@ -438,9 +474,12 @@ class SendTimeModel:
     def fit(
         cls, frame: pd.DataFrame, half_life_days: float = 30.0, default_timezone: str = "UTC"
     ) -> SendTimeModel:
+        """Learn the tuning and priors on ``frame`` and build everybody's profile, as
+        ``train`` does (``half_life_days``: the default where the tuning learns none)."""
         data_end = int(frame["timestamp"].max()) if len(frame) else 0
         priors = learn_priors(frame, half_life_days, default_timezone)
-        profiles = user_profiles(frame, data_end, half_life_days, default_timezone)
+        messages, activity = priors.tuning.recency(half_life_days)
+        profiles = user_profiles(frame, messages, default_timezone, activity)
         return cls(
             priors=priors,
             published={user: p.to_json() for user, p in profiles.items()},
@@ -449,11 +488,12 @@ class SendTimeModel:
             default_timezone=default_timezone,
         )
 
-    def profile(self, user_id: str, now: float) -> EngagementProfile:
-        """The person's profile as a request at ``now`` sees it (no live events)."""
+    def profile(self, user_id: str) -> EngagementProfile:
+        """The person's profile as a request sees it (no live events)."""
         published = [self.published[user_id]] if user_id in self.published else []
+        messages, activity = self.priors.tuning.recency(self.half_life_days)
         return served_profile(
-            published, self.data_end, [], now, self.half_life_days, self.default_timezone
+            published, self.data_end, [], messages, self.default_timezone, activity
         )
 
     def plan(
@@ -464,18 +504,16 @@ class SendTimeModel:
         window_hours: int = 24,
         timezone: str = "",
         quiet: tuple[int, int] | None = None,
-        now: float | None = None,
     ) -> SendPlan:
-        """``PredictSendTime`` for the person (``now`` defaults to ``not_before``;
-        ``timezone`` empty: the person's known zone, else the default one)."""
-        at = not_before.timestamp() if now is None else now
-        profile = self.profile(user_id, at)
+        """``PredictSendTime`` for the person (``timezone`` empty: the person's known
+        zone, else the default one)."""
+        profile = self.profile(user_id)
         zone = timezone or profile.timezone or self.default_timezone
         return plan_send(profile, channel, self.priors, zone, not_before, window_hours, quiet)
 
-    def channels(self, user_id: str, now: float) -> list[str]:
-        """``RankChannels`` for the person at ``now``: channel names, best first."""
-        return [c for c, _, _ in rank_channels(self.profile(user_id, now), self.priors)]
+    def channels(self, user_id: str) -> list[str]:
+        """``RankChannels`` for the person: channel names, best first."""
+        return [c for c, _, _ in rank_channels(self.profile(user_id), self.priors)]
 
 
 # --- priors ------------------------------------------------------------------------------
@@ -486,8 +524,11 @@ def learn_priors(
     half_life_days: float = 30.0,
     default_timezone: str = "UTC",
     min_segment_deliveries: int = DEFAULT_MIN_SEGMENT,
+    tuning: Tuning | None = None,
 ) -> Priors:
-    """Priors over everybody in ``frame``, recency-weighted to the data end.
+    """Priors over everybody in ``frame``, each person's counts weighted relative to
+    their latest event, with the ``tuning`` of :func:`learn_tuning` (learnt here when not
+    given; ``half_life_days`` is then its default message half-life).
 
     A person's segment is their latest known time zone (else ``default_timezone``). A
     segment gets a rate curve for a channel when it has at least
@@ -495,25 +536,22 @@ def learn_priors(
     least that many activity events. With no message events at all the rates are flat
     (:data:`~service.send_time.DEFAULT_RATE`), with no activity the share is uniform.
     """
+    if tuning is None:
+        tuning = learn_tuning(frame, half_life_days, default_timezone).tuning
     if frame.empty:
-        return _priors(None, default_timezone, min_segment_deliveries)
-    now = float(frame["timestamp"].max())
-    counts = _counts(_events(frame, default_timezone), now, half_life_days)
-    return _priors(counts, default_timezone, min_segment_deliveries)
+        return replace(_priors(None, default_timezone, min_segment_deliveries), tuning=tuning)
+    messages, activity = tuning.recency(half_life_days)
+    counts = _counts(_events(frame, default_timezone), messages, activity)
+    return replace(_priors(counts, default_timezone, min_segment_deliveries), tuning=tuning)
 
 
 def _priors(counts: _Counts | None, default_timezone: str, min_segment: int) -> Priors:
+    # Pseudo-deliveries when smoothing the population curves, which rest on thousands of
+    # deliveries: a constant that barely matters, unlike the per-person tuning.
     strength = DEFAULT_STRENGTH
     uniform = np.full(HOURS, 1.0 / HOURS)
     if counts is None:
-        return Priors(
-            channel_rate={c: DEFAULT_RATE for c in MESSAGE_CHANNELS},
-            channel_hour_rate={c: [DEFAULT_RATE] * HOURS for c in MESSAGE_CHANNELS},
-            segment_hour_rate={},
-            activity=uniform.tolist(),
-            segment_activity={},
-            strength=strength,
-        )
+        return Priors.flat()
     zones = np.where(counts.zone == "", default_timezone, counts.zone)
     segment_codes, segments = pd.factorize(zones)
 
@@ -580,8 +618,346 @@ def _priors(counts: _Counts | None, default_timezone: str, min_segment: int) -> 
         segment_hour_rate=segment_hour_rate,
         activity=(share / share.sum()).tolist(),
         segment_activity=segment_activity,
-        strength=strength,
     )
+
+
+# --- tuning ------------------------------------------------------------------------------
+
+#: Candidate values of the tuning, searched on a validation split of the training log.
+TUNING_GRID = {
+    "activity_half_life_days": (1 / 24, 0.25, 1.0, 3.0, 10.0, 30.0, 90.0, 365.0),
+    "activity_smoothing_hours": (0.5, 1.0, 1.5, 2.5),
+    "activity_strength": (0.03, 0.3, 1.0, 4.0, 16.0),
+    "day_type_strength": (0.3, 1.0, 3.0, 10.0, 1e6),
+    "half_life_days": (7.0, 30.0, 90.0, 365.0),
+    "strength": (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
+    "activity_exponent": (0.0, 0.5, 1.0, 2.0),
+}
+#: Share of each person's latest events held out to validate the tuning.
+VALIDATION_FRACTION = 0.2
+#: Held-out activity hours (and deliveries) below which a part of the tuning keeps its
+#: default: too little to tell candidates apart.
+MIN_VALIDATION = 50
+#: Candidate channel strengths (pseudo-deliveries) of the beta-binomial fit.
+CHANNEL_STRENGTHS = tuple(float(v) for v in np.geomspace(0.25, 512.0, 24))
+
+
+@dataclass
+class TuningReport:
+    """What :func:`learn_tuning` chose and on how much evidence."""
+
+    tuning: Tuning
+    activity_hours: int = 0
+    """Held-out distinct active hours the activity part was chosen on."""
+    activity_hit_rate: float | None = None
+    """Their hit rate (±1 h) with the chosen activity tuning."""
+    deliveries: int = 0
+    """Held-out deliveries the message part was chosen on."""
+    delivery_log_likelihood: float | None = None
+    """Their mean Bernoulli log likelihood with the chosen tuning."""
+    replay_rate: float | None = None
+    """Share answered of the held-out deliveries sent within 1 h of the chosen hour."""
+    notes: list[str] = field(default_factory=list)
+
+    def flat(self) -> dict[str, float]:
+        """``tuning_<name>`` -> value, for MLflow."""
+        out = {
+            f"tuning_{k}": float(v)
+            for k, v in self.tuning.to_dict().items()
+            if not isinstance(v, dict)
+        }
+        out.update(
+            {f"tuning_channel_strength_{c}": v for c, v in self.tuning.channel_strength.items()}
+        )
+        return out
+
+    def summary(self) -> str:
+        t = self.tuning
+        lines = [
+            "send-time tuning (learnt on this log):",
+            f"  activity: half-life {t.activity_half_life_days or '-'} d, smoothing "
+            f"{t.activity_smoothing_hours} h, strength {t.activity_strength}, day-type strength "
+            f"{t.day_type_strength:g}"
+            + (
+                f"  [{self.activity_hours} held-out hours, hit ±1h {self.activity_hit_rate:.3f}]"
+                if self.activity_hit_rate is not None
+                else ""
+            ),
+            f"  messages: half-life {t.half_life_days or '-'} d, strength {t.strength}, "
+            f"activity exponent {t.activity_exponent}"
+            + (
+                f"  [{self.deliveries} held-out deliveries, "
+                f"log-lik {self.delivery_log_likelihood:.4f}, answered at the chosen hour "
+                f"{self.replay_rate:.3f}]"
+                if self.delivery_log_likelihood is not None
+                else ""
+            ),
+            "  channel strength: "
+            + (", ".join(f"{c} {v:.3g}" for c, v in t.channel_strength.items()) or "-"),
+        ]
+        return "\n".join(lines + [f"  {n}" for n in self.notes])
+
+
+def _held_out_latest(events: _Events, fraction: float) -> np.ndarray:
+    """Per person the latest ``fraction`` of their rows by time (at least one row kept in
+    the past; people with fewer than 5 rows keep all)."""
+    order = np.lexsort((np.arange(len(events.ts)), events.ts, events.codes))
+    codes = events.codes[order]
+    starts = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(codes)])
+    rank = np.arange(len(codes)) - np.repeat(starts, sizes)
+    size = np.repeat(sizes, sizes)
+    held = (size >= 5) & (rank >= np.ceil(size * (1 - fraction)))
+    out = np.zeros(len(codes), dtype=bool)
+    out[order] = held
+    return out
+
+
+def _rows_on(rows: _Rows, people: np.ndarray, width: int) -> np.ndarray:
+    """``rows`` as a dense (len(people), width) array on ``people`` (user positions)."""
+    out = np.zeros((len(people), width))
+    at = np.searchsorted(rows.users, people)
+    ok = (at < len(rows.users)) & (rows.users[np.minimum(at, len(rows.users) - 1)] == people)
+    out[ok] = rows.values[at[ok]]
+    return out
+
+
+def _answered(events: _Events) -> np.ndarray:
+    """Per row: a delivery that a human open or click answered (the answer's latest
+    delivery on its channel within the attribution window, as the profiles count)."""
+    delivered = np.flatnonzero(events.of_kind("message_delivered") & (events.channel >= 0))
+    answers = np.flatnonzero(
+        events.of_kind("message_open", "message_click") & (events.channel >= 0) & ~events.automated
+    )
+    out = np.zeros(len(events.ts), dtype=bool)
+    if not len(delivered) or not len(answers):
+        return out
+    sent = pd.DataFrame(
+        {"u": events.codes[delivered], "c": events.channel[delivered], "ts": events.ts[delivered]}
+    ).assign(row=delivered)
+    sent = sent.sort_values("ts", kind="stable")
+    got = pd.DataFrame(
+        {"u": events.codes[answers], "c": events.channel[answers], "ts": events.ts[answers]}
+    ).sort_values("ts", kind="stable")
+    linked = pd.merge_asof(
+        got,
+        sent,
+        on="ts",
+        by=["u", "c"],
+        tolerance=ATTRIBUTION_WINDOW_SECONDS,
+        direction="backward",
+    )
+    rows = linked["row"].dropna().to_numpy(dtype=np.int64)
+    out[rows] = True
+    return out
+
+
+def channel_strengths(events: _Events) -> dict[str, float]:
+    """Per channel the prior strength (pseudo-deliveries) of a person's overall
+    engagement rate: the beta-binomial marginal likelihood of everybody's (answered
+    deliveries, deliveries), maximised over :data:`CHANNEL_STRENGTHS` with the prior mean
+    at the channel's pooled rate. Little spread between people (everyone reads at about
+    the same rate) gives a strong prior, much spread a weak one. Channels with fewer than
+    20 people with deliveries are left out (the default strength applies)."""
+    from scipy.special import betaln
+
+    answered = _answered(events)
+    delivered = events.of_kind("message_delivered") & (events.channel >= 0)
+    out: dict[str, float] = {}
+    for c, name in enumerate(MESSAGE_CHANNELS):
+        on = delivered & (events.channel == c)
+        n = np.bincount(events.codes[on], minlength=len(events.users)).astype(np.float64)
+        k = np.bincount(events.codes[on & answered], minlength=len(events.users)).astype(float)
+        has = n > 0
+        if has.sum() < 20 or k.sum() == 0:
+            continue
+        n, k = n[has], k[has]
+        mean = float(np.clip(k.sum() / n.sum(), 1e-3, 1 - 1e-3))
+        best, best_ll = None, -np.inf
+        for s in CHANNEL_STRENGTHS:
+            a, b = mean * s, (1 - mean) * s
+            ll = float(np.sum(betaln(k + a, n - k + b) - betaln(a, b)))
+            if ll > best_ll:
+                best, best_ll = s, ll
+        out[name] = float(best)
+    return out
+
+
+def learn_tuning(
+    frame: pd.DataFrame,
+    default_half_life_days: float = 30.0,
+    default_timezone: str = "UTC",
+) -> TuningReport:
+    """How far to trust each person's own evidence, learnt from ``frame`` itself.
+
+    Why learnt: a constant that fits one generator fails another (people whose only sign
+    is browsing want a short memory and little shrinkage; people with a few opens want
+    strong shrinkage). So each run holds out every person's latest
+    :data:`VALIDATION_FRACTION` of events and picks, from :data:`TUNING_GRID`:
+
+    - the activity part (half-life, smoothing, strength, day-type sharing) maximising the
+      share of held-out distinct active hours within ±1 h of the predicted best hour of
+      their day type (log likelihood breaks ties);
+    - the message part (half-life, rate strength, activity exponent) maximising the
+      Bernoulli log likelihood of held-out deliveries being answered, at their local day
+      type and hour;
+    - per channel the strength of the overall rate prior by empirical Bayes
+      (:func:`channel_strengths`, on the whole log).
+
+    A part with fewer than :data:`MIN_VALIDATION` held-out hours (deliveries) keeps its
+    defaults, and the report says so.
+    """
+    started = time.perf_counter()
+    tuning = Tuning(half_life_days=default_half_life_days)
+    report = TuningReport(tuning)
+    if frame.empty:
+        report.notes.append("no events: default tuning")
+        return report
+    events = _events(frame, default_timezone)
+    tuning = replace(tuning, channel_strength=channel_strengths(events))
+    held = _held_out_latest(events, VALIDATION_FRACTION)
+    past_rows = np.flatnonzero(~held)
+    past = events.take(past_rows)
+    # Local times of past rows as the past alone knows the zones; held-out rows in the
+    # person's zone known in the past (as a request would plan them).
+    past = _with_hours(past, default_timezone)
+    future_rows = np.flatnonzero(held)
+    zone = events.own_zone[future_rows]
+    zone = np.where(zone >= 0, zone, past.user_zone[events.codes[future_rows]])
+    f_hour, f_day = _local_times(events.ts[future_rows], zone, events.zone_names, default_timezone)
+    f_weekend = np.isin(f_day, WEEKEND)
+
+    # Held-out activity: distinct clock hours, as the profiles count them.
+    active = events.of_kind(*ACTIVITY_EVENT_TYPES) & ~events.automated
+    active_once = _one_per_clock_hour(events, active & held)[future_rows]
+    a_users = events.codes[future_rows][active_once]
+    a_hours, a_weekend = f_hour[active_once], f_weekend[active_once]
+    # Held-out deliveries and whether they were answered.
+    answered = _answered(events)[future_rows]
+    is_delivery = events.of_kind("message_delivered")[future_rows] & (
+        events.channel[future_rows] >= 0
+    )
+    d_users = events.codes[future_rows][is_delivery]
+    d_channel = events.channel[future_rows][is_delivery]
+    d_hours, d_weekend = f_hour[is_delivery], f_weekend[is_delivery]
+    d_answered = answered[is_delivery]
+
+    priors = _priors(_counts(past, tuning.half_life_days or 30.0), default_timezone, 10**9)
+    prior_share = np.asarray(priors.activity)
+    grid = TUNING_GRID
+
+    a_people = np.unique(a_users)
+    if len(a_hours) >= MIN_VALIDATION:
+        rows_of = np.searchsorted(a_people, a_users)
+        scored: list[tuple[float, float, tuple[float, ...]]] = []
+        for hl in grid["activity_half_life_days"]:
+            counts = _counts(past, 30.0, hl)
+            hourly = _rows_on(counts.activity, a_people, HOURS)
+            weekly = _rows_on(counts.weekly_activity, a_people, WEEK_HOURS)
+            for sd in grid["activity_smoothing_hours"]:
+                for s in grid["activity_strength"]:
+                    for k in grid["day_type_strength"]:
+                        t = replace(
+                            tuning,
+                            activity_smoothing_hours=sd,
+                            activity_strength=s,
+                            day_type_strength=k,
+                        )
+                        overall = activity_share(hourly, t, prior_share)
+                        weekday, weekend = day_type_share(weekly, overall, t)
+                        share = np.where(a_weekend[:, None], weekend[rows_of], weekday[rows_of])
+                        guess = np.argmax(share, axis=1)
+                        hit = float(np.mean(np.abs((a_hours - guess + 12) % HOURS - 12) <= 1))
+                        share = share / share.sum(axis=1, keepdims=True)
+                        at = share[np.arange(len(a_hours)), a_hours]
+                        ll = float(np.mean(np.log(np.maximum(at, LOG_FLOOR))))
+                        scored.append((hit, ll, (hl, sd, s, k)))
+        # The one-standard-error rule: hit rates this close are noise, so among the
+        # candidates within one standard error of the best, the best log likelihood.
+        top = max(hit for hit, _, _ in scored)
+        error = math.sqrt(top * (1 - top) / len(a_hours))
+        hit, _, (hl, sd, s, k) = max((c for c in scored if c[0] >= top - error), key=lambda c: c[1])
+        tuning = replace(
+            tuning,
+            activity_half_life_days=hl,
+            activity_smoothing_hours=sd,
+            activity_strength=s,
+            day_type_strength=k,
+        )
+        report.activity_hours, report.activity_hit_rate = len(a_hours), hit
+    else:
+        report.notes.append(
+            f"activity tuning left at defaults: {len(a_hours)} held-out active hours "
+            f"(< {MIN_VALIDATION})"
+        )
+
+    if len(d_hours) >= MIN_VALIDATION and d_answered.any():
+        d_people = np.unique(d_users)
+        rows_of = np.searchsorted(d_people, d_users)
+        counts_a = _counts(past, 30.0, tuning.activity_half_life_days or 30.0)
+        hourly_a = _rows_on(counts_a.activity, d_people, HOURS)
+        weekly_a = _rows_on(counts_a.weekly_activity, d_people, WEEK_HOURS)
+        overall = activity_share(hourly_a, tuning, prior_share)
+        scored_m: list[tuple[float, int, float, tuple[float, float, float]]] = []
+        for hl in grid["half_life_days"]:
+            counts = _counts(past, hl, tuning.activity_half_life_days)
+            by_channel = {}
+            for c, name in enumerate(MESSAGE_CHANNELS):
+                if not (d_channel == c).any() or name not in counts.weekly:
+                    continue
+                hourly = [_rows_on(part, d_people, HOURS) for part in counts.channels[name]]
+                weekly = [_rows_on(part, d_people, WEEK_HOURS) for part in counts.weekly[name]]
+                by_channel[c] = (
+                    hourly[0],
+                    np.maximum(hourly[1], hourly[2]),
+                    weekly[0],
+                    np.maximum(weekly[1], weekly[2]),
+                )
+            for beta in grid["activity_exponent"]:
+                awake = awake_from_share(overall, beta)
+                for s in grid["strength"]:
+                    t = replace(tuning, strength=s, activity_exponent=beta, half_life_days=hl)
+                    rate = np.full(len(d_hours), 0.5)
+                    best_hour = np.full(len(d_hours), -99)
+                    for c, (sent, read, weekly_sent, weekly_read) in by_channel.items():
+                        name = MESSAGE_CHANNELS[c]
+                        curve = np.asarray(priors.channel_hour_rate[name])
+                        base = priors.channel_rate.get(name, DEFAULT_RATE)
+                        day = np.clip(posterior_rates(sent, read, curve * awake, base, t), 0.0, 1.0)
+                        types = day_type_rates(
+                            day, awake, weekly_sent, weekly_read, weekly_a, overall, t
+                        )
+                        mine = d_channel == c
+                        for k, weekend in enumerate((False, True)):
+                            sel = mine & (d_weekend == weekend)
+                            rate[sel] = types[k][rows_of[sel], d_hours[sel]]
+                            best_hour[sel] = np.argmax(types[k], axis=1)[rows_of[sel]]
+                    # Replay (off-policy) value: held-out deliveries sent within 1 h of
+                    # the hour this tuning would have chosen, and how often they were
+                    # answered. What the choice of hour is for; the likelihood of every
+                    # delivery is dominated by the hours the old schedule always used.
+                    matched = np.abs((d_hours - best_hour + 12) % HOURS - 12) <= 1
+                    value = float(d_answered[matched].mean()) if matched.any() else 0.0
+                    rate = np.clip(rate, 1e-4, 1 - 1e-4)
+                    ll = float(np.mean(np.where(d_answered, np.log(rate), np.log1p(-rate))))
+                    scored_m.append((value, int(matched.sum()), ll, (hl, beta, s)))
+        # One-standard-error rule on the replay value, then the best log likelihood.
+        top, n_top = max((v, n) for v, n, _, _ in scored_m)
+        error = math.sqrt(top * (1 - top) / max(n_top, 1))
+        value, _, best_ll, (hl, beta, s) = max(
+            (c for c in scored_m if c[0] >= top - error), key=lambda c: c[2]
+        )
+        tuning = replace(tuning, half_life_days=hl, activity_exponent=beta, strength=s)
+        report.deliveries, report.delivery_log_likelihood = len(d_hours), best_ll
+        report.replay_rate = value
+    else:
+        report.notes.append(
+            f"message tuning left at defaults: {len(d_hours)} held-out deliveries "
+            f"(< {MIN_VALIDATION}) or none answered"
+        )
+    report.tuning = tuning
+    log.info("learnt the send-time tuning in %.1fs", time.perf_counter() - started)
+    return report
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -672,7 +1048,7 @@ def evaluate_send_time(
     # Everything the model and the baselines learn comes from the past alone.
     past_rows = np.flatnonzero(past)
     past_events = _with_hours(events.take(past_rows), default_timezone)
-    counts = _counts(past_events, cut, half_life_days)
+    counts = _counts(past_events, half_life_days)
     priors = _priors(counts, default_timezone, DEFAULT_MIN_SEGMENT)
     with_rows = np.bincount(past_events.codes, minlength=len(events.users)) > 0
     # Held-out events without a zone of their own: the person's zone as known in the past.

@@ -1,11 +1,12 @@
-"""The implicit models omnirec trains: choice by name, fitting with progress, bundling."""
+"""The models omnirec trains: the implicit ones by name, fitting with progress, bundling;
+and the popularity baseline's bundle, registered when none of them beats it."""
 
 from __future__ import annotations
 
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,12 +15,13 @@ import scipy.sparse as sp
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from service.bundle import ModelBundle
+from service.bundle import PERSONALISED_KINDS, POPULARITY, ModelBundle
 from service.errors import BadInput
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("als", "bpr", "item_knn")
+#: What ``--model`` may name; the bundle format owns the list.
+MODEL_KINDS = PERSONALISED_KINDS
 
 
 @dataclass(frozen=True)
@@ -173,4 +175,16 @@ def to_bundle(
         user_factors=np.asarray(model.user_factors, dtype=np.float32),
         item_factors=np.asarray(model.item_factors, dtype=np.float32),
         metadata=meta,
+    )
+
+
+def popularity_bundle(popularity: Mapping[str, float], metadata: dict[str, Any]) -> ModelBundle:
+    """The popularity baseline in the serving format: item → score, most popular first."""
+    ranked = sorted(popularity.items(), key=lambda pair: (-pair[1], pair[0]))
+    return ModelBundle(
+        kind=POPULARITY,
+        user_ids=np.array([], dtype=np.str_),
+        item_ids=np.array([item for item, _ in ranked], dtype=np.str_),
+        item_scores=np.array([score for _, score in ranked], dtype=np.float32),
+        metadata={"params": {"kind": POPULARITY}, **metadata},
     )

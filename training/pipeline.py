@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from service.bundle import POPULARITY
 from service.config import Settings, feature_store, identity_secret
 from service.identity import Identities
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
@@ -20,8 +21,8 @@ from training.catalogue import load_catalogue
 from training.engagement import evaluate_send_time, learn_priors, user_profiles
 from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions, index_of
-from training.models import ModelParams, fit, to_bundle
-from training.publish import publish
+from training.models import ModelParams, fit, popularity_bundle, to_bundle
+from training.publish import popularity, publish
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,25 @@ class HoldoutResult:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a run registers: the winner on the holdout's primary metric."""
+
+    kind: str
+    """The personalised model's kind, or ``popularity``."""
+    score: float
+    """Its primary metric on the holdout."""
+    text: str
+    """Why, in words (logged, tagged, printed)."""
+
+
 @dataclass
 class TrainResult:
     run_id: str
     version: str
+    kind: str
+    """The kind of the registered version (the model's, or ``popularity``)."""
+    selection: str
     promoted: bool
     decision: str
     holdout: HoldoutResult
@@ -168,6 +184,9 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     data_end = int(frame["timestamp"].max())
     priors = learn_priors(frame, settings.engagement_half_life_days, settings.default_timezone)
 
+    chosen = select(holdout, cfg.params.kind)
+    print(chosen.text, flush=True)
+
     registry = ModelRegistry(settings)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment_id = _experiment(settings)
@@ -177,44 +196,50 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         mlflow.log_metrics(sendtime.flat())
         mlflow.log_metric("holdout_users", holdout.users_evaluated)
 
-        log.info("fitting the final model on all %d events", len(frame))
         full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
-        model = fit(
-            cfg.params,
-            full.matrix,
-            on_iteration=lambda it, _s, name, value: mlflow.log_metric(name, value, step=it),
-        )
-        bundle = to_bundle(
-            model,
-            cfg.params,
-            full.user_ids,
-            full.item_ids,
-            {
-                **_bundle_meta(cfg, full, frame, holdout, run.info.run_id),
-                "engagement_priors": priors.to_dict(),
-            },
-        )
+        meta = {
+            **_bundle_meta(cfg, full, frame, holdout, run.info.run_id),
+            "engagement_priors": priors.to_dict(),
+        }
+        if chosen.kind == POPULARITY:
+            log.info("registering the popularity baseline; %s is not refitted", cfg.params.kind)
+            bundle = popularity_bundle(
+                popularity(frame, cfg.weights, cfg.popularity_half_life_days), meta
+            )
+        else:
+            log.info("fitting the final model on all %d events", len(frame))
+            model = fit(
+                cfg.params,
+                full.matrix,
+                on_iteration=lambda it, _s, name, value: mlflow.log_metric(name, value, step=it),
+            )
+            bundle = to_bundle(model, cfg.params, full.user_ids, full.item_ids, meta)
         with tempfile.TemporaryDirectory(prefix="omnirec-bundle-") as tmp:
             bundle.save(tmp)
             mlflow.log_artifacts(tmp, artifact_path=BUNDLE_ARTIFACT_PATH)
         source = mlflow.get_artifact_uri(BUNDLE_ARTIFACT_PATH)
-        version = registry.register(run.info.run_id, source)
-        promoted, decision = _decide(registry, settings.model_alias, version, holdout, cfg)
+        promoted, decision = decide(registry, settings.model_alias, chosen, cfg)
+        tags = {
+            "omnirec.kind": chosen.kind,
+            "omnirec.selection": chosen.text,
+            "omnirec.promoted": str(promoted).lower(),
+            "omnirec.decision": decision,
+        }
+        version = registry.register(
+            run.info.run_id,
+            source,
+            tags=tags,
+            description=f"{chosen.text}\n{settings.model_alias}: {decision}",
+        )
         if promoted:
             registry.set_alias(settings.model_alias, version)
-        mlflow.set_tags(
-            {
-                "omnirec.model_version": version,
-                "omnirec.promoted": str(promoted).lower(),
-                "omnirec.decision": decision,
-            }
-        )
+        mlflow.set_tags({"omnirec.model_version": version, **tags})
         publication = None
         if cfg.publish:
             # Publishing writes large pipelines: allow more than a request's timeout.
             store = feature_store(settings, max(settings.redis_timeout_seconds, 10.0))
             profiles = user_profiles(
-                frame, data_end, settings.engagement_half_life_days, settings.default_timezone
+                frame, settings.engagement_half_life_days, settings.default_timezone
             )
             publication = publish(
                 store,
@@ -230,7 +255,9 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             mlflow.set_tag("omnirec.publication", publication)
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
     log.info("done in %.1f s", time.perf_counter() - started)
-    return TrainResult(run.info.run_id, version, promoted, decision, holdout, publication)
+    return TrainResult(
+        run.info.run_id, version, chosen.kind, chosen.text, promoted, decision, holdout, publication
+    )
 
 
 def _experiment(settings: Settings) -> str:
@@ -244,39 +271,66 @@ def _experiment(settings: Settings) -> str:
     return mlflow.create_experiment(settings.experiment, artifact_location=location)
 
 
-def _decide(
-    registry: ModelRegistry, alias: str, version: str, holdout: HoldoutResult, cfg: TrainConfig
+def select(holdout: HoldoutResult, kind: str) -> Selection:
+    """The personalised model when it beats the popularity baseline on the holdout's
+    primary metric, else the baseline. A tie is no win: the simpler model stays."""
+    model = holdout.metrics[kind][PRIMARY]
+    baseline = holdout.metrics[POPULARITY][PRIMARY]
+    shown, shown_baseline = _pair(model, baseline)
+    on = f"{PRIMARY}@{holdout.k} {shown} {{}} {shown_baseline}, {holdout.users_evaluated} people"
+    if model > baseline:
+        return Selection(kind, model, f"{kind} beat {POPULARITY}: {on.format('>')}")
+    verb, sign = ("tied", "=") if model == baseline else ("lost to", "<")
+    return Selection(
+        POPULARITY,
+        baseline,
+        f"{kind} {verb} {POPULARITY} ({on.format(sign)}): registered the {POPULARITY} baseline",
+    )
+
+
+def decide(
+    registry: ModelRegistry, alias: str, chosen: Selection, cfg: TrainConfig
 ) -> tuple[bool, str]:
-    key = f"{cfg.params.kind}_{PRIMARY}_at_{cfg.k}"
-    new = holdout.flat()[key]
+    """Whether ``alias`` moves to the run's version, and why in words."""
+    new = f"{chosen.kind} {PRIMARY}@{cfg.k} {chosen.score:.4f}"
     if cfg.promote:
-        return True, f"promoted by request ({PRIMARY}@{cfg.k} {new:.4f})"
-    baseline = holdout.metrics["popularity"][PRIMARY]
-    if new <= baseline:
-        return False, (
-            f"kept the champion: {PRIMARY}@{cfg.k} {new:.4f} does not beat popularity "
-            f"{baseline:.4f}"
-        )
+        return True, f"promoted by request ({new})"
     current = registry.version_behind(alias)
     if current is None:
-        return True, f"first champion ({PRIMARY}@{cfg.k} {new:.4f})"
+        return True, f"first champion ({new})"
+    held = f"{registry.name}/{current}"
     champion = _champion_metric(registry, current, cfg.k)
     if champion is None:
-        return False, (
-            f"kept {registry.name}/{current}: it logged no {PRIMARY}@{cfg.k} to compare; "
-            "use --promote"
-        )
-    if new >= champion:
+        return False, f"kept {held}: it logged no {PRIMARY}@{cfg.k} to compare; use --promote"
+    shown, shown_champion = _pair(chosen.score, champion)
+    on = f"{PRIMARY}@{cfg.k} {shown} {{}} {shown_champion}"
+    if chosen.score > champion:
+        return True, f"beat {held}: {chosen.kind} {on.format('>')}"
+    if chosen.score == champion:
         # Ties go to the new version: it has seen fresher data.
-        return True, f"beat {registry.name}/{current}: {PRIMARY}@{cfg.k} {new:.4f} ≥ {champion:.4f}"
-    return False, (f"kept {registry.name}/{current}: {PRIMARY}@{cfg.k} {new:.4f} < {champion:.4f}")
+        return True, f"tied {held} ({chosen.kind} {on.format('=')}): the newer version serves"
+    return False, f"kept {held}: {chosen.kind} {on.format('<')}"
+
+
+def _pair(a: float, b: float) -> tuple[str, str]:
+    """Both numbers at 4 decimals, or at as many more as it takes to show they differ."""
+    for digits in range(4, 10):
+        shown = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if a == b or shown[0] != shown[1]:
+            return shown
+    return repr(a), repr(b)
 
 
 def _champion_metric(registry: ModelRegistry, version: str, k: int) -> float | None:
-    """The champion's logged holdout metric at ``k``, whatever its model kind."""
+    """The champion's logged holdout metric at ``k``: that of the kind it was registered
+    as (``omnirec.kind``; versions from before the tag: the personalised model's)."""
+    metrics = registry.run_metrics(version)
+    kind = registry.version_tags(version).get("omnirec.kind")
+    if kind:
+        return metrics.get(f"{kind}_{PRIMARY}_at_{k}")
     found = [
         value
-        for name, value in registry.run_metrics(version).items()
+        for name, value in metrics.items()
         if name.endswith(f"_{PRIMARY}_at_{k}") and not name.startswith(("popularity_", "sendtime_"))
     ]
     return found[0] if found else None
