@@ -123,7 +123,6 @@ TRICKY = [
 @pytest.mark.parametrize("default_timezone", ["UTC", "Australia/Sydney"])
 def test_user_profiles_agree_with_profile_from_events(default_timezone: str) -> None:
     frame = frame_of(TRICKY)
-    now = T0 + 12 * DAY
     profiles = user_profiles(frame, 20.0, default_timezone)
     assert list(profiles) == ["a", "b", "c", "d", "e"]
     for user, built in profiles.items():
@@ -166,7 +165,6 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, dic
 @pytest.fixture(scope="module")
 def fitted(planted: tuple[pd.DataFrame, dict]) -> tuple[dict[str, EngagementProfile], Priors]:
     frame, _ = planted
-    now = float(frame.timestamp.max())
     return user_profiles(frame), learn_priors(frame)
 
 
@@ -180,7 +178,6 @@ def test_synthetic_profiles_agree_with_profile_from_events(
 ) -> None:
     frame, truth = planted
     profiles, _ = fitted
-    now = float(frame.timestamp.max())
     proxied = [u for u, t in truth["users"].items() if t["proxy_opens"]][:3]
     for user in [*proxied, "u00000", "u00299"]:
         assert_same(profiles[user], profile_from_events(events_of(frame, user), 30.0))
