@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = (
     ("recommendation quality, served through gRPC (MovieLens 100K)", ["bench_quality.py"]),
-    ("send-time quality (MovieLens 100K)", ["bench_send_time.py"]),
+    ("send-time quality (independent regimes, MovieLens 100K)", ["bench_send_time.py"]),
     ("latency and throughput vs a bare gRPC echo server", ["bench_latency.py"]),
     ("event loading", ["bench_event_log.py", "--rows", "1000000"]),
 )

@@ -85,14 +85,24 @@ WEEK_HOURS = DAYS * HOURS
 #: Where an answer's evidence comes from (``hour_probabilities``' second value).
 SOURCES = ("user", "segment_prior", "global_prior")
 
-#: Events that show the person is awake and around (site, app, store).
-ACTIVITY_EVENT_TYPES: tuple[str, ...] = (
+#: Site, app and store activity: visits and item events (not dislikes, which also
+#: arrive as feedback on a recommendation sent earlier).
+SITE_ACTIVITY_EVENT_TYPES: tuple[str, ...] = (
     "session_start",
     "view",
     "click",
     "favourite",
     "add_to_cart",
     "purchase",
+)
+#: Events that show the person is awake and around: site activity, and their own (not
+#: automated) opens and clicks of messages, at the moment they happen. (An open is also
+#: credited to the delivery it answers; as activity it says when the person reads, which
+#: where people check their inbox at set times is the best sign there is.)
+ACTIVITY_EVENT_TYPES: tuple[str, ...] = (
+    *SITE_ACTIVITY_EVENT_TYPES,
+    "message_open",
+    "message_click",
 )
 #: An open or click answers the latest delivery on its channel at most this long before.
 ATTRIBUTION_WINDOW_SECONDS = 48 * 3600
@@ -470,9 +480,9 @@ def profile_from_events(
             sent.setdefault(channel, []).append((ts, hour, day))
         elif automated:
             continue
-        elif kind in ("message_open", "message_click") and channel in MESSAGE_CHANNELS:
+        if kind in ("message_open", "message_click") and channel in MESSAGE_CHANNELS:
             answers.append((channel, kind, ts, zone))
-        elif kind in ACTIVITY_EVENT_TYPES:
+        if kind in ACTIVITY_EVENT_TYPES:
             # Keep the earliest, ties to the smallest zone name (as training does).
             first = active.get(ts // 3600)
             if first is None or (ts, zone) < first:

@@ -629,7 +629,7 @@ TUNING_GRID = {
     "activity_smoothing_hours": (0.5, 1.0, 1.5, 2.5),
     "activity_strength": (0.03, 0.3, 1.0, 4.0, 16.0),
     "day_type_strength": (0.3, 1.0, 3.0, 10.0, 1e6),
-    "half_life_days": (7.0, 30.0, 90.0, 365.0),
+    "half_life_days": (30.0, 90.0, 365.0),
     "strength": (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
     "activity_exponent": (0.0, 0.5, 1.0, 2.0),
 }
@@ -638,8 +638,8 @@ VALIDATION_FRACTION = 0.2
 #: Held-out activity hours (and deliveries) below which a part of the tuning keeps its
 #: default: too little to tell candidates apart.
 MIN_VALIDATION = 50
-#: Candidate channel strengths (pseudo-deliveries) of the beta-binomial fit.
-CHANNEL_STRENGTHS = tuple(float(v) for v in np.geomspace(0.25, 512.0, 24))
+#: Candidate pseudo-deliveries of the channel prior (``Tuning.channel_strength``).
+CHANNEL_STRENGTHS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
 
 @dataclass
@@ -657,6 +657,10 @@ class TuningReport:
     """Their mean Bernoulli log likelihood with the chosen tuning."""
     replay_rate: float | None = None
     """Share answered of the held-out deliveries sent within 1 h of the chosen hour."""
+    presence_hit_rate: float | None = None
+    """Share of those people's held-out active hours within 1 h of the chosen hour."""
+    channel_replay_rate: float | None = None
+    """Share answered of the held-out deliveries on the top-ranked channel."""
     notes: list[str] = field(default_factory=list)
 
     def flat(self) -> dict[str, float]:
@@ -688,7 +692,9 @@ class TuningReport:
             + (
                 f"  [{self.deliveries} held-out deliveries, "
                 f"log-lik {self.delivery_log_likelihood:.4f}, answered at the chosen hour "
-                f"{self.replay_rate:.3f}]"
+                f"{self.replay_rate:.3f}, around at it "
+                + ("-" if self.presence_hit_rate is None else f"{self.presence_hit_rate:.3f}")
+                + "]"
                 if self.delivery_log_likelihood is not None
                 else ""
             ),
@@ -716,6 +722,8 @@ def _held_out_latest(events: _Events, fraction: float) -> np.ndarray:
 def _rows_on(rows: _Rows, people: np.ndarray, width: int) -> np.ndarray:
     """``rows`` as a dense (len(people), width) array on ``people`` (user positions)."""
     out = np.zeros((len(people), width))
+    if not len(rows.users):
+        return out
     at = np.searchsorted(rows.users, people)
     ok = (at < len(rows.users)) & (rows.users[np.minimum(at, len(rows.users) - 1)] == people)
     out[ok] = rows.values[at[ok]]
@@ -752,35 +760,43 @@ def _answered(events: _Events) -> np.ndarray:
     return out
 
 
-def channel_strengths(events: _Events) -> dict[str, float]:
-    """Per channel the prior strength (pseudo-deliveries) of a person's overall
-    engagement rate: the beta-binomial marginal likelihood of everybody's (answered
-    deliveries, deliveries), maximised over :data:`CHANNEL_STRENGTHS` with the prior mean
-    at the channel's pooled rate. Little spread between people (everyone reads at about
-    the same rate) gives a strong prior, much spread a weak one. Channels with fewer than
-    20 people with deliveries are left out (the default strength applies)."""
-    from scipy.special import betaln
-
-    answered = _answered(events)
-    delivered = events.of_kind("message_delivered") & (events.channel >= 0)
-    out: dict[str, float] = {}
+def _channel_strength(
+    counts: _Counts,
+    priors: Priors,
+    people: np.ndarray,
+    rows_of: np.ndarray,
+    channel: np.ndarray,
+    answered: np.ndarray,
+) -> tuple[dict[str, float], float]:
+    """The pseudo-deliveries of the channel prior (one value for every channel) whose
+    ranking's top channel per person would have been answered most often: the replay
+    value over the held-out deliveries (``channel``, ``answered``, each person's row in
+    ``rows_of`` of ``people``) that went to that channel. Why not an empirical-Bayes
+    fit per channel: it estimates how much people's rates spread, which with a handful of
+    opens each says "shrink hard", and hard shrinkage towards different channel means
+    sends everybody to the channel that is best on average. Returns the strengths and
+    the replay value."""
+    sent = np.zeros((len(people), len(MESSAGE_CHANNELS)))
+    read = np.zeros_like(sent)
     for c, name in enumerate(MESSAGE_CHANNELS):
-        on = delivered & (events.channel == c)
-        n = np.bincount(events.codes[on], minlength=len(events.users)).astype(np.float64)
-        k = np.bincount(events.codes[on & answered], minlength=len(events.users)).astype(float)
-        has = n > 0
-        if has.sum() < 20 or k.sum() == 0:
-            continue
-        n, k = n[has], k[has]
-        mean = float(np.clip(k.sum() / n.sum(), 1e-3, 1 - 1e-3))
-        best, best_ll = None, -np.inf
-        for s in CHANNEL_STRENGTHS:
-            a, b = mean * s, (1 - mean) * s
-            ll = float(np.sum(betaln(k + a, n - k + b) - betaln(a, b)))
-            if ll > best_ll:
-                best, best_ll = s, ll
-        out[name] = float(best)
-    return out
+        if name in counts.channels:
+            parts = [_rows_on(part, people, HOURS).sum(axis=1) for part in counts.channels[name]]
+            sent[:, c], read[:, c] = parts[0], np.maximum(parts[1], parts[2])
+    mean = np.array([_channel_rate_of(priors, name) for name in MESSAGE_CHANNELS])
+    best_value, best = -1.0, DEFAULT_STRENGTH
+    for strength in CHANNEL_STRENGTHS:
+        score = (read + strength * mean) / (sent + strength)
+        top = np.argmax(score, axis=1)  # ties: the earlier channel, as rank_channels
+        matched = channel == top[rows_of]
+        value = float(answered[matched].mean()) if matched.any() else 0.0
+        if value > best_value + 1e-9:
+            best_value, best = value, strength
+    return {name: float(best) for name in MESSAGE_CHANNELS}, best_value
+
+
+def _channel_rate_of(priors: Priors, name: str) -> float:
+    rate = priors.channel_rate.get(name, DEFAULT_RATE)
+    return float(rate) if math.isfinite(rate) else DEFAULT_RATE
 
 
 def learn_tuning(
@@ -801,8 +817,8 @@ def learn_tuning(
     - the message part (half-life, rate strength, activity exponent) maximising the
       Bernoulli log likelihood of held-out deliveries being answered, at their local day
       type and hour;
-    - per channel the strength of the overall rate prior by empirical Bayes
-      (:func:`channel_strengths`, on the whole log).
+    - the strength of the channel prior: the replay value of sending on each person's
+      top channel (:func:`_channel_strength`).
 
     A part with fewer than :data:`MIN_VALIDATION` held-out hours (deliveries) keeps its
     defaults, and the report says so.
@@ -814,7 +830,6 @@ def learn_tuning(
         report.notes.append("no events: default tuning")
         return report
     events = _events(frame, default_timezone)
-    tuning = replace(tuning, channel_strength=channel_strengths(events))
     held = _held_out_latest(events, VALIDATION_FRACTION)
     past_rows = np.flatnonzero(~held)
     past = events.take(past_rows)
@@ -898,7 +913,20 @@ def learn_tuning(
         hourly_a = _rows_on(counts_a.activity, d_people, HOURS)
         weekly_a = _rows_on(counts_a.weekly_activity, d_people, WEEK_HOURS)
         overall = activity_share(hourly_a, tuning, prior_share)
-        scored_m: list[tuple[float, int, float, tuple[float, float, float]]] = []
+        # Presence targets of these people (held-out activity and own opens), each
+        # against the best hour of the channel the person was sent most on.
+        on_people = np.isin(a_users, d_people)
+        p_rows = np.searchsorted(d_people, a_users[on_people])
+        p_hours, p_weekend = a_hours[on_people], a_weekend[on_people]
+        main = np.argmax(
+            np.bincount(
+                rows_of * len(MESSAGE_CHANNELS) + d_channel,
+                minlength=len(d_people) * len(MESSAGE_CHANNELS),
+            ).reshape(len(d_people), len(MESSAGE_CHANNELS)),
+            axis=1,
+        )
+        p_channel = main[p_rows]
+        scored_m: list[tuple[float, int, float, float, tuple[float, float, float]]] = []
         for hl in grid["half_life_days"]:
             counts = _counts(past, hl, tuning.activity_half_life_days)
             by_channel = {}
@@ -919,6 +947,7 @@ def learn_tuning(
                     t = replace(tuning, strength=s, activity_exponent=beta, half_life_days=hl)
                     rate = np.full(len(d_hours), 0.5)
                     best_hour = np.full(len(d_hours), -99)
+                    p_best = np.full(len(p_hours), -99)
                     for c, (sent, read, weekly_sent, weekly_read) in by_channel.items():
                         name = MESSAGE_CHANNELS[c]
                         curve = np.asarray(priors.channel_hour_rate[name])
@@ -930,8 +959,11 @@ def learn_tuning(
                         mine = d_channel == c
                         for k, weekend in enumerate((False, True)):
                             sel = mine & (d_weekend == weekend)
+                            best = np.argmax(types[k], axis=1)
                             rate[sel] = types[k][rows_of[sel], d_hours[sel]]
-                            best_hour[sel] = np.argmax(types[k], axis=1)[rows_of[sel]]
+                            best_hour[sel] = best[rows_of[sel]]
+                            there = (p_channel == c) & (p_weekend == weekend)
+                            p_best[there] = best[p_rows[there]]
                     # Replay (off-policy) value: held-out deliveries sent within 1 h of
                     # the hour this tuning would have chosen, and how often they were
                     # answered. What the choice of hour is for; the likelihood of every
@@ -940,13 +972,30 @@ def learn_tuning(
                     value = float(d_answered[matched].mean()) if matched.any() else 0.0
                     rate = np.clip(rate, 1e-4, 1 - 1e-4)
                     ll = float(np.mean(np.where(d_answered, np.log(rate), np.log1p(-rate))))
-                    scored_m.append((value, int(matched.sum()), ll, (hl, beta, s)))
-        # One-standard-error rule on the replay value, then the best log likelihood.
-        top, n_top = max((v, n) for v, n, _, _ in scored_m)
-        error = math.sqrt(top * (1 - top) / max(n_top, 1))
-        value, _, best_ll, (hl, beta, s) = max(
-            (c for c in scored_m if c[0] >= top - error), key=lambda c: c[2]
+                    near = np.abs((p_hours - p_best + 12) % HOURS - 12) <= 1
+                    presence = float(near.mean()) if len(near) else 0.0
+                    scored_m.append((value, int(matched.sum()), presence, ll, (hl, beta, s)))
+        # Under an old schedule that always sent at the same hours, the replay value can
+        # hardly tell candidates apart (few held-out deliveries fall anywhere else), and
+        # the likelihood is dominated by those hours. So: every candidate whose replay
+        # value is within two standard errors of the best, and of those the one whose
+        # hours best meet the hours the person was around (presence), then likelihood.
+        top, n_top = max((v, n) for v, n, _, _, _ in scored_m)
+        error = 2 * math.sqrt(top * (1 - top) / max(n_top, 1))
+        value, _, presence, best_ll, (hl, beta, s) = max(
+            (c for c in scored_m if c[0] >= top - error), key=lambda c: (round(c[2], 3), c[3])
         )
+        report.presence_hit_rate = presence if len(p_hours) else None
+        tuning = replace(tuning, half_life_days=hl)
+        strengths, report.channel_replay_rate = _channel_strength(
+            _counts(past, hl, tuning.activity_half_life_days),
+            priors,
+            d_people,
+            rows_of,
+            d_channel,
+            d_answered,
+        )
+        tuning = replace(tuning, channel_strength=strengths)
         tuning = replace(tuning, half_life_days=hl, activity_exponent=beta, strength=s)
         report.deliveries, report.delivery_log_likelihood = len(d_hours), best_ll
         report.replay_rate = value

@@ -43,7 +43,7 @@ class SendSlot(_message.Message):
     def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., local_hour: _Optional[int] = ...) -> None: ...
 
 class PredictSendTimeResponse(_message.Message):
-    __slots__ = ("send_at", "probability", "alternatives", "source", "evidence", "timezone", "model_version")
+    __slots__ = ("send_at", "probability", "alternatives", "source", "evidence", "timezone", "model_version", "local_hour", "evidence_detail")
     SEND_AT_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,8 @@ class PredictSendTimeResponse(_message.Message):
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     TIMEZONE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_HOUR_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_DETAIL_FIELD_NUMBER: _ClassVar[int]
     send_at: _timestamp_pb2.Timestamp
     probability: float
     alternatives: _containers.RepeatedCompositeFieldContainer[SendSlot]
@@ -58,7 +60,19 @@ class PredictSendTimeResponse(_message.Message):
     evidence: int
     timezone: str
     model_version: str
-    def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[SendSlot, _Mapping]]] = ..., source: _Optional[str] = ..., evidence: _Optional[int] = ..., timezone: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    local_hour: int
+    evidence_detail: Evidence
+    def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[SendSlot, _Mapping]]] = ..., source: _Optional[str] = ..., evidence: _Optional[int] = ..., timezone: _Optional[str] = ..., model_version: _Optional[str] = ..., local_hour: _Optional[int] = ..., evidence_detail: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("deliveries", "engagements", "activity_events")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    ENGAGEMENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    deliveries: int
+    engagements: int
+    activity_events: int
+    def __init__(self, deliveries: _Optional[int] = ..., engagements: _Optional[int] = ..., activity_events: _Optional[int] = ...) -> None: ...
 
 class RankChannelsRequest(_message.Message):
     __slots__ = ("user_id", "identifier")
@@ -79,9 +93,11 @@ class ChannelScore(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., score: _Optional[float] = ..., evidence: _Optional[int] = ...) -> None: ...
 
 class RankChannelsResponse(_message.Message):
-    __slots__ = ("channels", "model_version")
+    __slots__ = ("channels", "model_version", "source")
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     channels: _containers.RepeatedCompositeFieldContainer[ChannelScore]
     model_version: str
-    def __init__(self, channels: _Optional[_Iterable[_Union[ChannelScore, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, channels: _Optional[_Iterable[_Union[ChannelScore, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from omnirec.v1 import identity_pb2 as omnirec_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19omnirec/v1/profiles.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"D\n\x15LinkIdentitiesRequest\x12+\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x16.omnirec.v1.Identifier\";\n\x16LinkIdentitiesResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x05\"N\n\x11GetProfileRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\x12\r\n\x05limit\x18\x02 \x01(\x05\"}\n\x0bProfileItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\r\n\x05price\x18\x05 \x01(\x01\"1\n\rCategoryCount\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\"\xe9\x02\n\x12GetProfileResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12-\n\x0crecent_views\x18\x02 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12+\n\nfavourites\x18\x03 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12%\n\x04\x63\x61rt\x18\x04 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12*\n\tpurchases\x18\x05 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12\x31\n\x0etop_categories\x18\x06 \x03(\x0b\x32\x19.omnirec.v1.CategoryCount\x12\x19\n\x11preferred_channel\x18\x07 \x01(\t\x12\x17\n\x0fpreferred_hours\x18\x08 \x03(\x05\x12\x10\n\x08timezone\x18\t \x01(\t\x12\x18\n\x10identifier_kinds\x18\n \x03(\t\"?\n\x11\x46orgetUserRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\"B\n\x12\x46orgetUserResponse\x12\x14\n\x0ckeys_removed\x18\x01 \x01(\x05\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x05\x32\xfd\x01\n\x08Profiles\x12W\n\x0eLinkIdentities\x12!.omnirec.v1.LinkIdentitiesRequest\x1a\".omnirec.v1.LinkIdentitiesResponse\x12K\n\nGetProfile\x12\x1d.omnirec.v1.GetProfileRequest\x1a\x1e.omnirec.v1.GetProfileResponse\x12K\n\nForgetUser\x12\x1d.omnirec.v1.ForgetUserRequest\x1a\x1e.omnirec.v1.ForgetUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19omnirec/v1/profiles.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"D\n\x15LinkIdentitiesRequest\x12+\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x16.omnirec.v1.Identifier\";\n\x16LinkIdentitiesResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x05\"N\n\x11GetProfileRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\x12\r\n\x05limit\x18\x02 \x01(\x05\"}\n\x0bProfileItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\r\n\x05price\x18\x05 \x01(\x01\"1\n\rCategoryCount\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\"\xab\x03\n\x12GetProfileResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12-\n\x0crecent_views\x18\x02 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12+\n\nfavourites\x18\x03 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12%\n\x04\x63\x61rt\x18\x04 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12*\n\tpurchases\x18\x05 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12\x31\n\x0etop_categories\x18\x06 \x03(\x0b\x32\x19.omnirec.v1.CategoryCount\x12\x19\n\x11preferred_channel\x18\x07 \x01(\t\x12\x17\n\x0fpreferred_hours\x18\x08 \x03(\x05\x12\x10\n\x08timezone\x18\t \x01(\t\x12\x18\n\x10identifier_kinds\x18\n \x03(\t\x12 \n\x18preferred_channel_source\x18\x0b \x01(\t\x12\x1e\n\x16preferred_hours_source\x18\x0c \x01(\t\"?\n\x11\x46orgetUserRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\"B\n\x12\x46orgetUserResponse\x12\x14\n\x0ckeys_removed\x18\x01 \x01(\x05\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x05\x32\xfd\x01\n\x08Profiles\x12W\n\x0eLinkIdentities\x12!.omnirec.v1.LinkIdentitiesRequest\x1a\".omnirec.v1.LinkIdentitiesResponse\x12K\n\nGetProfile\x12\x1d.omnirec.v1.GetProfileRequest\x1a\x1e.omnirec.v1.GetProfileResponse\x12K\n\nForgetUser\x12\x1d.omnirec.v1.ForgetUserRequest\x1a\x1e.omnirec.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,11 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATEGORYCOUNT']._serialized_start=439
   _globals['_CATEGORYCOUNT']._serialized_end=488
   _globals['_GETPROFILERESPONSE']._serialized_start=491
-  _globals['_GETPROFILERESPONSE']._serialized_end=852
-  _globals['_FORGETUSERREQUEST']._serialized_start=854
-  _globals['_FORGETUSERREQUEST']._serialized_end=917
-  _globals['_FORGETUSERRESPONSE']._serialized_start=919
-  _globals['_FORGETUSERRESPONSE']._serialized_end=985
-  _globals['_PROFILES']._serialized_start=988
-  _globals['_PROFILES']._serialized_end=1241
+  _globals['_GETPROFILERESPONSE']._serialized_end=918
+  _globals['_FORGETUSERREQUEST']._serialized_start=920
+  _globals['_FORGETUSERREQUEST']._serialized_end=983
+  _globals['_FORGETUSERRESPONSE']._serialized_start=985
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1051
+  _globals['_PROFILES']._serialized_start=1054
+  _globals['_PROFILES']._serialized_end=1307
 # @@protoc_insertion_point(module_scope)

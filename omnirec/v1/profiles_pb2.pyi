@@ -55,7 +55,7 @@ class CategoryCount(_message.Message):
     def __init__(self, category: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
 
 class GetProfileResponse(_message.Message):
-    __slots__ = ("person_id", "recent_views", "favourites", "cart", "purchases", "top_categories", "preferred_channel", "preferred_hours", "timezone", "identifier_kinds")
+    __slots__ = ("person_id", "recent_views", "favourites", "cart", "purchases", "top_categories", "preferred_channel", "preferred_hours", "timezone", "identifier_kinds", "preferred_channel_source", "preferred_hours_source")
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
     RECENT_VIEWS_FIELD_NUMBER: _ClassVar[int]
     FAVOURITES_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,8 @@ class GetProfileResponse(_message.Message):
     PREFERRED_HOURS_FIELD_NUMBER: _ClassVar[int]
     TIMEZONE_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_KINDS_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_CHANNEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_HOURS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     person_id: str
     recent_views: _containers.RepeatedCompositeFieldContainer[ProfileItem]
     favourites: _containers.RepeatedCompositeFieldContainer[ProfileItem]
@@ -76,7 +78,9 @@ class GetProfileResponse(_message.Message):
     preferred_hours: _containers.RepeatedScalarFieldContainer[int]
     timezone: str
     identifier_kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, person_id: _Optional[str] = ..., recent_views: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., favourites: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., cart: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., purchases: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., top_categories: _Optional[_Iterable[_Union[CategoryCount, _Mapping]]] = ..., preferred_channel: _Optional[str] = ..., preferred_hours: _Optional[_Iterable[int]] = ..., timezone: _Optional[str] = ..., identifier_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    preferred_channel_source: str
+    preferred_hours_source: str
+    def __init__(self, person_id: _Optional[str] = ..., recent_views: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., favourites: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., cart: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., purchases: _Optional[_Iterable[_Union[ProfileItem, _Mapping]]] = ..., top_categories: _Optional[_Iterable[_Union[CategoryCount, _Mapping]]] = ..., preferred_channel: _Optional[str] = ..., preferred_hours: _Optional[_Iterable[int]] = ..., timezone: _Optional[str] = ..., identifier_kinds: _Optional[_Iterable[str]] = ..., preferred_channel_source: _Optional[str] = ..., preferred_hours_source: _Optional[str] = ...) -> None: ...
 
 class ForgetUserRequest(_message.Message):
     __slots__ = ("identifier",)
