@@ -24,6 +24,7 @@ from service.rpc import rpc
 from service.send_time import (
     EngagementProfile,
     Priors,
+    channel_source,
     plan_send,
     rank_channels,
     served_profile,
@@ -134,6 +135,7 @@ class EngagementService(epb_grpc.EngagementServicer):
             explore_rate=self.settings.explore_rate,
             rng=self._rng,
             alternatives=ALTERNATIVES,
+            counted_in=self.settings.default_timezone,
         )
         slots, source, evidence = plan.slots, plan.source, plan.evidence
         if not slots:
@@ -158,6 +160,12 @@ class EngagementService(epb_grpc.EngagementServicer):
             evidence=evidence,
             timezone=zone,
             model_version=label,
+            local_hour=best.local_hour,
+            evidence_detail=epb.Evidence(
+                deliveries=plan.detail.deliveries,
+                engagements=plan.detail.engagements,
+                activity_events=plan.detail.activity_events,
+            ),
         )
 
     @rpc
@@ -173,4 +181,5 @@ class EngagementService(epb_grpc.EngagementServicer):
                 for c, score, evidence in rank_channels(profile, priors)
             ],
             model_version=label,
+            source=channel_source(profile),
         )

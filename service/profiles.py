@@ -22,7 +22,7 @@ from service.errors import BadInput
 from service.features import FeatureStore, HistoryEntry
 from service.identity import Identities
 from service.rpc import rpc
-from service.send_time import hour_probabilities, rank_channels
+from service.send_time import channel_source, hour_probabilities, rank_channels
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         engagement = read_profile(self.store, s, person, priors)
         channel = rank_channels(engagement, priors)[0][0]
         zone = engagement.timezone or s.default_timezone
-        probabilities, _, _ = hour_probabilities(engagement, channel, priors, zone)
+        probabilities, hours_source, _ = hour_probabilities(engagement, channel, priors, zone)
         hours = [int(h) for h in np.argsort(-probabilities, kind="stable")[:PREFERRED_HOURS]]
         kinds = sorted({t.partition(":")[0] for t in self.identities.tokens(person)})
         return ppb.GetProfileResponse(
@@ -130,6 +130,8 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
             preferred_hours=hours,
             timezone=zone,
             identifier_kinds=kinds,
+            preferred_channel_source=channel_source(engagement),
+            preferred_hours_source=hours_source,
         )
 
     @rpc

@@ -1143,14 +1143,83 @@ def choose_slots(
 # --- one answer --------------------------------------------------------------------------
 
 
+def moved_to_zone(
+    profile: EngagementProfile, counted_in: str, zone: str, at: datetime
+) -> EngagementProfile:
+    """The profile with every count moved from the hours of ``counted_in`` to those of
+    ``zone``, by their difference in UTC offset at ``at`` (whole hours, rounded): for a
+    person whose zone was unknown when their events were counted, so that their hours are
+    the default zone's, and a request names the zone to plan in.
+
+    Raises
+    ------
+    ValueError
+        when either zone is unknown.
+    """
+    source, target = _zone(counted_in), _zone(zone)
+    if source is None or target is None:
+        raise ValueError(f"unknown time zone: {counted_in if source is None else zone!r}")
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    offset = target.utcoffset(at) - source.utcoffset(at)  # type: ignore[operator]
+    shift = int(round(offset.total_seconds() / 3600))
+    if shift == 0:
+        return profile
+
+    def moved(values: np.ndarray) -> np.ndarray:
+        return np.roll(values, shift)  # local = old + shift, wrapping the day (the week)
+
+    return EngagementProfile(
+        timezone=profile.timezone,
+        channels={
+            name: ChannelCounts(*(moved(values) for values in c._arrays()))
+            for name, c in profile.channels.items()
+        },
+        activity=moved(profile.activity),
+        as_of=profile.as_of,
+        weekly_activity=moved(profile.weekly_activity),
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The person's own evidence behind an answer on one channel: recency-weighted
+    deliveries, engagements (opens, or clicks where they are more) and activity events,
+    each rounded."""
+
+    deliveries: int
+    engagements: int
+    activity_events: int
+
+
+def evidence_of(profile: EngagementProfile, channel: str) -> Evidence:
+    """:class:`Evidence` of ``profile`` on ``channel``."""
+    counts = profile.channel(channel)
+    return Evidence(
+        deliveries=int(round(float(np.maximum(counts.deliveries, 0.0).sum()))),
+        engagements=int(round(float(np.maximum(counts.engaged(), 0.0).sum()))),
+        activity_events=int(round(float(np.maximum(profile.activity, 0.0).sum()))),
+    )
+
+
+def channel_source(profile: EngagementProfile) -> str:
+    """Where a channel ranking comes from: ``"user"`` when the person has at least
+    :data:`MIN_USER_DELIVERIES` weighted deliveries over all message channels, else
+    ``"global_prior"`` (the channels' overall rates decide)."""
+    delivered = sum(float(np.maximum(c.deliveries, 0.0).sum()) for c in profile.channels.values())
+    return "user" if delivered >= MIN_USER_DELIVERIES else "global_prior"
+
+
 @dataclass(frozen=True)
 class SendPlan:
     """What :func:`plan_send` answers: the slots best first (empty when every candidate
-    is quiet), where the evidence came from, and how much of it there was."""
+    is quiet), where the evidence came from, how much of it there was in all, and what
+    it was."""
 
     slots: list[Slot]
     source: str
     evidence: int
+    detail: Evidence
 
 
 def plan_send(
@@ -1164,17 +1233,25 @@ def plan_send(
     explore_rate: float = 0.0,
     rng: np.random.Generator | None = None,
     alternatives: int = 3,
+    counted_in: str | None = None,
 ) -> SendPlan:
     """The whole ``PredictSendTime`` answer for one person, planned in ``timezone`` (also
     the priors' segment): :func:`hour_probabilities`, the hour-of-week layer
     (:func:`week_probabilities`), then :func:`choose_slots`. The service and the
     evaluations call this one function, so what is measured is what is served.
 
+    ``counted_in`` is the zone whose hours the profile's counts are in when the person
+    has no known zone (the default zone their events were read in); planning in another
+    zone first moves the counts to it (:func:`moved_to_zone`). A person with a known zone
+    keeps their local hours wherever the plan is made: habits follow the local clock.
+
     Raises
     ------
     ValueError
         as :func:`hour_probabilities` and :func:`choose_slots` do.
     """
+    if profile.timezone is None and counted_in and counted_in != timezone:
+        profile = moved_to_zone(profile, counted_in, timezone, not_before)
     _, source, evidence = hour_probabilities(profile, channel, priors, timezone)
     week = week_probabilities(profile, channel, priors, timezone)
     slots = choose_slots(
@@ -1187,4 +1264,4 @@ def plan_send(
         rng=rng,
         alternatives=alternatives,
     )
-    return SendPlan(slots, source, evidence)
+    return SendPlan(slots, source, evidence, evidence_of(profile, channel))

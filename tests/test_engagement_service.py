@@ -76,6 +76,12 @@ def test_planted_hours_are_recovered_for_people_with_history(engagement, truth):
             continue
         asked += 1
         assert reply.timezone == planted["timezone"]
+        # The answer explains itself: the main slot's local hour and what it rests on.
+        assert reply.local_hour == local_hour(reply.send_at, reply.timezone)
+        detail = reply.evidence_detail
+        assert detail.deliveries > 0 and detail.activity_events > 0
+        assert 0 <= detail.engagements <= detail.deliveries
+        assert abs(detail.deliveries + detail.activity_events - reply.evidence) <= 1
         hits += (
             circular(local_hour(reply.send_at, reply.timezone), planted["active_hour_local"]) <= 1
         )
@@ -89,6 +95,9 @@ def test_channels_are_ranked_by_predicted_open_rate(engagement, truth):
     for user, planted in sorted(truth["users"].items())[:80]:
         reply = engagement.RankChannels(epb.RankChannelsRequest(user_id=user), timeout=5)
         assert sorted(c.channel for c in reply.channels) == ["email", "messenger", "push", "sms"]
+        assert reply.source == (
+            "user" if sum(c.evidence for c in reply.channels) >= 5 else "global_prior"
+        )
         scores = [c.score for c in reply.channels]
         assert scores == sorted(scores, reverse=True)
         # Enough deliveries on the planted channel to tell its rate from the others'.
@@ -210,6 +219,10 @@ def test_newcomers_get_priors_with_their_source(engagement):
     )
     assert reply.source in ("segment_prior", "global_prior")
     assert reply.evidence == 0
+    assert reply.evidence_detail == epb.Evidence()
+    assert reply.local_hour == local_hour(reply.send_at, reply.timezone)
+    ranked = engagement.RankChannels(epb.RankChannelsRequest(user_id="nobody-yet"), timeout=5)
+    assert ranked.source == "global_prior"
     segment = engagement.PredictSendTime(
         epb.PredictSendTimeRequest(
             user_id="nobody-yet", channel="push", timezone="Asia/Tokyo", ignore_quiet_hours=True
@@ -336,3 +349,37 @@ def test_a_dst_change_keeps_the_planned_local_hour(engagement):
     ]
     assert best[1] - best[0] == timedelta(hours=25)
     assert best[2] - best[1] == timedelta(hours=24)
+
+
+def test_a_person_without_a_zone_is_planned_in_the_requested_zone(engagement, recommender):
+    # Site visits around 20:00 UTC on many days, and no zone anywhere: counted in the
+    # default zone (UTC). Asked to plan in Tokyo (UTC+9), the answer is 05:00 there.
+    user = "zoneless-visitor"
+    # Live events after the published data end (the log ends about now).
+    start = (datetime.now(UTC) - timedelta(days=1)).replace(hour=20, minute=10)
+    events = [
+        pb.Event(
+            user_id=user,
+            item_id=f"item-{day}",
+            event_type="view",
+            channel="web",
+            timestamp=stamp(start - timedelta(days=day)),
+        )
+        for day in range(20)
+    ]
+    reply = recommender.TrackEvents(pb.TrackEventsRequest(events=events), timeout=5)
+    assert reply.accepted == len(events)
+    utc = engagement.PredictSendTime(
+        epb.PredictSendTimeRequest(user_id=user, channel="email", ignore_quiet_hours=True),
+        timeout=5,
+    )
+    tokyo = engagement.PredictSendTime(
+        epb.PredictSendTimeRequest(
+            user_id=user, channel="email", timezone="Asia/Tokyo", ignore_quiet_hours=True
+        ),
+        timeout=5,
+    )
+    assert utc.source == tokyo.source == "user"
+    assert utc.timezone == "UTC" and circular(utc.local_hour, 20) <= 1
+    assert tokyo.timezone == "Asia/Tokyo" and tokyo.local_hour == (utc.local_hour + 9) % 24
+    assert tokyo.local_hour == local_hour(tokyo.send_at, "Asia/Tokyo")

@@ -129,6 +129,9 @@ def test_anonymous_browsing_then_login_then_store_visit(rec, profiles, catalogue
     assert list(profile.identifier_kinds) == ["cookie", "phone", "user_id"]
     assert profile.preferred_channel in ("email", "sms", "push", "messenger")
     assert len(profile.preferred_hours) == 3
+    # She was never sent a message and visited in one hour: both are defaults, and say so.
+    assert profile.preferred_channel_source == "global_prior"
+    assert profile.preferred_hours_source in ("segment_prior", "global_prior")
     # The purchase made by phone is excluded for the account too, and in SimilarItems
     # filters for her whichever identifier the page knows her by.
     again = rec.Recommend(pb.RecommendRequest(user_id="acct-42", limit=20), timeout=5)

@@ -18,7 +18,7 @@ from service.identity import Identities
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
 from training import evaluation
 from training.catalogue import load_catalogue
-from training.engagement import evaluate_send_time, learn_priors, user_profiles
+from training.engagement import evaluate_send_time, learn_priors, learn_tuning, user_profiles
 from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions, index_of
 from training.models import ModelParams, fit, popularity_bundle, to_bundle
@@ -182,7 +182,14 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     )
     print(sendtime.table(), flush=True)
     data_end = int(frame["timestamp"].max())
-    priors = learn_priors(frame, settings.engagement_half_life_days, settings.default_timezone)
+    tuning = learn_tuning(frame, settings.engagement_half_life_days, settings.default_timezone)
+    print(tuning.summary(), flush=True)
+    priors = learn_priors(
+        frame, settings.engagement_half_life_days, settings.default_timezone, tuning=tuning.tuning
+    )
+    message_half_life, activity_half_life = tuning.tuning.recency(
+        settings.engagement_half_life_days
+    )
 
     chosen = select(holdout, cfg.params.kind)
     print(chosen.text, flush=True)
@@ -194,6 +201,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         mlflow.log_params(_params(cfg, sources, frame, bad_rows))
         mlflow.log_metrics(holdout.flat())
         mlflow.log_metrics(sendtime.flat())
+        mlflow.log_metrics(tuning.flat())
         mlflow.log_metric("holdout_users", holdout.users_evaluated)
 
         full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
@@ -239,7 +247,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             # Publishing writes large pipelines: allow more than a request's timeout.
             store = feature_store(settings, max(settings.redis_timeout_seconds, 10.0))
             profiles = user_profiles(
-                frame, settings.engagement_half_life_days, settings.default_timezone
+                frame, message_half_life, settings.default_timezone, activity_half_life
             )
             publication = publish(
                 store,

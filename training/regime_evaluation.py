@@ -15,7 +15,6 @@ top channel is it.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,8 +58,7 @@ class SendTimePredictor(Protocol):
         ...
 
     def channels(self, user_id: str) -> list[str]:
-        """Message channels, best first. A model whose ``channels`` also takes ``now``
-        (epoch seconds) is asked at the end of the training data."""
+        """Message channels, best first."""
         ...
 
 
@@ -150,8 +148,7 @@ def evaluate(regime: Regime, model: ModelFactory = served_model) -> RegimeReport
     """Fit ``model`` on ``regime.frame``, score it and every baseline on the regime's
     queries and planted channels.
 
-    Quiet hours are ignored (``quiet=None``); channel queries ask at the end of the
-    training data. A plan without slots counts as a miss.
+    Quiet hours are ignored (``quiet=None``). A plan without slots counts as a miss.
     """
     queries = regime.queries
     started = time.perf_counter()
@@ -161,8 +158,7 @@ def evaluate(regime: Regime, model: ModelFactory = served_model) -> RegimeReport
     started = time.perf_counter()
     hours = {MODEL: np.array([_model_hour(fitted, q) for q in queries], dtype=np.int64)}
     users = sorted(regime.channel_truth)
-    now = float(regime.frame["timestamp"].max()) if len(regime.frame) else 0.0
-    picks = {MODEL: [_top_channel(fitted, u, now) for u in users]}
+    picks = {MODEL: [_top_channel(fitted, u) for u in users]}
     answer_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -207,10 +203,8 @@ def _model_hour(model: SendTimePredictor, query: Query) -> int:
     return int(slots[0].local_hour) if slots else -1
 
 
-def _top_channel(model: SendTimePredictor, user_id: str, now: float) -> str:
-    # Models differ on whether RankChannels takes the request time; pass it where asked.
-    takes_now = len(inspect.signature(model.channels).parameters) >= 2
-    ranked = model.channels(user_id, now) if takes_now else model.channels(user_id)
+def _top_channel(model: SendTimePredictor, user_id: str) -> str:
+    ranked = model.channels(user_id)
     return ranked[0] if ranked else ""
 
 
