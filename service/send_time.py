@@ -67,7 +67,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -110,8 +110,9 @@ ATTRIBUTION_WINDOW_SECONDS = 48 * 3600
 SMOOTHING_SD_HOURS = 1.5
 #: Exponent tempering the awake factor: (activity share / mean share) ** exponent.
 ACTIVITY_EXPONENT = 0.75
-#: A person's own evidence is "meaningful" (source "user") from this many weighted
-#: deliveries on the channel, or this many weighted activity events.
+#: A person's own evidence is "meaningful" (source "user") from this many deliveries on
+#: the channel, or this many distinct active clock hours (plain counts, whatever their
+#: age: a short memory weighs old evidence less, it does not make it less).
 MIN_USER_DELIVERIES = 5.0
 MIN_USER_ACTIVITY = 10.0
 #: Pseudo-observations of the priors where nothing was learnt (``Tuning.strength``).
@@ -153,6 +154,8 @@ class ChannelCounts:
 
     ``opens`` and ``clicks`` are non-automated and sit at the hour (and weekday) of the
     delivery they answer (at their own when no delivery precedes them within 48 h).
+    ``sent`` and ``answered`` are the same deliveries and engagements counted plainly,
+    without recency weights: how much evidence there is, whatever its age.
     """
 
     deliveries: np.ndarray = field(default_factory=_zeros)
@@ -161,6 +164,8 @@ class ChannelCounts:
     weekly_deliveries: np.ndarray = field(default_factory=_week_zeros)
     weekly_opens: np.ndarray = field(default_factory=_week_zeros)
     weekly_clicks: np.ndarray = field(default_factory=_week_zeros)
+    sent: float = 0.0
+    answered: float = 0.0
 
     def engaged(self) -> np.ndarray:
         """Engagements per delivery hour: opens, or clicks where a channel tracks more
@@ -181,10 +186,16 @@ class ChannelCounts:
             self.weekly_clicks,
         )
 
+    def mapped(self, change: Callable[[np.ndarray], np.ndarray]) -> ChannelCounts:
+        """Every weighted array through ``change``; the plain counts as they are."""
+        return ChannelCounts(
+            *(change(values) for values in self._arrays()), sent=self.sent, answered=self.answered
+        )
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChannelCounts):
             return NotImplemented
-        return all(
+        return (self.sent, self.answered) == (other.sent, other.answered) and all(
             np.array_equal(a, b) for a, b in zip(self._arrays(), other._arrays(), strict=True)
         )
 
@@ -207,6 +218,8 @@ class EngagementProfile:
     as_of: float | None = None
     weekly_activity: np.ndarray = field(default_factory=_week_zeros)
     """``activity`` by local hour of the week (zeros in profiles written before it)."""
+    active_hours: float = 0.0
+    """Distinct clock hours with activity, counted plainly (no recency weights)."""
 
     def channel(self, name: str) -> ChannelCounts:
         """The counts of channel ``name`` (zeros when the person has none)."""
@@ -221,6 +234,7 @@ class EngagementProfile:
             and self.channels == other.channels
             and np.array_equal(self.activity, other.activity)
             and np.array_equal(self.weekly_activity, other.weekly_activity)
+            and self.active_hours == other.active_hours
         )
 
     def to_json(self) -> str:
@@ -251,6 +265,8 @@ class EngagementProfile:
                 )
                 if np.any(values)
             )
+            if counts.sent or counts.answered:
+                parts["n"] = [_number(counts.sent), _number(counts.answered)]
             if parts:
                 channels[name] = parts
         payload: dict[str, object] = {"v": _JSON_VERSION}
@@ -264,6 +280,8 @@ class EngagementProfile:
             payload["a"] = _compact(self.activity)
         if np.any(self.weekly_activity):
             payload["wa"] = _sparse(self.weekly_activity)
+        if self.active_hours:
+            payload["n"] = _number(self.active_hours)
         return json.dumps(payload, separators=(",", ":"))
 
     @classmethod
@@ -301,6 +319,13 @@ class EngagementProfile:
                 values[index] = number
             return values
 
+        def plain(raw: Mapping, at: int, what: str) -> float:
+            values = raw.get("n", [])
+            try:
+                return float(values[at]) if len(values) > at else 0.0
+            except (TypeError, ValueError):
+                raise ValueError(f"{what}: not numbers: {values!r}") from None
+
         channels = {
             str(name): ChannelCounts(
                 deliveries=array(raw, "d", f"{name} deliveries"),
@@ -309,6 +334,8 @@ class EngagementProfile:
                 weekly_deliveries=weekly(raw, "wd", f"{name} weekly deliveries"),
                 weekly_opens=weekly(raw, "wo", f"{name} weekly opens"),
                 weekly_clicks=weekly(raw, "wc", f"{name} weekly clicks"),
+                sent=plain(raw, 0, f"{name} plain counts"),
+                answered=plain(raw, 1, f"{name} plain counts"),
             )
             for name, raw in dict(payload.get("ch", {})).items()
         }
@@ -318,6 +345,7 @@ class EngagementProfile:
             activity=array(payload, "a", "activity"),
             as_of=float(payload["t"]) if payload.get("t") is not None else None,
             weekly_activity=weekly(payload, "wa", "weekly activity"),
+            active_hours=plain({"n": [payload.get("n", 0)]}, 0, "active hours"),
         )
 
     def merged(self, other: EngagementProfile) -> EngagementProfile:
@@ -327,13 +355,16 @@ class EngagementProfile:
         for name in (*self.channels, *(c for c in other.channels if c not in self.channels)):
             mine, theirs = self.channel(name), other.channel(name)
             channels[name] = ChannelCounts(
-                *(a + b for a, b in zip(mine._arrays(), theirs._arrays(), strict=True))
+                *(a + b for a, b in zip(mine._arrays(), theirs._arrays(), strict=True)),
+                sent=mine.sent + theirs.sent,
+                answered=mine.answered + theirs.answered,
             )
         return EngagementProfile(
             timezone=self.timezone or other.timezone,
             channels=channels,
             activity=self.activity + other.activity,
             weekly_activity=self.weekly_activity + other.weekly_activity,
+            active_hours=self.active_hours + other.active_hours,
             as_of=max((t for t in (self.as_of, other.as_of) if t is not None), default=None),
         )
 
@@ -361,16 +392,22 @@ class EngagementProfile:
             as_of=self.as_of,
             timezone=self.timezone,
             channels={
-                name: ChannelCounts(*(values * factor for values in c._arrays()))
-                for name, c in self.channels.items()
+                name: c.mapped(lambda values: values * factor) for name, c in self.channels.items()
             },
             activity=self.activity * active,
             weekly_activity=self.weekly_activity * active,
+            active_hours=self.active_hours,
         )
 
 
 def _compact(values: np.ndarray) -> list[float | int]:
     return [0 if v == 0 else float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64)]
+
+
+def _number(value: float) -> float | int:
+    """``value`` with 6 significant digits, an integer when it is one."""
+    rounded = float(f"{value:.6g}")
+    return int(rounded) if rounded.is_integer() else rounded
 
 
 def _sparse(values: np.ndarray) -> dict[str, float]:
@@ -477,6 +514,7 @@ def profile_from_events(
             counts = channels.setdefault(channel, ChannelCounts())
             counts.deliveries[hour] += weight
             counts.weekly_deliveries[day * HOURS + hour] += weight
+            counts.sent += 1
             sent.setdefault(channel, []).append((ts, hour, day))
         elif automated:
             continue
@@ -488,6 +526,7 @@ def profile_from_events(
             if first is None or (ts, zone) < first:
                 active[ts // 3600] = (ts, zone)
     # A burst of events in one clock hour is one sign of being around, not fifty.
+    plain: dict[str, list[int]] = {channel: [0, 0] for channel, _, _, _ in answers}
     for ts, zone in active.values():
         hour, day, weight = when_and_weight(ts, zone, active_scale)
         activity[hour] += weight
@@ -505,6 +544,9 @@ def profile_from_events(
         opened = kind == "message_open"
         (counts.opens if opened else counts.clicks)[hour] += weight
         (counts.weekly_opens if opened else counts.weekly_clicks)[day * HOURS + hour] += weight
+        plain[channel][0 if opened else 1] += 1
+    for channel, (opened, clicked) in plain.items():
+        channels[channel].answered = float(max(opened, clicked))
     ordered = {name: channels[name] for name in MESSAGE_CHANNELS if name in channels}
     return EngagementProfile(
         timezone=known,
@@ -512,6 +554,7 @@ def profile_from_events(
         activity=activity,
         as_of=now,
         weekly_activity=weekly_activity,
+        active_hours=float(len(active)),
     )
 
 
@@ -868,12 +911,12 @@ def hour_probabilities(
     probabilities
         float64[24].
     source
-        ``"user"`` when the person has at least :data:`MIN_USER_DELIVERIES` weighted
-        deliveries on the channel or :data:`MIN_USER_ACTIVITY` weighted activity events;
+        ``"user"`` when the person has at least :data:`MIN_USER_DELIVERIES` deliveries
+        on the channel or :data:`MIN_USER_ACTIVITY` distinct active hours (plain counts);
         else ``"segment_prior"`` when the priors have that segment, else
         ``"global_prior"``.
     evidence
-        Weighted deliveries on the channel plus weighted activity events, rounded.
+        Deliveries on the channel plus distinct active hours (plain counts), rounded.
 
     Raises
     ------
@@ -885,8 +928,7 @@ def hour_probabilities(
     awake = awake_factor(profile.activity, priors, segment)
     probabilities = np.clip(delivery_rates(counts, channel, priors, segment, awake), 0.0, 1.0)
 
-    delivered = float(np.maximum(counts.deliveries, 0.0).sum())
-    active = float(np.maximum(profile.activity, 0.0).sum())
+    delivered, active = _plain_deliveries(counts), _plain_activity(profile)
     if delivered >= MIN_USER_DELIVERIES or active >= MIN_USER_ACTIVITY:
         source = "user"
     elif segment and (
@@ -1013,7 +1055,7 @@ def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str,
     Beta posterior mean shrunk to ``priors.channel_rate`` with the channel's learnt
     pseudo-deliveries (``tuning.channel_strength``, else ``tuning.strength``): opens per
     delivery, not opens, since a brand that sends mostly email gets mostly email opens
-    from everybody. ``evidence`` is the weighted deliveries, rounded. Ties keep the order
+    from everybody. ``evidence`` is the deliveries (plain count). Ties keep the order
     of ``MESSAGE_CHANNELS``.
     """
     scored = []
@@ -1024,7 +1066,9 @@ def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str,
         engaged = float(np.maximum(counts.engaged(), 0.0).sum())
         strength = tuning.channel_strength.get(channel, tuning.strength)
         score = (engaged + strength * _channel_rate(priors, channel)) / (delivered + strength)
-        scored.append((channel, float(np.clip(score, 0.0, 1.0)), int(round(delivered))))
+        scored.append(
+            (channel, float(np.clip(score, 0.0, 1.0)), int(round(_plain_deliveries(counts))))
+        )
     return sorted(scored, key=lambda entry: -entry[1])
 
 
@@ -1171,13 +1215,11 @@ def moved_to_zone(
 
     return EngagementProfile(
         timezone=profile.timezone,
-        channels={
-            name: ChannelCounts(*(moved(values) for values in c._arrays()))
-            for name, c in profile.channels.items()
-        },
+        channels={name: c.mapped(moved) for name, c in profile.channels.items()},
         activity=moved(profile.activity),
         as_of=profile.as_of,
         weekly_activity=moved(profile.weekly_activity),
+        active_hours=profile.active_hours,
     )
 
 
@@ -1192,21 +1234,35 @@ class Evidence:
     activity_events: int
 
 
+def _plain_deliveries(counts: ChannelCounts) -> float:
+    # Profiles written before plain counts were kept have only the weighted ones.
+    return max(counts.sent, float(np.maximum(counts.deliveries, 0.0).sum()))
+
+
+def _plain_engagements(counts: ChannelCounts) -> float:
+    return max(counts.answered, float(np.maximum(counts.engaged(), 0.0).sum()))
+
+
+def _plain_activity(profile: EngagementProfile) -> float:
+    return max(profile.active_hours, float(np.maximum(profile.activity, 0.0).sum()))
+
+
 def evidence_of(profile: EngagementProfile, channel: str) -> Evidence:
-    """:class:`Evidence` of ``profile`` on ``channel``."""
+    """:class:`Evidence` of ``profile`` on ``channel``: plain counts (how much there is,
+    whatever its age; the answer weighs recent evidence more)."""
     counts = profile.channel(channel)
     return Evidence(
-        deliveries=int(round(float(np.maximum(counts.deliveries, 0.0).sum()))),
-        engagements=int(round(float(np.maximum(counts.engaged(), 0.0).sum()))),
-        activity_events=int(round(float(np.maximum(profile.activity, 0.0).sum()))),
+        deliveries=int(round(_plain_deliveries(counts))),
+        engagements=int(round(_plain_engagements(counts))),
+        activity_events=int(round(_plain_activity(profile))),
     )
 
 
 def channel_source(profile: EngagementProfile) -> str:
     """Where a channel ranking comes from: ``"user"`` when the person has at least
-    :data:`MIN_USER_DELIVERIES` weighted deliveries over all message channels, else
+    :data:`MIN_USER_DELIVERIES` deliveries over all message channels, else
     ``"global_prior"`` (the channels' overall rates decide)."""
-    delivered = sum(float(np.maximum(c.deliveries, 0.0).sum()) for c in profile.channels.values())
+    delivered = sum(_plain_deliveries(c) for c in profile.channels.values())
     return "user" if delivered >= MIN_USER_DELIVERIES else "global_prior"
 
 

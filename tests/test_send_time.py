@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -17,14 +18,20 @@ from service.send_time import (
     WEEK_HOURS,
     ChannelCounts,
     EngagementProfile,
+    Evidence,
     Priors,
     Tuning,
     awake_factor,
+    channel_source,
     choose_slots,
+    evidence_of,
     hour_probabilities,
     is_quiet,
+    moved_to_zone,
+    plan_send,
     profile_from_events,
     rank_channels,
+    served_profile,
     smooth,
     week_probabilities,
 )
@@ -311,9 +318,14 @@ def test_profile_json_round_trip_and_merge() -> None:
     ]
     person = profile_from_events(events, 30.0)
     text = person.to_json()
-    assert " " not in text and len(text) < 400
+    assert " " not in text and len(text) < 500
     back = EngagementProfile.from_json(text)
     assert back.timezone == BERLIN and set(back.channels) == {"email", "push"}
+    # Plain counts (how much evidence, whatever its age) and the weights' moment survive.
+    assert (back.channels["email"].sent, back.channels["email"].answered) == (1.0, 1.0)
+    assert (back.channels["push"].sent, back.channels["push"].answered) == (1.0, 0.0)
+    # The open is activity too (the person was around then): two distinct active hours.
+    assert back.active_hours == 2.0 and back.as_of == sent + 60
     np.testing.assert_allclose(
         back.channels["email"].opens, person.channels["email"].opens, rtol=1e-5
     )
@@ -610,3 +622,123 @@ def test_choose_slots_refuses_bad_arguments() -> None:
         choose_slots(np.ones(HOURS), BERLIN, start, 0, None)
     with pytest.raises(ValueError, match="time zone"):
         choose_slots(np.ones(HOURS), "Mars/Olympus", start, 24, None)
+
+
+# --- evidence that does not evaporate, zones, explanations --------------------------------
+
+
+def test_old_evidence_keeps_its_weight_relative_to_the_persons_latest_event() -> None:
+    # Twenty evenings of 1998 (the MovieLens regime): recency is relative to the person's
+    # own latest event, so a year-old habit still decides, with source "user".
+    start = int(datetime(1998, 3, 2, 21, 5, tzinfo=UTC).timestamp())
+    events = [("", "view", start + d * DAY, "", False) for d in range(20)]
+    person = profile_from_events(events, 30.0)
+    assert person.as_of == start + 19 * DAY
+    assert person.activity[21] > 10 and person.active_hours == 20
+    priors = flat_priors()
+    p, source, evidence = hour_probabilities(person, "email", priors, "UTC")
+    assert source == "user" and evidence == 20 and int(np.argmax(p)) == 21
+
+
+def test_a_short_memory_weighs_old_evidence_less_but_still_counts_it() -> None:
+    start = int(datetime(2026, 3, 2, 8, 5, tzinfo=UTC).timestamp())
+    old = [("", "view", start + d * DAY, "", False) for d in range(30)]  # mornings
+    recent = [("", "view", start + 40 * DAY + 12 * HOUR, "", False)]  # one evening, 20:05
+    person = profile_from_events(old + recent, 30.0, activity_half_life_days=1.0)
+    assert person.activity[20] == pytest.approx(1.0) and person.activity[8] < 1e-3
+    _, source, evidence = hour_probabilities(person, "email", flat_priors(), "UTC")
+    assert source == "user" and evidence == 31  # plain counts: how much, not how recent
+
+
+def test_served_profile_aligns_published_and_live_counts_to_the_latest_event() -> None:
+    published_at = NOW - 10 * DAY
+    published = profile_from_events([("", "view", published_at, BERLIN, False)], 10.0)
+    live = [("", "view", NOW, BERLIN, False), ("", "view", published_at - DAY, BERLIN, False)]
+    served = served_profile([published.to_json()], published_at, live, 10.0)
+    assert served.as_of == NOW
+    # The published view is 10 days (one half-life) older than the latest live one; the
+    # live event from before the data end is covered by the publication and not counted.
+    assert served.activity.sum() == pytest.approx(1.5, rel=1e-4)
+    assert served.active_hours == 2
+
+
+def test_a_zoneless_person_is_moved_to_the_zone_asked_for() -> None:
+    monday_20_utc = int(datetime(2026, 9, 21, 20, 0, tzinfo=UTC).timestamp())
+    events = [
+        ("email", "message_delivered", monday_20_utc, "", False),
+        ("email", "message_open", monday_20_utc + 60, "", False),
+    ]
+    person = profile_from_events(events, 30.0)  # counted in UTC: no zone known
+    at = datetime(2026, 9, 22, tzinfo=UTC)
+    tokyo = moved_to_zone(person, "UTC", "Asia/Tokyo", at)
+    assert int(np.argmax(tokyo.activity)) == 5  # 20:00 UTC is 05:00 in Tokyo
+    # ... on Tuesday there: the week wraps across the day boundary.
+    assert np.flatnonzero(tokyo.channels["email"].weekly_deliveries).tolist() == [1 * HOURS + 5]
+    assert tokyo.channels["email"].sent == 1 and tokyo.active_hours == person.active_hours
+    assert moved_to_zone(person, "UTC", "UTC", at) is person
+    with pytest.raises(ValueError, match="unknown time zone"):
+        moved_to_zone(person, "UTC", "Mars/Olympus", at)
+    # plan_send moves only people without a zone: habits follow the local clock.
+    priors = flat_priors()
+    planned = plan_send(person, "email", priors, "Asia/Tokyo", at, 24, None, counted_in="UTC")
+    assert planned.slots[0].local_hour == 5
+    known = replace(person, timezone="UTC")
+    kept = plan_send(known, "email", priors, "Asia/Tokyo", at, 24, None, counted_in="UTC")
+    assert kept.slots[0].local_hour == 20
+
+
+def test_plans_explain_their_evidence_and_channel_source() -> None:
+    sent = ts_at("2026-09-01T09:00")
+    events = [("email", "message_delivered", sent + d * DAY, BERLIN, False) for d in range(6)] + [
+        ("email", "message_open", sent + 120, BERLIN, False),
+        ("email", "message_open", sent + 240, BERLIN, True),  # automated: not counted
+        ("web", "session_start", sent - DAY, BERLIN, False),
+    ]
+    person = profile_from_events(events, 30.0)
+    assert evidence_of(person, "email") == Evidence(deliveries=6, engagements=1, activity_events=2)
+    assert evidence_of(person, "sms") == Evidence(deliveries=0, engagements=0, activity_events=2)
+    assert channel_source(person) == "user"
+    assert channel_source(EngagementProfile()) == "global_prior"
+    plan = plan_send(
+        person, "email", flat_priors(), BERLIN, datetime.fromtimestamp(NOW, UTC), 24, None
+    )
+    assert plan.detail == evidence_of(person, "email") and plan.source == "user"
+
+
+def test_tuning_round_trips_and_old_priors_read_with_defaults() -> None:
+    tuning = Tuning(
+        strength=3.0,
+        activity_strength=0.3,
+        activity_exponent=1.0,
+        activity_smoothing_hours=0.5,
+        day_type_strength=10.0,
+        half_life_days=90.0,
+        activity_half_life_days=1 / 24,
+        channel_strength={"email": 16.0},
+    )
+    assert Tuning.from_dict(json.loads(json.dumps(tuning.to_dict()))) == tuning
+    assert tuning.recency(30.0) == (90.0, 1 / 24)
+    assert Tuning().recency(30.0) == (30.0, 30.0)
+    old = {**Priors.flat().to_dict(), "strength": 5.0}
+    del old["tuning"]
+    assert Priors.from_dict(old).tuning == Tuning(strength=5.0, activity_strength=5.0)
+    with pytest.raises(ValueError, match="strength must be positive"):
+        Tuning.from_dict({"strength": 0})
+
+
+def test_a_weekend_habit_from_activity_alone_gives_weekend_slots() -> None:
+    # Weekday mornings at 07:00, weekend late mornings at 11:00 (Berlin), no messages.
+    monday = datetime(2026, 9, 7, 7, 10, tzinfo=ZoneInfo(BERLIN))
+    events = []
+    for week in range(6):
+        for day in range(7):
+            hour = 11 if day >= 5 else 7
+            moment = monday + timedelta(weeks=week, days=day)
+            events.append(("", "view", int(moment.replace(hour=hour).timestamp()), BERLIN, False))
+    person = profile_from_events(events, 30.0)
+    priors = replace(flat_priors(), tuning=Tuning(day_type_strength=1.0))
+    week = week_probabilities(person, "email", priors, BERLIN)
+    assert int(np.argmax(week[2])) == 7 and int(np.argmax(week[5])) == 11
+    saturday = datetime(2026, 10, 24, tzinfo=ZoneInfo(BERLIN))
+    plan = plan_send(person, "email", priors, BERLIN, saturday, 24, None)
+    assert plan.slots[0].local_hour == 11

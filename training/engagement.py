@@ -104,6 +104,8 @@ class _Counts:
     """Activity by local hour of the week (same users as ``activity``)."""
     raw_deliveries: dict[str, np.ndarray]
     """Channel -> unweighted deliveries per user (for the segment threshold)."""
+    raw_answered: dict[str, np.ndarray]
+    """Channel -> unweighted engagements per user (opens, or clicks where more)."""
     raw_activity: np.ndarray
     """Unweighted activity events per user."""
     latest: np.ndarray
@@ -117,7 +119,12 @@ class _Counts:
                 day = [np.zeros(HOURS) if r is None else r for r in rows]
                 weekly = [_row(part, i) for part in self.weekly[name]]
                 week = [np.zeros(WEEK_HOURS) if r is None else r for r in weekly]
-                channels[name] = ChannelCounts(*day, *week)
+                channels[name] = ChannelCounts(
+                    *day,
+                    *week,
+                    sent=float(self.raw_deliveries[name][i]),
+                    answered=float(self.raw_answered[name][i]),
+                )
         activity = _row(self.activity, i)
         weekly_activity = _row(self.weekly_activity, i)
         return EngagementProfile(
@@ -126,6 +133,7 @@ class _Counts:
             activity=np.zeros(HOURS) if activity is None else activity,
             as_of=float(self.latest[i]) if self.latest[i] >= 0 else None,
             weekly_activity=np.zeros(WEEK_HOURS) if weekly_activity is None else weekly_activity,
+            active_hours=float(self.raw_activity[i]),
         )
 
 
@@ -390,6 +398,7 @@ def _counts(
     channels: dict[str, tuple[_Rows, _Rows, _Rows]] = {}
     weekly: dict[str, tuple[_Rows, _Rows, _Rows]] = {}
     raw_deliveries: dict[str, np.ndarray] = {}
+    raw_answered: dict[str, np.ndarray] = {}
     for c, name in enumerate(MESSAGE_CHANNELS):
         on = channel_codes == c
         parts, week_parts = [], []
@@ -405,6 +414,10 @@ def _counts(
             channels[name] = (parts[0], parts[1], parts[2])
             weekly[name] = (week_parts[0], week_parts[1], week_parts[2])
         raw_deliveries[name] = np.bincount(events.codes[delivered & on], minlength=n)
+        raw_answered[name] = np.maximum(
+            np.bincount(events.codes[answer & on & events.of_kind("message_open")], minlength=n),
+            np.bincount(events.codes[answer & on & events.of_kind("message_click")], minlength=n),
+        )
     return _Counts(
         users=events.users,
         zone=events.zone,
@@ -415,6 +428,7 @@ def _counts(
             events.codes[active], week_hour[active], active_weight[active], WEEK_HOURS
         ),
         raw_deliveries=raw_deliveries,
+        raw_answered=raw_answered,
         raw_activity=np.bincount(events.codes[active], minlength=n),
         latest=latest,
     )
@@ -442,10 +456,15 @@ def user_profiles(
         # The weekly rows belong to the same users as the hourly ones (same events).
         users, arrays = _aligned((*parts, *counts.weekly[name]))
         for k, i in enumerate(users):
-            built[i].channels[name] = ChannelCounts(*(a[k] for a in arrays))
+            built[i].channels[name] = ChannelCounts(
+                *(a[k] for a in arrays),
+                sent=float(counts.raw_deliveries[name][i]),
+                answered=float(counts.raw_answered[name][i]),
+            )
     for k, i in enumerate(counts.activity.users):
         built[i].activity = counts.activity.values[k]
         built[i].weekly_activity = counts.weekly_activity.values[k]
+        built[i].active_hours = float(counts.raw_activity[i])
     profiles = {str(user): built[i] for i, user in enumerate(counts.users)}
     log.info("built %d engagement profiles in %.2fs", len(profiles), time.perf_counter() - started)
     return profiles
@@ -472,12 +491,17 @@ class SendTimeModel:
 
     @classmethod
     def fit(
-        cls, frame: pd.DataFrame, half_life_days: float = 30.0, default_timezone: str = "UTC"
+        cls,
+        frame: pd.DataFrame,
+        half_life_days: float = 30.0,
+        default_timezone: str = "UTC",
+        tuning: Tuning | None = None,
     ) -> SendTimeModel:
-        """Learn the tuning and priors on ``frame`` and build everybody's profile, as
-        ``train`` does (``half_life_days``: the default where the tuning learns none)."""
+        """Learn the tuning (unless given) and priors on ``frame`` and build everybody's
+        profile, as ``train`` does (``half_life_days``: the default where the tuning
+        learns none)."""
         data_end = int(frame["timestamp"].max()) if len(frame) else 0
-        priors = learn_priors(frame, half_life_days, default_timezone)
+        priors = learn_priors(frame, half_life_days, default_timezone, tuning=tuning)
         messages, activity = priors.tuning.recency(half_life_days)
         profiles = user_profiles(frame, messages, default_timezone, activity)
         return cls(
