@@ -35,6 +35,9 @@ from training.engagement_regimes import Query, Regime
 
 #: Name of the model under test in reports.
 MODEL = "model"
+#: The same model answered through the real train job and gRPC server (a second row of
+#: the model, never a rival baseline).
+SERVED = "served (gRPC)"
 #: Column of channel accuracy.
 CHANNEL_METRIC = "channel_top1"
 #: Chance that a random hour is within ±1 h of a given one.
@@ -136,7 +139,9 @@ class RegimeReport:
         out = {}
         for metric, value in self.metrics.get(MODEL, {}).items():
             rivals = {
-                m: row[metric] for m, row in self.metrics.items() if m != MODEL and metric in row
+                m: row[metric]
+                for m, row in self.metrics.items()
+                if m not in (MODEL, SERVED) and metric in row
             }
             if rivals:
                 best = max(rivals, key=lambda m: rivals[m])
