@@ -61,8 +61,8 @@ class Settings:
     """OMNIREC_ENGAGEMENT_LENGTH: live engagement events (deliveries, opens, visits) kept
     per person for send-time and channel answers."""
     engagement_half_life_days: float = 30.0
-    """OMNIREC_ENGAGEMENT_HALF_LIFE_DAYS: how fast old engagement fades in send-time and
-    channel answers."""
+    """OMNIREC_ENGAGEMENT_HALF_LIFE_DAYS: recency half-life of send-time and channel
+    evidence where training learnt none (each run learns its own from the data)."""
     default_timezone: str = "UTC"
     """OMNIREC_DEFAULT_TIMEZONE: zone for people whose zone no event or request gives."""
     explore_rate: float = 0.0
