@@ -361,37 +361,14 @@ def _counts(
     # A burst of events in one clock hour is one sign of being around, not fifty.
     active = _one_per_clock_hour(events, active)
 
-    # Each open or click goes to the hour of the latest delivery on its channel at most
-    # 48 h before it (same second included); on equal times the greatest hour, then
-    # weekday, as in send_time.profile_from_events.
+    # Each open or click goes to the hour and weekday of the delivery it answers.
     channel_codes = events.channel  # position in MESSAGE_CHANNELS, -1 for others
-    sent = pd.DataFrame(
-        {
-            "u": events.codes[delivered],
-            "c": channel_codes[delivered],
-            "ts": events.ts[delivered],
-            "sent_hour": events.hour[delivered],
-            "sent_day": events.weekday[delivered],
-        }
-    ).sort_values(["ts", "sent_hour", "sent_day"], kind="stable")
-    at = np.flatnonzero(answer)
-    answers = pd.DataFrame(
-        {"u": events.codes[at], "c": channel_codes[at], "ts": events.ts[at], "row": at}
-    ).sort_values("ts", kind="stable")
-    linked = pd.merge_asof(
-        answers,
-        sent,
-        on="ts",
-        by=["u", "c"],
-        tolerance=ATTRIBUTION_WINDOW_SECONDS,
-        direction="backward",
-    )
+    answer_rows, delivery_rows = _answer_links(events)
     answer_hour = events.hour.copy()
     answer_day = events.weekday.copy()
-    matched = linked["sent_hour"].notna().to_numpy()
-    rows = linked["row"].to_numpy()
-    answer_hour[rows[matched]] = linked["sent_hour"].to_numpy()[matched].astype(np.int64)
-    answer_day[rows[matched]] = linked["sent_day"].to_numpy()[matched].astype(np.int64)
+    matched = delivery_rows >= 0
+    answer_hour[answer_rows[matched]] = events.hour[delivery_rows[matched]]
+    answer_day[answer_rows[matched]] = events.weekday[delivery_rows[matched]]
     week_hour = events.weekday * HOURS + events.hour
     answer_week_hour = answer_day * HOURS + answer_hour
 
@@ -763,33 +740,55 @@ def _rows_on(rows: _Rows, people: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _answered(events: _Events) -> np.ndarray:
-    """Per row: a delivery that a human open or click answered (the answer's latest
-    delivery on its channel within the attribution window, as the profiles count)."""
-    delivered = np.flatnonzero(events.of_kind("message_delivered") & (events.channel >= 0))
+def _answer_links(events: _Events) -> tuple[np.ndarray, np.ndarray]:
+    """Every human open or click on a message channel (row positions) and the delivery it
+    answers: the latest on its channel at most :data:`ATTRIBUTION_WINDOW_SECONDS` before
+    it, same second included, on equal times the greatest local hour then weekday (as
+    ``send_time.profile_from_events``); -1 where none."""
+    on_channel = events.channel >= 0
+    delivered = np.flatnonzero(events.of_kind("message_delivered") & on_channel)
     answers = np.flatnonzero(
-        events.of_kind("message_open", "message_click") & (events.channel >= 0) & ~events.automated
+        events.of_kind("message_open", "message_click") & on_channel & ~events.automated
     )
-    out = np.zeros(len(events.ts), dtype=bool)
+    links = np.full(len(answers), -1, dtype=np.int64)
     if not len(delivered) or not len(answers):
-        return out
+        return answers, links
     sent = pd.DataFrame(
-        {"u": events.codes[delivered], "c": events.channel[delivered], "ts": events.ts[delivered]}
-    ).assign(row=delivered)
-    sent = sent.sort_values("ts", kind="stable")
+        {
+            "u": events.codes[delivered],
+            "c": events.channel[delivered],
+            "ts": events.ts[delivered],
+            "hour": events.hour[delivered],
+            "day": events.weekday[delivered],
+            "sent": delivered,
+        }
+    ).sort_values(["ts", "hour", "day"], kind="stable")
     got = pd.DataFrame(
-        {"u": events.codes[answers], "c": events.channel[answers], "ts": events.ts[answers]}
+        {
+            "u": events.codes[answers],
+            "c": events.channel[answers],
+            "ts": events.ts[answers],
+            "at": np.arange(len(answers)),
+        }
     ).sort_values("ts", kind="stable")
     linked = pd.merge_asof(
         got,
-        sent,
+        sent.drop(columns=["hour", "day"]),
         on="ts",
         by=["u", "c"],
         tolerance=ATTRIBUTION_WINDOW_SECONDS,
         direction="backward",
     )
-    rows = linked["row"].dropna().to_numpy(dtype=np.int64)
-    out[rows] = True
+    found = linked["sent"].notna().to_numpy()
+    links[linked["at"].to_numpy()[found]] = linked["sent"].to_numpy()[found].astype(np.int64)
+    return answers, links
+
+
+def _answered(events: _Events) -> np.ndarray:
+    """Per row: a delivery that a human open or click answered (:func:`_answer_links`)."""
+    out = np.zeros(len(events.ts), dtype=bool)
+    links = _answer_links(events)[1]
+    out[links[links >= 0]] = True
     return out
 
 

@@ -702,18 +702,9 @@ def proxy_opens(seed: int = 5, people: int = 1500) -> Regime:
     return regime
 
 
-def weekday_weekend(seed: int = 6, people: int = 1500) -> Regime:
-    """Different planted hours on weekdays and weekends; a query for each kind of day."""
-    regime, crowd, _ = _message_regime(
-        "weekday_weekend",
-        "planted weekday hour != weekend hour (>= 3 h apart); 60-120 deliveries, half at "
-        "10/18 local",
-        seed,
-        people,
-        _Schedule((60, 120), (10, 18), 0.5),
-        sessions_share=0.8,
-        weekend_hours=True,
-    )
+def _day_type_queries(crowd: _People) -> list[Query]:
+    """Per person a query for the next weekday and one for the next Saturday, each from
+    local midnight in their zone, for 24 h; truths: the planted weekday / weekend hour."""
     queries = []
     for i, user_id in enumerate(crowd.ids):
         zone = ZONES[crowd.zone[i]]
@@ -735,7 +726,22 @@ def weekday_weekend(seed: int = 6, people: int = 1500) -> Regime:
                 user_id, "email", saturday, 24, zone, (int(hours[1]),), "saturday hour", "weekend"
             )
         )
-    regime.queries = queries
+    return queries
+
+
+def weekday_weekend(seed: int = 6, people: int = 1500) -> Regime:
+    """Different planted hours on weekdays and weekends; a query for each kind of day."""
+    regime, crowd, _ = _message_regime(
+        "weekday_weekend",
+        "planted weekday hour != weekend hour (>= 3 h apart); 60-120 deliveries, half at "
+        "10/18 local",
+        seed,
+        people,
+        _Schedule((60, 120), (10, 18), 0.5),
+        sessions_share=0.8,
+        weekend_hours=True,
+    )
+    regime.queries = _day_type_queries(crowd)
     return regime
 
 
@@ -757,6 +763,26 @@ def habit_change(seed: int = 7, people: int = 1500) -> Regime:
     return regime
 
 
+def everything_at_once(seed: int = 8, people: int = 1500) -> Regime:
+    """The hard cases together: weekday and weekend habits, a third changing habits
+    half-way, a quarter behind a privacy proxy, 30-90 deliveries with 75 % at two fixed
+    hours; a query for the next weekday and the next Saturday."""
+    regime, crowd, _ = _message_regime(
+        "everything_at_once",
+        "weekday != weekend habits, a third change half-way, a quarter proxied; 30-90 "
+        "deliveries, 75 % at 10/18 local",
+        seed,
+        people,
+        _Schedule((30, 90), (10, 18), 0.75),
+        sessions_share=0.5,
+        proxy_share=0.25,
+        weekend_hours=True,
+        change_share=1 / 3,
+    )
+    regime.queries = _day_type_queries(crowd)
+    return regime
+
+
 #: Every regime generator by name, in table order.
 REGIMES: dict[str, Callable[..., Regime]] = {
     "activity_only": activity_only,
@@ -766,6 +792,7 @@ REGIMES: dict[str, Callable[..., Regime]] = {
     "proxy_opens": proxy_opens,
     "weekday_weekend": weekday_weekend,
     "habit_change": habit_change,
+    "everything_at_once": everything_at_once,
 }
 
 
