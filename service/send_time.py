@@ -577,6 +577,9 @@ def served_profile(
         if part.as_of is None and published_until is not None:  # written before as_of
             part.as_of = float(published_until)
         parts.append(part)
+    parts = [part for part in parts if part.as_of is not None or part.channels]
+    if len(parts) == 1 and parts[0].as_of is not None:
+        return parts[0]  # the usual case: a published profile and nothing new
     latest = max((p.as_of for p in parts if p.as_of is not None), default=None)
     profile = EngagementProfile()
     for part in parts:
@@ -1008,7 +1011,11 @@ def day_type_rates(
 
 
 def week_probabilities(
-    profile: EngagementProfile, channel: str, priors: Priors, segment: str | None
+    profile: EngagementProfile,
+    channel: str,
+    priors: Priors,
+    segment: str | None,
+    day: np.ndarray | None = None,
 ) -> np.ndarray:
     """P(engagement | delivery on local weekday d at local hour h): float64[7, 24],
     Monday row 0.
@@ -1019,12 +1026,17 @@ def week_probabilities(
     (:func:`day_type_rates`): with little evidence about a day type, the all-days answer;
     with much, the day type's own. Profiles without weekly counts: every row the same.
 
+    ``day`` is :func:`hour_probabilities`' answer when the caller has it already.
+
     Raises
     ------
     ValueError
         for a channel not in ``MESSAGE_CHANNELS``.
     """
-    day, _, _ = hour_probabilities(profile, channel, priors, segment)
+    if day is None:
+        day, _, _ = hour_probabilities(profile, channel, priors, segment)
+    else:
+        _check_channel(channel)
     counts = profile.channel(channel)
     if not (
         np.any(profile.weekly_activity)
@@ -1308,8 +1320,8 @@ def plan_send(
     """
     if profile.timezone is None and counted_in and counted_in != timezone:
         profile = moved_to_zone(profile, counted_in, timezone, not_before)
-    _, source, evidence = hour_probabilities(profile, channel, priors, timezone)
-    week = week_probabilities(profile, channel, priors, timezone)
+    day, source, evidence = hour_probabilities(profile, channel, priors, timezone)
+    week = week_probabilities(profile, channel, priors, timezone, day=day)
     slots = choose_slots(
         week,
         timezone,
