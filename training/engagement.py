@@ -897,6 +897,11 @@ def learn_tuning(
 
     a_people = np.unique(a_users)
     if len(a_hours) >= MIN_VALIDATION:
+        log.info(
+            "send-time tuning: activity part on %d held-out active hours of %d people",
+            len(a_hours),
+            len(a_people),
+        )
         rows_of = np.searchsorted(a_people, a_users)
         scored: list[tuple[float, float, tuple[float, ...]]] = []
         for hl in grid["activity_half_life_days"]:
@@ -941,6 +946,7 @@ def learn_tuning(
         )
 
     if len(d_hours) >= MIN_VALIDATION and d_answered.any():
+        log.info("send-time tuning: message part on %d held-out deliveries", len(d_hours))
         d_people = np.unique(d_users)
         rows_of = np.searchsorted(d_people, d_users)
         counts_a = _counts(past, 30.0, tuning.activity_half_life_days or 30.0)
