@@ -15,6 +15,7 @@ top channel is it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ class RegimeReport:
         """``regime_<name>_<method>_<metric>`` -> value (MLflow metric names), plus
         ``regime_<name>_people``."""
         out = {
-            f"regime_{self.regime}_{method}_{metric}": float(value)
+            f"regime_{self.regime}_{_metric_name(method)}_{metric}": float(value)
             for method, row in self.metrics.items()
             for metric, value in row.items()
         }
@@ -147,6 +148,11 @@ class RegimeReport:
                 best = max(rivals, key=lambda m: rivals[m])
                 out[metric] = (best, rivals[best], value - rivals[best])
         return out
+
+
+def _metric_name(method: str) -> str:
+    """``method`` as MLflow takes it in a metric name (``served (gRPC)`` -> ``served_grpc``)."""
+    return re.sub(r"[^0-9a-z_]+", "_", method.lower()).strip("_")
 
 
 def evaluate(regime: Regime, model: ModelFactory = served_model) -> RegimeReport:
