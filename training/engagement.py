@@ -833,36 +833,26 @@ def _channel_rate_of(priors: Priors, name: str) -> float:
     return float(rate) if math.isfinite(rate) else DEFAULT_RATE
 
 
-def learn_tuning(
-    frame: pd.DataFrame,
-    default_half_life_days: float = 30.0,
-    default_timezone: str = "UTC",
-) -> TuningReport:
-    """How far to trust each person's own evidence, learnt from ``frame`` itself.
+@dataclass
+class _Validation:
+    """A log split for tuning: the past as events, and what was held out of each person's
+    latest events: their distinct active hours (presence) and their deliveries."""
 
-    Why learnt: a constant that fits one generator fails another (people whose only sign
-    is browsing want a short memory and little shrinkage; people with a few opens want
-    strong shrinkage). So each run holds out every person's latest
-    :data:`VALIDATION_FRACTION` of events and picks, from :data:`TUNING_GRID`:
+    past: _Events
+    priors: Priors
+    """Population priors of the past (default tuning)."""
+    a_users: np.ndarray
+    a_hours: np.ndarray
+    a_weekend: np.ndarray
+    d_users: np.ndarray
+    d_channel: np.ndarray
+    d_hours: np.ndarray
+    d_weekend: np.ndarray
+    d_answered: np.ndarray
 
-    - the activity part (half-life, smoothing, strength, day-type sharing) maximising the
-      share of held-out distinct active hours within ±1 h of the predicted best hour of
-      their day type (log likelihood breaks ties);
-    - the message part (half-life, rate strength, activity exponent) maximising the
-      Bernoulli log likelihood of held-out deliveries being answered, at their local day
-      type and hour;
-    - the strength of the channel prior: the replay value of sending on each person's
-      top channel (:func:`_channel_strength`).
 
-    A part with fewer than :data:`MIN_VALIDATION` held-out hours (deliveries) keeps its
-    defaults, and the report says so.
-    """
-    started = time.perf_counter()
-    tuning = Tuning(half_life_days=default_half_life_days)
-    report = TuningReport(tuning)
-    if frame.empty:
-        report.notes.append("no events: default tuning")
-        return report
+def _validation(frame: pd.DataFrame, default_timezone: str) -> _Validation:
+    """Every person's latest :data:`VALIDATION_FRACTION` of events held out of ``frame``."""
     events = _events(frame, default_timezone)
     held = _held_out_latest(events, VALIDATION_FRACTION)
     past_rows = np.flatnonzero(~held)
@@ -875,26 +865,35 @@ def learn_tuning(
     zone = np.where(zone >= 0, zone, past.user_zone[events.codes[future_rows]])
     f_hour, f_day = _local_times(events.ts[future_rows], zone, events.zone_names, default_timezone)
     f_weekend = np.isin(f_day, WEEKEND)
+    f_users = events.codes[future_rows]
 
-    # Held-out activity: distinct clock hours, as the profiles count them.
+    # Held-out presence: distinct clock hours, as the profiles count them.
     active = events.of_kind(*ACTIVITY_EVENT_TYPES) & ~events.automated
-    active_once = _one_per_clock_hour(events, active & held)[future_rows]
-    a_users = events.codes[future_rows][active_once]
-    a_hours, a_weekend = f_hour[active_once], f_weekend[active_once]
+    once = _one_per_clock_hour(events, active & held)[future_rows]
     # Held-out deliveries and whether they were answered.
     answered = _answered(events)[future_rows]
-    is_delivery = events.of_kind("message_delivered")[future_rows] & (
-        events.channel[future_rows] >= 0
+    sent = events.of_kind("message_delivered")[future_rows] & (events.channel[future_rows] >= 0)
+    return _Validation(
+        past=past,
+        priors=_priors(_counts(past, 30.0), default_timezone, 10**9),
+        a_users=f_users[once],
+        a_hours=f_hour[once],
+        a_weekend=f_weekend[once],
+        d_users=f_users[sent],
+        d_channel=events.channel[future_rows][sent],
+        d_hours=f_hour[sent],
+        d_weekend=f_weekend[sent],
+        d_answered=answered[sent],
     )
-    d_users = events.codes[future_rows][is_delivery]
-    d_channel = events.channel[future_rows][is_delivery]
-    d_hours, d_weekend = f_hour[is_delivery], f_weekend[is_delivery]
-    d_answered = answered[is_delivery]
 
-    priors = _priors(_counts(past, tuning.half_life_days or 30.0), default_timezone, 10**9)
-    prior_share = np.asarray(priors.activity)
-    grid = TUNING_GRID
 
+def _tune_activity(split: _Validation, tuning: Tuning, report: TuningReport) -> Tuning:
+    """The activity half-life, smoothing, strength and day-type strength under which the
+    best hour of each held-out active hour's day type is within ±1 h of it most often;
+    among candidates within one standard error of the best, the best log likelihood."""
+    past, grid = split.past, TUNING_GRID
+    prior_share = np.asarray(split.priors.activity)
+    a_users, a_hours, a_weekend = split.a_users, split.a_hours, split.a_weekend
     a_people = np.unique(a_users)
     if len(a_hours) >= MIN_VALIDATION:
         log.info(
@@ -945,6 +944,24 @@ def learn_tuning(
             f"(< {MIN_VALIDATION})"
         )
 
+    return tuning
+
+
+def _tune_messages(split: _Validation, tuning: Tuning, report: TuningReport) -> Tuning:
+    """The message half-life, rate-prior strength and activity exponent, then the channel
+    prior's strength (:func:`_channel_strength`), on the held-out deliveries.
+
+    Under an old schedule that always sent at the same hours, the replay value (held-out
+    deliveries sent within 1 h of the hour a candidate would choose, and how often they
+    were answered) can hardly tell candidates apart, and the likelihood of every delivery
+    is dominated by those hours. So: every candidate whose replay value is within two
+    standard errors of the best, and of those the one whose chosen hours best meet the
+    hours the person was around (presence), then the best likelihood."""
+    past, grid, priors = split.past, TUNING_GRID, split.priors
+    prior_share = np.asarray(priors.activity)
+    a_users, a_hours, a_weekend = split.a_users, split.a_hours, split.a_weekend
+    d_users, d_channel, d_hours = split.d_users, split.d_channel, split.d_hours
+    d_weekend, d_answered = split.d_weekend, split.d_answered
     if len(d_hours) >= MIN_VALIDATION and d_answered.any():
         log.info("send-time tuning: message part on %d held-out deliveries", len(d_hours))
         d_people = np.unique(d_users)
@@ -1015,11 +1032,7 @@ def learn_tuning(
                     near = np.abs((p_hours - p_best + 12) % HOURS - 12) <= 1
                     presence = float(near.mean()) if len(near) else 0.0
                     scored_m.append((value, int(matched.sum()), presence, ll, (hl, beta, s)))
-        # Under an old schedule that always sent at the same hours, the replay value can
-        # hardly tell candidates apart (few held-out deliveries fall anywhere else), and
-        # the likelihood is dominated by those hours. So: every candidate whose replay
-        # value is within two standard errors of the best, and of those the one whose
-        # hours best meet the hours the person was around (presence), then likelihood.
+        # Replay within two standard errors of the best, then presence, then likelihood.
         top, n_top = max((v, n) for v, n, _, _, _ in scored_m)
         error = 2 * math.sqrt(top * (1 - top) / max(n_top, 1))
         value, _, presence, best_ll, (hl, beta, s) = max(
@@ -1044,6 +1057,34 @@ def learn_tuning(
             f"message tuning left at defaults: {len(d_hours)} held-out deliveries "
             f"(< {MIN_VALIDATION}) or none answered"
         )
+    return tuning
+
+
+def learn_tuning(
+    frame: pd.DataFrame,
+    default_half_life_days: float = 30.0,
+    default_timezone: str = "UTC",
+) -> TuningReport:
+    """How far to trust each person's own evidence, learnt from ``frame`` itself.
+
+    Why learnt: a constant that fits one generator fails another (people whose only sign
+    is browsing want a one-hour memory and little shrinkage; people with a few opens
+    strong shrinkage and a memory of months). So each run holds out every person's latest
+    :data:`VALIDATION_FRACTION` of events (:func:`_validation`) and picks, from
+    :data:`TUNING_GRID`, the activity part (:func:`_tune_activity`), then the message part
+    and the channel prior (:func:`_tune_messages`). A part with fewer than
+    :data:`MIN_VALIDATION` held-out hours (deliveries) keeps its defaults, and the report
+    says so.
+    """
+    started = time.perf_counter()
+    tuning = Tuning(half_life_days=default_half_life_days)
+    report = TuningReport(tuning)
+    if frame.empty:
+        report.notes.append("no events: default tuning")
+        return report
+    split = _validation(frame, default_timezone)
+    tuning = _tune_activity(split, tuning, report)
+    tuning = _tune_messages(split, tuning, report)
     report.tuning = tuning
     log.info("learnt the send-time tuning in %.1fs", time.perf_counter() - started)
     return report
