@@ -807,7 +807,9 @@ def pool(counts: np.ndarray, sd_hours: float = SMOOTHING_SD_HOURS) -> np.ndarray
     return np.asarray(counts, dtype=np.float64) @ _pooling_matrix(float(sd_hours))
 
 
-def _channel_rate(priors: Priors, channel: str) -> float:
+def channel_rate(priors: Priors, channel: str) -> float:
+    """Everybody's engagement rate per delivery on ``channel`` (:data:`DEFAULT_RATE` where
+    the priors know none)."""
     rate = priors.channel_rate.get(channel)
     return DEFAULT_RATE if rate is None or not math.isfinite(rate) else float(rate)
 
@@ -853,7 +855,7 @@ def prior_curve(priors: Priors, channel: str, segment: str | None) -> np.ndarray
     curve = by_channel.get(channel) or priors.channel_hour_rate.get(channel)
     if curve:
         return np.asarray(curve, dtype=np.float64)
-    return np.full(HOURS, _channel_rate(priors, channel))
+    return np.full(HOURS, channel_rate(priors, channel))
 
 
 def posterior_rates(
@@ -895,7 +897,7 @@ def delivery_rates(
     if awake is not None:
         prior = prior * awake
     return posterior_rates(
-        counts.deliveries, counts.engaged(), prior, _channel_rate(priors, channel), priors.tuning
+        counts.deliveries, counts.engaged(), prior, channel_rate(priors, channel), priors.tuning
     )
 
 
@@ -1060,6 +1062,18 @@ def week_probabilities(
     return table
 
 
+def channel_score(
+    engaged: np.ndarray | float,
+    delivered: np.ndarray | float,
+    rate: np.ndarray | float,
+    strength: float,
+) -> np.ndarray | float:
+    """A person's posterior engagement rate per delivery on a channel: ``engaged`` of
+    ``delivered`` (recency-weighted), shrunk to the channel's ``rate`` with ``strength``
+    pseudo-deliveries (a Beta posterior mean). Scalars or arrays alike."""
+    return (engaged + strength * rate) / (delivered + strength)
+
+
 def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str, float, int]]:
     """``(channel, score, evidence)`` for every channel of ``MESSAGE_CHANNELS``, best first.
 
@@ -1077,7 +1091,7 @@ def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str,
         delivered = float(np.maximum(counts.deliveries, 0.0).sum())
         engaged = float(np.maximum(counts.engaged(), 0.0).sum())
         strength = tuning.channel_strength.get(channel, tuning.strength)
-        score = (engaged + strength * _channel_rate(priors, channel)) / (delivered + strength)
+        score = channel_score(engaged, delivered, channel_rate(priors, channel), strength)
         scored.append(
             (channel, float(np.clip(score, 0.0, 1.0)), int(round(_plain_deliveries(counts))))
         )

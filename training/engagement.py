@@ -39,12 +39,15 @@ from service.send_time import (
     Tuning,
     activity_share,
     awake_from_share,
+    channel_rate,
+    channel_score,
     day_type_rates,
     day_type_share,
     hour_probabilities,
     is_known_zone,
     plan_send,
     posterior_rates,
+    prior_curve,
     rank_channels,
     served_profile,
     smooth,
@@ -812,12 +815,14 @@ def _channel_strength(
     read = np.zeros_like(sent)
     for c, name in enumerate(MESSAGE_CHANNELS):
         if name in counts.channels:
-            parts = [_rows_on(part, people, HOURS).sum(axis=1) for part in counts.channels[name]]
-            sent[:, c], read[:, c] = parts[0], np.maximum(parts[1], parts[2])
-    mean = np.array([_channel_rate_of(priors, name) for name in MESSAGE_CHANNELS])
+            # Engagements per hour as ChannelCounts.engaged counts them, summed.
+            hourly = [_rows_on(part, people, HOURS) for part in counts.channels[name]]
+            sent[:, c] = hourly[0].sum(axis=1)
+            read[:, c] = np.maximum(hourly[1], hourly[2]).sum(axis=1)
+    mean = np.array([channel_rate(priors, name) for name in MESSAGE_CHANNELS])
     best_ll, best, best_value = -np.inf, DEFAULT_STRENGTH, 0.0
     for strength in CHANNEL_STRENGTHS:
-        score = (read + strength * mean) / (sent + strength)
+        score = channel_score(read, sent, mean, strength)
         rate = np.clip(score[rows_of, channel], 1e-4, 1 - 1e-4)
         ll = float(np.mean(np.where(answered, np.log(rate), np.log1p(-rate))))
         if ll > best_ll:
@@ -826,11 +831,6 @@ def _channel_strength(
             best_value = float(answered[matched].mean()) if matched.any() else 0.0
             best_ll, best = ll, strength
     return {name: float(best) for name in MESSAGE_CHANNELS}, best_value
-
-
-def _channel_rate_of(priors: Priors, name: str) -> float:
-    rate = priors.channel_rate.get(name, DEFAULT_RATE)
-    return float(rate) if math.isfinite(rate) else DEFAULT_RATE
 
 
 @dataclass
@@ -920,7 +920,7 @@ def _tune_activity(split: _Validation, tuning: Tuning, report: TuningReport) -> 
                         weekday, weekend = day_type_share(weekly, overall, t)
                         share = np.where(a_weekend[:, None], weekend[rows_of], weekday[rows_of])
                         guess = np.argmax(share, axis=1)
-                        hit = float(np.mean(np.abs((a_hours - guess + 12) % HOURS - 12) <= 1))
+                        hit = float(np.mean(_within_an_hour(a_hours, guess)))
                         share = share / share.sum(axis=1, keepdims=True)
                         at = share[np.arange(len(a_hours)), a_hours]
                         ll = float(np.mean(np.log(np.maximum(at, LOG_FLOOR))))
@@ -1007,8 +1007,8 @@ def _tune_messages(split: _Validation, tuning: Tuning, report: TuningReport) -> 
                     p_best = np.full(len(p_hours), -99)
                     for c, (sent, read, weekly_sent, weekly_read) in by_channel.items():
                         name = MESSAGE_CHANNELS[c]
-                        curve = np.asarray(priors.channel_hour_rate[name])
-                        base = priors.channel_rate.get(name, DEFAULT_RATE)
+                        curve = prior_curve(priors, name, None)
+                        base = channel_rate(priors, name)
                         day = np.clip(posterior_rates(sent, read, curve * awake, base, t), 0.0, 1.0)
                         types = day_type_rates(
                             day, awake, weekly_sent, weekly_read, weekly_a, overall, t
@@ -1025,11 +1025,11 @@ def _tune_messages(split: _Validation, tuning: Tuning, report: TuningReport) -> 
                     # the hour this tuning would have chosen, and how often they were
                     # answered. What the choice of hour is for; the likelihood of every
                     # delivery is dominated by the hours the old schedule always used.
-                    matched = np.abs((d_hours - best_hour + 12) % HOURS - 12) <= 1
+                    matched = _within_an_hour(d_hours, best_hour)
                     value = float(d_answered[matched].mean()) if matched.any() else 0.0
                     rate = np.clip(rate, 1e-4, 1 - 1e-4)
                     ll = float(np.mean(np.where(d_answered, np.log(rate), np.log1p(-rate))))
-                    near = np.abs((p_hours - p_best + 12) % HOURS - 12) <= 1
+                    near = _within_an_hour(p_hours, p_best)
                     presence = float(near.mean()) if len(near) else 0.0
                     scored_m.append((value, int(matched.sum()), presence, ll, (hl, beta, s)))
         # Replay within two standard errors of the best, then presence, then likelihood.
@@ -1279,12 +1279,16 @@ def _hour_distributions(
     return out
 
 
+def _within_an_hour(hours: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """Whether each of ``hours`` is at most 1 h from ``guess`` around the clock."""
+    return np.abs((np.asarray(hours) - guess + 12) % HOURS - 12) <= 1
+
+
 def _hour_metrics(
     dist: np.ndarray, rows: np.ndarray, hours: np.ndarray, uniform: bool
 ) -> dict[str, float]:
     predicted = np.argmax(dist, axis=1)[rows]
-    distance = np.abs((hours - predicted + 12) % HOURS - 12)
-    hit = 3 / HOURS if uniform else float(np.mean(distance <= 1))
+    hit = 3 / HOURS if uniform else float(np.mean(_within_an_hour(hours, predicted)))
     likelihood = float(np.mean(np.log(np.maximum(dist[rows, hours], LOG_FLOOR))))
     return {"hit_rate_1h": hit, "log_likelihood": likelihood}
 
