@@ -124,6 +124,17 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / TICKS
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (0 if unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def cpu_of(groups: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds so far of each process group, and of the whole machine (``machine``)."""
     used = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
@@ -170,9 +181,9 @@ class ClientPool:
         n = len(self.conns)
         start_at = time.monotonic() + 0.5  # time to open channels before the warm-up
         for k, conn in enumerate(self.conns):
-            threads = concurrency // n + (1 if k < concurrency % n else 0)
+            callers = concurrency // n + (1 if k < concurrency % n else 0)
             conn.send(
-                Job(address, method, payloads, threads, start_at, warmup, seconds, seed=k + 1)
+                Job(address, method, payloads, callers, start_at, warmup, seconds, seed=k + 1)
             )
         time.sleep(max(0.0, start_at + warmup - time.monotonic()))
         before = cpu_of(cpu_groups)
@@ -290,6 +301,17 @@ class Workload:
             for u in self.recommend_users(POOL_SIZE)
         ]
 
+    def profiles(self) -> list[bytes]:
+        from omnirec.v1 import identity_pb2 as ipb
+        from omnirec.v1 import profiles_pb2 as ppb
+
+        return [
+            ppb.GetProfileRequest(
+                identifier=ipb.Identifier(kind="user_id", value=u)
+            ).SerializeToString()
+            for u in self.recommend_users(POOL_SIZE)
+        ]
+
     def track(self) -> list[bytes]:
         from omnirec.v1 import recommender_pb2 as pb
 
@@ -312,16 +334,24 @@ class Workload:
 
 ENGAGEMENT = "omnirec.v1.Engagement"
 #: The service of each RPC the bench drives.
-SERVICE_OF = {"PredictSendTime": ENGAGEMENT, "RankChannels": ENGAGEMENT}
+SERVICE_OF = {
+    "PredictSendTime": ENGAGEMENT,
+    "RankChannels": ENGAGEMENT,
+    "GetProfile": "omnirec.v1.Profiles",
+}
 
 
 class ServeProcesses:
     """``python -m service serve --processes N`` on a free port, for the load to hit."""
 
-    def __init__(self, settings: object, processes: int) -> None:
+    def __init__(self, settings: object, processes: int | None) -> None:
         import subprocess
 
+        from service.config import load_settings
         from training.redis_server import free_port
+
+        # The default is serve's own (what a person gets with no flag and no variable).
+        count = processes or load_settings({}).processes
 
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -329,7 +359,6 @@ class ServeProcesses:
         env.update(
             REDIS_URL=settings.redis_url,  # type: ignore[attr-defined]
             MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,  # type: ignore[attr-defined]
-            OMNIREC_WORKERS=str(settings.workers),  # type: ignore[attr-defined]
             OMNIREC_MODEL_POLL_SECONDS="0",
             OMNIREC_LOG_LEVEL="WARNING",
             OMNIREC_IDENTITY_SECRET=settings.identity_secret,  # type: ignore[attr-defined]
@@ -344,20 +373,20 @@ class ServeProcesses:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--processes",
-                str(processes),
+                *(["--processes", str(processes)] if processes else []),
             ],
             env=env,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(processes):
+        for _ in range(count):
             line = self.proc.stdout.readline()  # type: ignore[union-attr]
             if "serving" not in line:
                 self.stop()
                 raise RuntimeError(f"serve processes did not start: {line!r}")
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        self.pids = [int(p) for p in children.read_text().split()]
+        # One process serves in place; several are children of a supervising parent.
+        self.pids = [int(p) for p in children.read_text().split()] or [self.proc.pid]
 
     def stop(self) -> None:
         import signal as signals
@@ -422,14 +451,35 @@ def set_up(args: argparse.Namespace, tmp: Path, redis_url: str) -> Setup:
         host="127.0.0.1",
         port=0,
     )
-    say(f"generating synthetic data: {args.users} people, {args.items} items, 60 days ...")
-    data = generate(args.users, args.items, 60, args.seed, tmp / "data")
+    import movielens  # numpy and pandas: not at module level (see the imports above)
+
+    folder = movielens.dataset_dir() if args.data != "synthetic" else None
+    if args.data == "movielens" and folder is None:
+        raise SystemExit("bench_latency: --data movielens, but ml-100k is not there")
+    if folder is not None:
+        from training.event_log import write_events
+
+        say("MovieLens 100K (as the issue measured it): writing its events as Parquet ...")
+        events = tmp / "movielens.parquet"
+        frame = movielens.events(folder, with_timezones=True)
+        write_events(frame, events)
+        config = TrainConfig(events=events, promote=True)
+        users = sorted(frame["user_id"].unique().tolist())
+        items = sorted(frame["item_id"].unique().tolist())
+        args.data = "movielens"
+    else:
+        say(f"generating synthetic data: {args.users} people, {args.items} items, 60 days ...")
+        data = generate(args.users, args.items, 60, args.seed, tmp / "data")
+        config = TrainConfig(events=data.events, items=data.items, promote=True)
+        users = sorted(json.loads(Path(data.truth).read_text())["users"])
+        items = [
+            str(i) for i in pq.read_table(data.items, columns=["item_id"])["item_id"].to_pylist()
+        ]
+        args.data = "synthetic"
     say("training ALS, logging to MLflow (sqlite), publishing features to Redis ...")
-    result = train(settings, TrainConfig(events=data.events, items=data.items))
+    result = train(settings, config)
     say(f"registered {settings.model_name}/{result.version}; loading it from the registry ...")
     model = ModelRegistry(settings).load_alias(settings.model_alias)
-    users = sorted(json.loads(Path(data.truth).read_text())["users"])
-    items = [str(i) for i in pq.read_table(data.items, columns=["item_id"])["item_id"].to_pylist()]
     workload = Workload(users, items, random.Random(args.seed))
     return Setup(settings, model, feature_store(settings), workload)
 
@@ -670,19 +720,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per target")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per target")
-    parser.add_argument("--concurrency", type=int, default=8, help="calls outstanding in total")
-    parser.add_argument("--client-processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--concurrency", type=int, default=16, help="calls outstanding in total")
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="asyncio load generator processes"
+    )
     parser.add_argument(
         "--workers", type=int, help="server thread-pool size (default: omnirec's default)"
     )
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--items", type=int, default=500)
+    parser.add_argument(
+        "--data",
+        choices=("auto", "movielens", "synthetic"),
+        default="auto",
+        help="the model's data: MovieLens 100K when present (auto), else synthetic",
+    )
+    parser.add_argument("--users", type=int, default=2000, help="synthetic people")
+    parser.add_argument("--items", type=int, default=500, help="synthetic items")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
-        help="serve with `python -m service serve --processes N`",
+        help="serve with `python -m service serve --processes N` (default: serve's default)",
     )
     parser.add_argument("--profile", action="store_true", help="profile the Recommend load")
     parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu")
@@ -712,24 +769,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = ClientPool(args.client_processes)
         setup = set_up(args, tmp, local_redis.url)
 
-        from service.server import build_server
-
-        if args.processes > 1:
-            # `python -m service serve --processes N`: N processes share one port.
-            served = ServeProcesses(setup.settings, args.processes)
-            address, server_pids = served.address, served.pids
-        else:
-            running = build_server(setup.settings, setup.model, setup.store)
-            address, server_pids = f"127.0.0.1:{running.port}", [os.getpid()]
+        # `python -m service serve` as a person starts it: default settings, its own
+        # processes (N share one port with --processes N).
+        served = ServeProcesses(setup.settings, args.processes)
+        address, server_pids = served.address, served.pids
         say(
-            f"omnirec serving {setup.model.label} on {address}: {args.processes} process(es), "
-            f"{setup.settings.workers} workers each"
+            f"omnirec serving {setup.model.label} on {address}: `python -m service serve`, "
+            f"{len(server_pids)} process(es)"
         )
 
         w = setup.workload
         recommend, similar, track = w.recommend(), w.similar(), w.track()
-        send_time, channels = w.send_time(), w.channels()
+        send_time, channels, profiles = w.send_time(), w.channels(), w.profiles()
         probes = {
+            "GetProfile": probe(address, "GetProfile", profiles),
             "Recommend": probe(address, "Recommend", recommend),
             "SimilarItems": probe(address, "SimilarItems", similar),
             "PredictSendTime": probe(address, "PredictSendTime", send_time),
@@ -800,7 +853,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(
             load("SimilarItems", "SimilarItems", address, method_path("SimilarItems"), similar, me)
         )
-        for rpc, payloads in (("PredictSendTime", send_time), ("RankChannels", channels)):
+        for rpc, payloads in (
+            ("PredictSendTime", send_time),
+            ("RankChannels", channels),
+            ("GetProfile", profiles),
+        ):
             rows.append(load(rpc, rpc, address, method_path(rpc), payloads, me))
         in_process = in_process_rows(setup, args.seconds, redis_pid)
         if args.profile and not rows[1].skipped:
@@ -826,6 +883,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Recommend: limit 10, {UNKNOWN_USER_SHARE:.0%} unknown people"
         )
         print_tables(rows, echo_row.per_second, os.cpu_count() or 1)
+        memory = [rss_mib(pid) for pid in server_pids]
+        bundle = sum(
+            getattr(a, "nbytes", 0)
+            for a in vars(setup.model.bundle).values()
+            if a is not None and hasattr(a, "nbytes")
+        )
+        print(
+            f"\nmemory: {len(memory)} server process(es), resident "
+            f"{', '.join(f'{m:,.0f}' for m in memory)} MiB each after the load; the model's "
+            f"arrays {bundle / 2**20:,.1f} MiB of that (loaded in every process); "
+            f"echo server {rss_mib(echo.pid):,.0f} MiB"
+        )
         return 0
     except KeyboardInterrupt:
         interrupted = True

@@ -1,8 +1,8 @@
 """The parts of ``bench_latency.py`` that run in their own processes.
 
-* :func:`load_worker_main`: a closed-loop gRPC client. Each process holds one channel and
-  ``threads`` threads, each keeping one call outstanding (sync stubs release the GIL while
-  they wait). Requests travel as pre-serialised bytes and responses come back as bytes, so
+* :func:`load_worker_main`: a closed-loop gRPC client, as an asyncio backend is one: each
+  process holds one ``grpc.aio`` channel and ``callers`` callers (coroutines), each keeping
+  one call outstanding. Requests travel as pre-serialised bytes and responses come back as bytes, so
   the client does the same, minimal work for every target (the echo server included) and
   the server does all the protobuf work a real client would make it do.
 * :func:`echo_server_main`: a bare gRPC server, the framework's own ceiling: a generic
@@ -17,10 +17,10 @@ start fast.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import signal
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ class Job:
     """Full method path, e.g. ``/omnirec.v1.Recommender/Recommend``."""
     payloads: list[bytes]
     """Serialised requests; each call sends one picked at random."""
-    threads: int
+    callers: int
     start_at: float
     """``time.monotonic()`` at which the warm-up starts (same clock in every process)."""
     warmup: float
@@ -63,30 +63,36 @@ class JobResult:
 
 
 def run_job(job: Job) -> JobResult:
+    return asyncio.run(_run_job(job))
+
+
+async def _run_job(job: Job) -> JobResult:
+    """``job.callers`` callers on one ``grpc.aio`` channel, each keeping one call
+    outstanding (closed loop), as an asyncio backend calls a service."""
     measure_from = job.start_at + job.warmup
     measure_to = measure_from + job.seconds
-    results = [JobResult() for _ in range(job.threads)]
-    with grpc.insecure_channel(job.address) as channel:
-        grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT_SECONDS)
+    results = [JobResult() for _ in range(job.callers)]
+    async with grpc.aio.insecure_channel(job.address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT_SECONDS)
         call = channel.unary_unary(job.method)  # no (de)serialisers: bytes both ways
 
-        def loop(n: int) -> None:
+        async def loop(n: int) -> None:
             out = results[n]
             rng = random.Random(job.seed * 1000 + n)
             payloads = job.payloads
             count = len(payloads)
-            time.sleep(max(0.0, job.start_at - time.monotonic()))
+            await asyncio.sleep(max(0.0, job.start_at - time.monotonic()))
             while True:
                 request = payloads[rng.randrange(count)]
                 started = time.monotonic()
                 if started >= measure_to:
                     return
                 try:
-                    call(request, timeout=CALL_TIMEOUT_SECONDS)
-                except grpc.RpcError as exc:
-                    code = exc.code()  # type: ignore[attr-defined]
+                    await call(request, timeout=CALL_TIMEOUT_SECONDS)
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
                     out.errors[code.name if code else "UNKNOWN"] += 1
-                    out.error_detail = out.error_detail or str(exc.details())  # type: ignore[attr-defined]
+                    out.error_detail = out.error_detail or str(exc.details())
                     if code == grpc.StatusCode.UNIMPLEMENTED:
                         return
                     continue
@@ -96,14 +102,7 @@ def run_job(job: Job) -> JobResult:
                 if measure_from <= ended < measure_to:
                     out.completed += 1
 
-        threads = [
-            threading.Thread(target=loop, args=(n,), name=f"load-{n}", daemon=True)
-            for n in range(job.threads)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        await asyncio.gather(*(loop(n) for n in range(job.callers)))
     merged = JobResult()
     for r in results:
         merged.latencies += r.latencies

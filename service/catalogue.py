@@ -7,6 +7,7 @@ extra Redis round trip.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -127,3 +128,11 @@ class CatalogueCache:
                     loaded_version, items = self._load()
                     self.current = Catalogue(loaded_version, items)
         return self.current
+
+    async def get_async(self, version: int) -> Catalogue:
+        """:meth:`get` for the asyncio server: a reload (the whole catalogue, rare) runs
+        on a worker thread so the loop keeps answering meanwhile."""
+        current = self.current
+        if version == current.version:
+            return current
+        return await asyncio.to_thread(self.get, version)

@@ -18,7 +18,7 @@ from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
 from service.errors import BadInput
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
-from service.features import FeatureStore
+from service.features import AsyncReader, EngagementView, FeatureStore
 from service.identity import Identities
 from service.rpc import rpc
 from service.send_time import (
@@ -46,9 +46,13 @@ def priors_of(metadata: dict) -> Priors:
 def read_profile(
     store: FeatureStore, settings: Settings, person: str, priors: Priors
 ) -> EngagementProfile:
-    """One person's engagement profile (published + live), read from Redis, with the
-    recency half-lives the model learnt (else the configured one)."""
-    view = store.engagement_view(person)
+    """One person's engagement profile (published + live), read from Redis (sync)."""
+    return profile_of(store.engagement_view(person), settings, priors)
+
+
+def profile_of(view: EngagementView, settings: Settings, priors: Priors) -> EngagementProfile:
+    """The profile a person's engagement evidence gives, with the recency half-lives the
+    model learnt (else the configured one)."""
     messages, activity = priors.tuning.recency(settings.engagement_half_life_days)
     return served_profile(
         view.published,
@@ -58,6 +62,13 @@ def read_profile(
         settings.default_timezone,
         activity,
     )
+
+
+def _token(identities: Identities, request: object) -> str:
+    token = identities.request_token(request)
+    if token is None:
+        raise BadInput("user_id", "is required (or give an identifier)")
+    return token
 
 
 def _hour(field: str, request: object, default: int) -> int:
@@ -79,26 +90,30 @@ def _timestamp(dt: datetime) -> object:
 
 class EngagementService(epb_grpc.EngagementServicer):
     def __init__(
-        self, settings: Settings, models: object, store: FeatureStore, identities: Identities
+        self, settings: Settings, models: object, identities: Identities, reader: AsyncReader
     ) -> None:
         self.settings = settings
         self.models = models
-        self.store = store
         self.identities = identities
+        self.reader = reader
         self._rng = np.random.default_rng()
 
     def _priors(self) -> tuple[Priors, str]:
         engine = self.models.engine  # type: ignore[attr-defined]
         return engine.priors, engine.model.label
 
-    def _profile(self, user_id: str, priors: Priors) -> EngagementProfile:
-        return read_profile(self.store, self.settings, user_id, priors)
+    async def _profile(self, token: str, priors: Priors) -> EngagementProfile:
+        found = await self.reader.run(
+            self.identities.view_plan(token, engagement=True), "reading engagement"
+        )
+        assert found.engagement is not None
+        return profile_of(found.engagement, self.settings, priors)
 
     @rpc
-    def PredictSendTime(  # noqa: N802
-        self, request: epb.PredictSendTimeRequest, context: grpc.ServicerContext
+    async def PredictSendTime(  # noqa: N802
+        self, request: epb.PredictSendTimeRequest, context: grpc.aio.ServicerContext
     ) -> epb.PredictSendTimeResponse:
-        user_id = self.identities.person_of(request)
+        token = _token(self.identities, request)
         if request.channel not in MESSAGE_CHANNELS:
             raise BadInput(
                 "channel", f"{request.channel!r} is not one of {', '.join(MESSAGE_CHANNELS)}"
@@ -122,7 +137,7 @@ class EngagementService(epb_grpc.EngagementServicer):
             else datetime.fromtimestamp(time.time(), UTC)
         )
         priors, label = self._priors()
-        profile = self._profile(user_id, priors)
+        profile = await self._profile(token, priors)
         zone = request.timezone or profile.timezone or self.settings.default_timezone
         plan = plan_send(
             profile,
@@ -169,12 +184,12 @@ class EngagementService(epb_grpc.EngagementServicer):
         )
 
     @rpc
-    def RankChannels(  # noqa: N802
-        self, request: epb.RankChannelsRequest, context: grpc.ServicerContext
+    async def RankChannels(  # noqa: N802
+        self, request: epb.RankChannelsRequest, context: grpc.aio.ServicerContext
     ) -> epb.RankChannelsResponse:
-        user_id = self.identities.person_of(request)
+        token = _token(self.identities, request)
         priors, label = self._priors()
-        profile = self._profile(user_id, priors)
+        profile = await self._profile(token, priors)
         return epb.RankChannelsResponse(
             channels=[
                 epb.ChannelScore(channel=c, score=score, evidence=evidence)

@@ -52,17 +52,20 @@ Readers combine today's and yesterday's zsets.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
 
 from service.errors import StoreUnavailable
 
@@ -79,6 +82,8 @@ SECONDS_PER_DAY = 86_400
 TRENDING_TTL_SECONDS = 3 * SECONDS_PER_DAY
 #: Item events that make an item trend; a dislike does not.
 TRENDING_TYPES = frozenset({"view", "click", "favourite", "add_to_cart", "purchase"})
+#: People whose published features a service keeps decoded in memory (per publication).
+PUBLISHED_CACHED = 20_000
 
 
 # --- key schema (pure) ---------------------------------------------------------------
@@ -332,6 +337,8 @@ class ServingView:
     trending: list[tuple[str, float]] = field(default_factory=list)
     """Items gaining live interactions, best first, ``(item_id, decayed weight)``."""
     catalogue_version: int = 0
+    bought_together: list[tuple[str, float]] = field(default_factory=list)
+    """Items bought by the people who bought the item asked about (when asked)."""
 
 
 def connect(url: str, timeout_seconds: float = 0.5) -> redis.Redis:
@@ -348,6 +355,168 @@ def connect(url: str, timeout_seconds: float = 0.5) -> redis.Redis:
     )
 
 
+# --- reads as plans: one description, a sync and an async runner ---------------------
+
+T = TypeVar("T")
+Command = tuple[str, tuple[Any, ...], dict[str, Any]]
+"""A Redis command as a redis-py pipeline method name and its arguments."""
+Plan = Generator[list[Command], list[Any], T]
+"""A read: yields each round trip's commands, receives their replies, returns the value.
+The same plan runs on the sync client (:func:`run_plan`) and on the asyncio client
+(:class:`AsyncReader`), so what is read, and how it is decoded, is written once."""
+
+
+def command(name: str, *args: Any, **kwargs: Any) -> Command:
+    return name, args, kwargs
+
+
+def run_plan(client: redis.Redis, plan: Plan[T], doing: str) -> T:
+    """Run ``plan`` on the sync client: one pipeline per round trip."""
+    try:
+        commands = next(plan)
+        while True:
+            pipe = client.pipeline(transaction=False)
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+            with _unavailable(doing):
+                replies = pipe.execute()
+            commands = plan.send(replies)
+    except StopIteration as done:
+        return done.value
+
+
+class AsyncReader:
+    """Runs plans on an asyncio client, coalescing the round trips of concurrent requests:
+    while one pipeline is in flight, the commands of every request that asks meanwhile
+    wait, then travel together in the next one. Under load a round trip carries several
+    requests; alone, a request waits for nobody. Create it inside the loop that uses it.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, coalesce: bool = True) -> None:
+        self.client = client
+        self.coalesce = coalesce
+        self._waiting: list[tuple[list[Command], str, asyncio.Future[list[Any]]]] = []
+        self._flushing = False
+        self.round_trips = 0
+        """Pipelines sent (for benchmarks: requests per round trip)."""
+
+    async def run(self, plan: Plan[T], doing: str, alone: bool = False) -> T:
+        """Run ``plan``; ``alone``: in a pipeline of its own (large writes, which should
+        not hold up the reads travelling with them)."""
+        queued = self.coalesce and not alone
+        try:
+            commands = next(plan)
+            while True:
+                replies = await (
+                    self._queued(commands, doing) if queued else self._alone(commands, doing)
+                )
+                commands = plan.send(replies)
+        except StopIteration as done:
+            return done.value
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _alone(self, commands: list[Command], doing: str) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for name, args, kwargs in commands:
+            getattr(pipe, name)(*args, **kwargs)
+        self.round_trips += 1
+        with _unavailable(doing):
+            return await pipe.execute()
+
+    async def _queued(self, commands: list[Command], doing: str) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((commands, doing, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                pipe = self.client.pipeline(transaction=False)
+                for commands, _, _ in batch:
+                    for name, args, kwargs in commands:
+                        getattr(pipe, name)(*args, **kwargs)
+                self.round_trips += 1
+                try:
+                    replies = await pipe.execute(raise_on_error=False)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    for _, doing, future in batch:
+                        if not future.done():
+                            future.set_exception(
+                                StoreUnavailable(f"Redis unreachable while {doing}: {exc}")
+                            )
+                    continue
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                at = 0
+                for commands, _, future in batch:
+                    part = replies[at : at + len(commands)]
+                    at += len(commands)
+                    if future.done():  # the request was cancelled meanwhile
+                        continue
+                    failed = next((r for r in part if isinstance(r, Exception)), None)
+                    if failed is not None:
+                        future.set_exception(failed)
+                    else:
+                        future.set_result(part)
+        finally:
+            self._flushing = False
+
+
+def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
+    """An asyncio client for the server ``client`` talks to, with the same settings."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kinds = {
+        redis.connection.SSLConnection: redis.asyncio.connection.SSLConnection,
+        redis.connection.UnixDomainSocketConnection: (
+            redis.asyncio.connection.UnixDomainSocketConnection
+        ),
+    }
+    connection_class = kinds.get(pool.connection_class, redis.asyncio.connection.Connection)
+    return redis.asyncio.Redis(
+        connection_pool=redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
+    )
+
+
+@dataclass
+class PersonView:
+    """One person as a request needs them, read in one round trip (usually)."""
+
+    person: str
+    """The person id the request's identifier names."""
+    serving: ServingView | None = None
+    """Features, popular and trending items (when asked for)."""
+    engagement: EngagementView | None = None
+    """Send-time and channel evidence (when asked for)."""
+    tokens: list[str] = field(default_factory=list)
+    """Identifier tokens stored for the person (when asked for)."""
+
+
+@dataclass
+class _PersonReplies:
+    live: UserFeatures
+    engagement: list[EngagementEvent]
+    aliases: list[str]
+    tokens: list[str]
+    published: UserFeatures | None
+    """None when the publication holds nothing of theirs was not read (cached)."""
+
+
 class FeatureStore:
     """Reads and writes omnirec's features in Redis. The client is injected."""
 
@@ -360,8 +529,11 @@ class FeatureStore:
         engagement_length: int = 500,
         trending_half_life_hours: float = 6.0,
         stream_maxlen: int = 5_000_000,
+        published_cached: int = PUBLISHED_CACHED,
     ) -> None:
         self.client = client
+        self.published_cached = published_cached
+        self._published: dict[str, OrderedDict[str, UserFeatures]] = {}
         self.prefix = prefix
         self.history_length = history_length
         self.engagement_length = engagement_length
@@ -395,141 +567,257 @@ class FeatureStore:
         self, user_id: str, popular_count: int, now: float | None = None
     ) -> ServingView:
         """One person's features (both layers), popular and trending items, and the
-        catalogue version, in one round trip."""
-        now = time.time() if now is None else now
-        pub = self.current_publication()
-        day = int(now) // SECONDS_PER_DAY
-        p = self.prefix
-        pipe = self.client.pipeline(transaction=False)
-        pipe.lrange(live_key(p, user_id, "history"), 0, self.history_length - 1)
-        pipe.smembers(live_key(p, user_id, "purchased"))
-        pipe.smembers(live_key(p, user_id, "disliked"))
-        pipe.zrevrange(trending_key(p, day), 0, popular_count - 1, withscores=True)
-        pipe.zrevrange(trending_key(p, day - 1), 0, popular_count - 1, withscores=True)
-        pipe.get(catalogue_version_key(p))
-        pipe.smembers(person_key(p, user_id, "aliases"))
-        if pub is not None:
-            pipe.hgetall(user_key(p, pub, user_id))
-        with _unavailable("reading features"):
-            replies = pipe.execute()
-        history, purchased, disliked, today, yesterday, version, aliases = replies[:7]
-        live = UserFeatures(
-            history=[decode_entry(e) for e in history],
-            purchased={_text(i) for i in purchased},
-            disliked={_text(i) for i in disliked},
+        catalogue version, in one round trip (sync; the server runs :meth:`person_plan`)."""
+        view = run_plan(
+            self.client,
+            self.person_plan(None, user_id, popular_count=popular_count, now=now),
+            "reading features",
         )
-        published, popular = UserFeatures(), []
-        if pub is not None:
-            raw_user = replies[7]
-            published = decode_user(raw_user) if raw_user else UserFeatures()
-            popular = self.popular(pub)[:popular_count]
-        for their_published, their_live, _ in self._merged_away(pub, aliases):
-            published = merge_features(their_published, published, self.history_length)
-            live = merge_features(their_live, live, self.history_length)
-        trending = combine_trending(
-            [(_text(i), float(s)) for i, s in today],
-            [(_text(i), float(s)) for i, s in yesterday],
-            now,
-            self.trending_half_life_hours,
-        )[:popular_count]
-        return ServingView(
-            publication=pub,
-            user=merge_features(live, published, self.history_length),
-            popular=popular,
-            trending=trending,
-            catalogue_version=int(version or 0),
-        )
-
-    def _merged_away(
-        self, pub: str | None, aliases: Iterable[bytes | str]
-    ) -> list[tuple[UserFeatures, UserFeatures, list[EngagementEvent]]]:
-        """For each person merged into this one: ``(published, live, live engagement)``.
-
-        A second round trip, only for people with aliases. Reading the merged-away
-        people's live keys too means an event that reached one of them just as the merge
-        committed still counts.
-        """
-        names = [_text(a) for a in aliases]
-        if not names:
-            return []
-        p = self.prefix
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.lrange(live_key(p, name, "history"), 0, self.history_length - 1)
-            pipe.smembers(live_key(p, name, "purchased"))
-            pipe.smembers(live_key(p, name, "disliked"))
-            pipe.lrange(live_key(p, name, "engagement"), 0, self.engagement_length - 1)
-            if pub is not None:
-                pipe.hgetall(user_key(p, pub, name))
-        with _unavailable("reading merged features"):
-            replies = pipe.execute()
-        step = 5 if pub is not None else 4
-        out = []
-        for k in range(len(names)):
-            history, purchased, disliked, engagement, *rest = replies[step * k : step * (k + 1)]
-            raw = rest[0] if rest else None
-            live = UserFeatures(
-                history=[decode_entry(e) for e in history],
-                purchased={_text(i) for i in purchased},
-                disliked={_text(i) for i in disliked},
-            )
-            published = decode_user(raw) if raw else UserFeatures()
-            out.append((published, live, [_decode_engagement(e) for e in engagement]))
-        return out
-
-    def popular(self, pub: str) -> list[tuple[str, float]]:
-        """The publication's top :data:`POPULAR_CACHED` items, read once per publication:
-        they never change within one, and parsing them on every request was a large
-        share of a request's CPU."""
-        cached = self._popular.get(pub)
-        if cached is None:
-            with _unavailable("reading popular items"):
-                raw = self.client.zrevrange(
-                    popular_key(self.prefix, pub), 0, POPULAR_CACHED - 1, withscores=True
-                )
-            cached = [(_text(item), float(score)) for item, score in raw]
-            # Only the live publication and its predecessor are ever asked for.
-            self._popular = {k: v for k, v in self._popular.items() if k == pub} | {pub: cached}
-        return cached
-
-    def bought_together(self, item_id: str, count: int) -> list[tuple[str, float]]:
-        """Items most often bought by the people who bought ``item_id``."""
-        pub = self.current_publication()
-        if pub is None:
-            return []
-        with _unavailable("reading bought-together items"):
-            raw = self.client.zrevrange(
-                cobuy_key(self.prefix, pub, item_id), 0, count - 1, withscores=True
-            )
-        return [(_text(i), float(s)) for i, s in raw]
+        assert view.serving is not None
+        return view.serving
 
     def engagement_view(self, user_id: str) -> EngagementView:
-        pub = self.current_publication()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.lrange(live_key(self.prefix, user_id, "engagement"), 0, self.engagement_length - 1)
-        pipe.smembers(person_key(self.prefix, user_id, "aliases"))
-        if pub is not None:
-            pipe.hget(user_key(self.prefix, pub, user_id), "engagement")
-        with _unavailable("reading engagement"):
-            replies = pipe.execute()
-        live = [_decode_engagement(raw) for raw in replies[0]]
-        published = []
-        if pub is not None and replies[2] is not None:
-            published.append(_text(replies[2]))
-        for their_published, _, their_live in self._merged_away(pub, replies[1]):
-            if their_published.engagement:
-                published.append(their_published.engagement)
-            live += their_live
-        live.sort(key=lambda e: -e[2])
-        return EngagementView(published, self._published_until(pub), live)
+        view = run_plan(
+            self.client, self.person_plan(None, user_id, engagement=True), "reading engagement"
+        )
+        assert view.engagement is not None
+        return view.engagement
 
-    def _published_until(self, pub: str | None) -> int | None:
+    def person_plan(
+        self,
+        token: str | None,
+        guess: str,
+        *,
+        popular_count: int | None = None,
+        engagement: bool = False,
+        tokens: bool = False,
+        together: tuple[str, int] | None = None,
+        now: float | None = None,
+    ) -> Plan[PersonView]:
+        """Everything one request needs about one person, usually in one round trip.
+
+        ``token`` is the identifier the request names (None: ``guess`` is the person id
+        already); its person is resolved in the same round trip as the reads, which are
+        made for ``guess`` (the person an unlinked token names): only when the token is
+        linked to someone else does a second round trip read that person. Asks for:
+        features plus ``popular_count`` popular and trending items (``popular_count``
+        not None), send-time evidence (``engagement``), stored identifier tokens
+        (``tokens``), and items bought with ``together[0]`` (at most ``together[1]``).
+
+        Published features never change within a publication, so they are read once per
+        person and publication and kept decoded (:data:`PUBLISHED_CACHED` people); live
+        keys, trending items and the catalogue version are read on every call, so an
+        event tracked a moment ago, by any process, shapes the next answer.
+        """
+        now = time.time() if now is None else now
+        p = self.prefix
+        features = popular_count is not None
+        pub, read_at = self._pointer
+        stale = time.monotonic() - read_at > POINTER_TTL_SECONDS
+        head: list[Command] = []
+        if token is not None:
+            head.append(command("get", identity_key(p, token)))
+        if stale:
+            head.append(command("get", current_key(p)))
+        if features:
+            day = int(now) // SECONDS_PER_DAY
+            top = max(popular_count or 0, 1) - 1
+            head.append(command("zrevrange", trending_key(p, day), 0, top, withscores=True))
+            head.append(command("zrevrange", trending_key(p, day - 1), 0, top, withscores=True))
+            head.append(command("get", catalogue_version_key(p)))
+        wanted = (features, engagement, together)
+        pub_commands, pub_decode = self._publication_commands(pub, *wanted)
+        own_commands, own_decode = self._person_commands(guess, pub, features, engagement, tokens)
+        replies = yield head + pub_commands + own_commands
+        at = 0
+        person = guess
+        if token is not None:
+            if replies[0] is not None:
+                person = _text(replies[0])
+            at += 1
+        if stale:
+            raw = replies[at]
+            at += 1
+            current = _text(raw) if raw is not None else None
+            with self._pointer_lock:
+                self._pointer = (current, time.monotonic())
+        else:
+            current = pub
+        trending: list[tuple[str, float]] = []
+        version = 0
+        if features:
+            today, yesterday, raw_version = replies[at : at + 3]
+            at += 3
+            trending = combine_trending(
+                [(_text(i), float(s)) for i, s in today],
+                [(_text(i), float(s)) for i, s in yesterday],
+                now,
+                self.trending_half_life_hours,
+            )[: popular_count or 0]
+            version = int(raw_version or 0)
+        bought = pub_decode(replies[at : at + len(pub_commands)])
+        mine = own_decode(replies[at + len(pub_commands) :])
+        if person != guess or current != pub:
+            # Linked to someone else, or a new publication went live: read them (there).
+            pub = current
+            pub_commands, pub_decode = self._publication_commands(pub, *wanted)
+            own_commands, own_decode = self._person_commands(
+                person, pub, features, engagement, tokens
+            )
+            replies = yield pub_commands + own_commands
+            bought = pub_decode(replies[: len(pub_commands)])
+            mine = own_decode(replies[len(pub_commands) :])
+        theirs: list[_PersonReplies] = []
+        if mine.aliases:
+            # People merged into this one: their published features count until the next
+            # training run relabels them, and their live keys catch an event that reached
+            # them just as the merge committed.
+            reads = [self._person_commands(a, pub, True, True, False) for a in mine.aliases]
+            replies = yield [c for commands, _ in reads for c in commands]
+            at = 0
+            for commands, decode in reads:
+                theirs.append(decode(replies[at : at + len(commands)]))
+                at += len(commands)
+        view = PersonView(person, tokens=mine.tokens)
+        if features:
+            published, live = mine.published or UserFeatures(), mine.live
+            for other in theirs:
+                published = merge_features(
+                    other.published or UserFeatures(), published, self.history_length
+                )
+                live = merge_features(other.live, live, self.history_length)
+            view.serving = ServingView(
+                publication=pub,
+                user=merge_features(live, published, self.history_length),
+                popular=self._popular.get(pub, [])[: popular_count or 0] if pub else [],
+                trending=trending,
+                catalogue_version=version,
+                bought_together=bought,
+            )
+        if engagement:
+            texts = []
+            own = mine.published
+            if own is not None and own.engagement is not None:
+                texts.append(own.engagement)
+            events = list(mine.engagement)
+            for other in theirs:
+                if other.published is not None and other.published.engagement:
+                    texts.append(other.published.engagement)
+                events += other.engagement
+            events.sort(key=lambda e: -e[2])
+            until = self._data_end.get(pub) if pub is not None else None
+            view.engagement = EngagementView(texts, until, events)
+        return view
+
+    def _publication_commands(
+        self,
+        pub: str | None,
+        features: bool,
+        engagement: bool,
+        together: tuple[str, int] | None,
+    ) -> tuple[list[Command], Any]:
+        """Reads of the publication itself a request needs: the popular list and the data
+        end once per publication (they never change within one), bought-together items
+        each time. The decoder fills the caches and returns the bought-together items."""
         if pub is None:
+            return [], lambda replies: []
+        p = self.prefix
+        commands: list[Command] = []
+        want_popular = features and pub not in self._popular
+        want_end = engagement and pub not in self._data_end
+        if want_popular:
+            commands.append(
+                command("zrevrange", popular_key(p, pub), 0, POPULAR_CACHED - 1, withscores=True)
+            )
+        if want_end:
+            commands.append(command("hget", meta_key(p, pub), "data_end"))
+        if together is not None:
+            item, count = together
+            commands.append(
+                command("zrevrange", cobuy_key(p, pub, item), 0, count - 1, withscores=True)
+            )
+
+        def decode(replies: list[Any]) -> list[tuple[str, float]]:
+            it = iter(replies)
+            if want_popular:
+                popular = [(_text(i), float(s)) for i, s in next(it)]
+                # Only the live publication and its predecessor are ever asked for.
+                kept = {k: v for k, v in self._popular.items() if k == pub}
+                self._popular = kept | {pub: popular}
+            if want_end:
+                raw = next(it)
+                self._data_end[pub] = int(_text(raw)) if raw else None
+            if together is None:
+                return []
+            return [(_text(i), float(s)) for i, s in next(it)]
+
+        return commands, decode
+
+    def _person_commands(
+        self, person: str, pub: str | None, features: bool, engagement: bool, tokens: bool
+    ) -> tuple[list[Command], Any]:
+        """One person's reads and their decoder (-> :class:`_PersonReplies`)."""
+        p = self.prefix
+        commands: list[Command] = []
+        if features:
+            commands.append(
+                command("lrange", live_key(p, person, "history"), 0, self.history_length - 1)
+            )
+            commands.append(command("smembers", live_key(p, person, "purchased")))
+            commands.append(command("smembers", live_key(p, person, "disliked")))
+        if engagement:
+            commands.append(
+                command("lrange", live_key(p, person, "engagement"), 0, self.engagement_length - 1)
+            )
+        commands.append(command("smembers", person_key(p, person, "aliases")))
+        if tokens:
+            commands.append(command("smembers", person_key(p, person, "tokens")))
+        cached = self._published_of(pub, person) if pub is not None else None
+        want_published = pub is not None and cached is None and (features or engagement)
+        if want_published:
+            commands.append(command("hgetall", user_key(p, pub, person)))
+
+        def decode(replies: list[Any]) -> _PersonReplies:
+            it = iter(replies)
+            live = UserFeatures()
+            if features:
+                history, purchased, disliked = next(it), next(it), next(it)
+                live = UserFeatures(
+                    history=[decode_entry(e) for e in history],
+                    purchased={_text(i) for i in purchased},
+                    disliked={_text(i) for i in disliked},
+                )
+            events = [_decode_engagement(e) for e in next(it)] if engagement else []
+            aliases = [_text(a) for a in next(it)]
+            stored = [_text(t) for t in next(it)] if tokens else []
+            published = cached
+            if want_published:
+                raw = next(it)
+                published = decode_user(raw) if raw else UserFeatures()
+                self._remember(pub, person, published)  # type: ignore[arg-type]
+            return _PersonReplies(live, events, aliases, stored, published)
+
+        return commands, decode
+
+    def _published_of(self, pub: str, person: str) -> UserFeatures | None:
+        cache = self._published.get(pub)
+        if cache is None:
             return None
-        if pub not in self._data_end:
-            raw = self.publication_meta(pub).get("data_end")
-            self._data_end[pub] = int(raw) if raw else None
-        return self._data_end[pub]
+        found = cache.get(person)
+        if found is not None:
+            cache.move_to_end(person)
+        return found
+
+    def _remember(self, pub: str, person: str, features: UserFeatures) -> None:
+        cache = self._published.get(pub)
+        if cache is None:
+            # A new publication: keep only its predecessor's cache beside it.
+            newest = list(self._published)[-1:]
+            self._published = {k: self._published[k] for k in newest} | {pub: OrderedDict()}
+            cache = self._published[pub]
+        cache[person] = features
+        if len(cache) > self.published_cached:
+            cache.popitem(last=False)
 
     def publication_meta(self, pub: str) -> dict[str, str]:
         with _unavailable("reading publication metadata"):
@@ -540,56 +828,71 @@ class FeatureStore:
 
     def record(self, events: Sequence[TrackedEvent], weights: Mapping[str, float]) -> None:
         """Apply accepted live events in one round trip (see the module docstring)."""
+        run_plan(self.client, self.record_plan(events, weights), "recording events")
+
+    def record_plan(
+        self, events: Sequence[TrackedEvent], weights: Mapping[str, float]
+    ) -> Plan[None]:
         if not events:
             return
         p = self.prefix
         now = time.time()
         today = trending_key(p, int(now) // SECONDS_PER_DAY)
-        pipe = self.client.pipeline(transaction=False)
+        pipe: list[Command] = []
         histories: set[str] = set()
         for e in events:
-            pipe.xadd(
-                stream_key(p),
-                {
-                    "user_id": e.user_id,
-                    "item_id": e.item_id,
-                    "event_type": e.event_type,
-                    "timestamp": str(e.timestamp),
-                    "channel": e.channel,
-                    "timezone": e.timezone,
-                    "value": repr(e.value),
-                    "automated": "1" if e.automated else "0",
-                },
-                maxlen=self.stream_maxlen,
-                approximate=True,
+            pipe.append(
+                command(
+                    "xadd",
+                    stream_key(p),
+                    {
+                        "user_id": e.user_id,
+                        "item_id": e.item_id,
+                        "event_type": e.event_type,
+                        "timestamp": str(e.timestamp),
+                        "channel": e.channel,
+                        "timezone": e.timezone,
+                        "value": repr(e.value),
+                        "automated": "1" if e.automated else "0",
+                    },
+                    maxlen=self.stream_maxlen,
+                    approximate=True,
+                )
             )
             if e.item_id:
-                pipe.lpush(
-                    live_key(p, e.user_id, "history"),
-                    encode_entry((e.item_id, e.event_type, e.timestamp)),
+                pipe.append(
+                    command(
+                        "lpush",
+                        live_key(p, e.user_id, "history"),
+                        encode_entry((e.item_id, e.event_type, e.timestamp)),
+                    )
                 )
                 histories.add(e.user_id)
                 if e.event_type == "purchase":
-                    pipe.sadd(live_key(p, e.user_id, "purchased"), e.item_id)
+                    pipe.append(command("sadd", live_key(p, e.user_id, "purchased"), e.item_id))
                 elif e.event_type == "dislike":
-                    pipe.sadd(live_key(p, e.user_id, "disliked"), e.item_id)
+                    pipe.append(command("sadd", live_key(p, e.user_id, "disliked"), e.item_id))
                 weight = weights.get(e.event_type, 0.0)
                 if e.event_type in TRENDING_TYPES and weight > 0:
                     inc = trending_increment(
                         weight, e.timestamp, now, self.trending_half_life_hours
                     )
-                    pipe.zincrby(today, inc, e.item_id)
-            pipe.lpush(
-                live_key(p, e.user_id, "engagement"),
-                _json([e.channel, e.event_type, e.timestamp, e.timezone, e.automated]),
+                    pipe.append(command("zincrby", today, inc, e.item_id))
+            pipe.append(
+                command(
+                    "lpush",
+                    live_key(p, e.user_id, "engagement"),
+                    _json([e.channel, e.event_type, e.timestamp, e.timezone, e.automated]),
+                )
             )
         for user in histories:
-            pipe.ltrim(live_key(p, user, "history"), 0, self.history_length - 1)
+            pipe.append(command("ltrim", live_key(p, user, "history"), 0, self.history_length - 1))
         for user in {e.user_id for e in events}:
-            pipe.ltrim(live_key(p, user, "engagement"), 0, self.engagement_length - 1)
-        pipe.expire(today, TRENDING_TTL_SECONDS)
-        with _unavailable("recording events"):
-            pipe.execute()
+            pipe.append(
+                command("ltrim", live_key(p, user, "engagement"), 0, self.engagement_length - 1)
+            )
+        pipe.append(command("expire", today, TRENDING_TTL_SECONDS))
+        yield pipe
 
     # -- the durable event stream (export for training) --
 

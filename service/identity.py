@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -36,12 +37,16 @@ from service.events import MAX_ID_LENGTH
 from service.features import (
     LIVE_PARTS,
     FeatureStore,
+    PersonView,
+    Plan,
     chunks,
+    command,
     erased_key,
     identity_key,
     identity_lock_key,
     live_key,
     person_key,
+    run_plan,
     stream_key,
     user_key,
 )
@@ -96,6 +101,11 @@ def default_token(person: str) -> str:
     return person if kind in KINDS and kind != "user_id" else f"user_id:{person}"
 
 
+def all_tokens(person: str, stored: Iterable[str]) -> list[str]:
+    """Every token naming ``person``: those stored for them and the default one."""
+    return sorted(set(stored) | {default_token(person)})
+
+
 @dataclass(frozen=True)
 class Forgotten:
     keys_removed: int
@@ -148,12 +158,12 @@ class Identities:
 
     def resolve(self, tokens: Sequence[str]) -> list[str]:
         """The person id of each token, in one round trip."""
+        return run_plan(self.client, self.resolve_plan(tokens), "resolving identities")
+
+    def resolve_plan(self, tokens: Sequence[str]) -> Plan[list[str]]:
         if not tokens:
             return []
-        try:
-            found = self.client.mget([identity_key(self.prefix, t) for t in tokens])
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis unreachable while resolving identities: {exc}") from exc
+        (found,) = yield [command("mget", [identity_key(self.prefix, t) for t in tokens])]
         return [
             _text(f) if f is not None else default_person(t)
             for t, f in zip(tokens, found, strict=True)
@@ -161,6 +171,15 @@ class Identities:
 
     def person(self, token: str) -> str:
         return self.resolve([token])[0]
+
+    def view_plan(self, token: str | None, **parts: Any) -> Plan[PersonView]:
+        """The person ``token`` names and what a request needs of them (see
+        :meth:`FeatureStore.person_plan` for ``parts``), usually in one round trip.
+        ``None`` names nobody: only the shared reads (popular, trending, catalogue)."""
+        if token is None:
+            # "\x00" is never a valid id: it reads no one's features.
+            return self.store.person_plan(None, "\x00", **parts)
+        return self.store.person_plan(token, default_person(token), **parts)
 
     # -- linking --
 
@@ -239,8 +258,8 @@ class Identities:
         return [_text(a) for a in self.client.smembers(person_key(self.prefix, person, "aliases"))]
 
     def tokens(self, person: str) -> list[str]:
-        stored = {_text(t) for t in self.client.smembers(person_key(self.prefix, person, "tokens"))}
-        return sorted(stored | {default_token(person)})
+        stored = [_text(t) for t in self.client.smembers(person_key(self.prefix, person, "tokens"))]
+        return all_tokens(person, stored)
 
     # -- erasure --
 

@@ -6,6 +6,7 @@ answers. Profiles show identifier *kinds*, never their values.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
@@ -17,10 +18,10 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from service.catalogue import CatalogueCache
 from service.config import Settings
-from service.engagement import read_profile
+from service.engagement import profile_of
 from service.errors import BadInput
-from service.features import FeatureStore, HistoryEntry
-from service.identity import Identities
+from service.features import AsyncReader, FeatureStore, HistoryEntry
+from service.identity import Identities, all_tokens
 from service.rpc import rpc
 from service.send_time import channel_source, hour_probabilities, rank_channels
 
@@ -34,12 +35,18 @@ PREFERRED_HOURS = 3
 
 class ProfilesService(ppb_grpc.ProfilesServicer):
     def __init__(
-        self, settings: Settings, models: object, store: FeatureStore, identities: Identities
+        self,
+        settings: Settings,
+        models: object,
+        store: FeatureStore,
+        identities: Identities,
+        reader: AsyncReader,
     ) -> None:
         self.settings = settings
         self.models = models
         self.store = store
         self.identities = identities
+        self.reader = reader
         self.catalogue = CatalogueCache(store.catalogue)
 
     def _token(self, message: object, field: str = "identifier") -> str:
@@ -49,8 +56,8 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         return self.identities.token(identifier.kind, identifier.value, field)
 
     @rpc
-    def LinkIdentities(  # noqa: N802
-        self, request: ppb.LinkIdentitiesRequest, context: grpc.ServicerContext
+    async def LinkIdentities(  # noqa: N802
+        self, request: ppb.LinkIdentitiesRequest, context: grpc.aio.ServicerContext
     ) -> ppb.LinkIdentitiesResponse:
         if not 2 <= len(request.identifiers) <= MAX_LINKED:
             raise BadInput("identifiers", f"must name 2 to {MAX_LINKED} identifiers")
@@ -60,21 +67,26 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         ]
         if len(set(tokens)) < len(tokens):
             raise BadInput("identifiers", "an identifier cannot be linked to itself")
-        person, merged = self.identities.link(tokens)
+        # Rare, and it waits on a lock: the sync client on a worker thread.
+        person, merged = await asyncio.to_thread(self.identities.link, tokens)
         log.info("linked %d identifiers, %d people merged", len(tokens), merged)
         return ppb.LinkIdentitiesResponse(person_id=person, merged=merged)
 
     @rpc
-    def GetProfile(  # noqa: N802
-        self, request: ppb.GetProfileRequest, context: grpc.ServicerContext
+    async def GetProfile(  # noqa: N802
+        self, request: ppb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> ppb.GetProfileResponse:
         token = self._token(request)
         limit = request.limit or DEFAULT_PROFILE_ITEMS
         if not 1 <= limit <= MAX_PROFILE_ITEMS:
             raise BadInput("limit", f"must be between 1 and {MAX_PROFILE_ITEMS}; got {limit}")
-        person = self.identities.person(token)
-        view = self.store.serving_view(person, 1)
-        catalogue = self.catalogue.get(view.catalogue_version).items
+        found = await self.reader.run(
+            self.identities.view_plan(token, popular_count=1, engagement=True, tokens=True),
+            "reading a profile",
+        )
+        person, view = found.person, found.serving
+        assert view is not None and found.engagement is not None
+        catalogue = (await self.catalogue.get_async(view.catalogue_version)).items
         history = view.user.history
 
         def items(entries: list[HistoryEntry]) -> list[ppb.ProfileItem]:
@@ -111,12 +123,12 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         categories.pop(None, None)
         s = self.settings
         priors = self.models.engine.priors  # type: ignore[attr-defined]
-        engagement = read_profile(self.store, s, person, priors)
+        engagement = profile_of(found.engagement, s, priors)
         channel = rank_channels(engagement, priors)[0][0]
         zone = engagement.timezone or s.default_timezone
         probabilities, hours_source, _ = hour_probabilities(engagement, channel, priors, zone)
         hours = [int(h) for h in np.argsort(-probabilities, kind="stable")[:PREFERRED_HOURS]]
-        kinds = sorted({t.partition(":")[0] for t in self.identities.tokens(person)})
+        kinds = sorted({t.partition(":")[0] for t in all_tokens(person, found.tokens)})
         return ppb.GetProfileResponse(
             person_id=person,
             recent_views=items(of("view")),
@@ -135,10 +147,11 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         )
 
     @rpc
-    def ForgetUser(  # noqa: N802
-        self, request: ppb.ForgetUserRequest, context: grpc.ServicerContext
+    async def ForgetUser(  # noqa: N802
+        self, request: ppb.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> ppb.ForgetUserResponse:
-        forgotten = self.identities.forget(self._token(request))
+        token = self._token(request)
+        forgotten = await asyncio.to_thread(self.identities.forget, token)
         log.info(
             "erased a person: %d keys, %d stream events",
             forgotten.keys_removed,

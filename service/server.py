@@ -1,18 +1,20 @@
 """The gRPC server: request validation, the servicer, health, reflection, model hot-swap.
 
-``build_server`` returns a started ``(Server, port)`` pair so tests bind port 0 and talk
-to a real server; ``__main__`` only adds signals and settings around it.
+``build_server`` returns a started server (its port, a ``stop``) so tests bind port 0 and
+talk to a real server; ``__main__`` only adds signals and settings around it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import math
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from service.config import Settings, identity_secret
 from service.engagement import EngagementService, priors_of
 from service.errors import BadInput, NotFound
 from service.events import MAX_ID_LENGTH, validate_event
-from service.features import FeatureStore, TrackedEvent
+from service.features import AsyncReader, FeatureStore, TrackedEvent, async_twin
 from service.identity import Identities
 from service.profiles import ProfilesService
 from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
@@ -143,19 +145,27 @@ def to_item_fields(item: pb.Item) -> dict[str, Any]:
 
 class RecommenderService(pb_grpc.RecommenderServicer):
     def __init__(
-        self, settings: Settings, models: ModelHolder, store: FeatureStore, identities: Identities
+        self,
+        settings: Settings,
+        models: ModelHolder,
+        store: FeatureStore,
+        identities: Identities,
+        reader: AsyncReader,
     ) -> None:
         self.settings = settings
         self.models = models
         self.store = store
         self.identities = identities
+        self.reader = reader
         self.catalogue = CatalogueCache(store.catalogue)
 
     @rpc
-    def Recommend(  # noqa: N802 (gRPC method name)
-        self, request: pb.RecommendRequest, context: grpc.ServicerContext
+    async def Recommend(  # noqa: N802 (gRPC method name)
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
-        user_id = self.identities.person_of(request)
+        token = self.identities.request_token(request)
+        if token is None:
+            raise BadInput("user_id", "is required (or give an identifier)")
         options = RankingOptions(
             limit=check_limit(request.limit, self.settings),
             item_filter=ItemFilter.from_request(request),
@@ -167,9 +177,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if len(request.context_item_id) > MAX_ID_LENGTH:
             raise BadInput("context_item_id", f"is longer than {MAX_ID_LENGTH} characters")
         engine = self.models.engine
-        view = self.store.serving_view(user_id, engine.recommender.popular_count(options))
-        catalogue = self.catalogue.get(view.catalogue_version)
-        ranked = engine.recommender.recommend(user_id, view, catalogue, options)
+        found = await self.reader.run(
+            self.identities.view_plan(
+                token, popular_count=engine.recommender.popular_count(options)
+            ),
+            "reading features",
+        )
+        view = found.serving
+        assert view is not None
+        catalogue = await self.catalogue.get_async(view.catalogue_version)
+        ranked = engine.recommender.recommend(found.person, view, catalogue, options)
         return pb.RecommendResponse(
             items=_items(ranked),
             model_version=engine.model.label,
@@ -177,31 +194,38 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         )
 
     @rpc
-    def SimilarItems(  # noqa: N802
-        self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext
+    async def SimilarItems(  # noqa: N802
+        self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimilarItemsResponse:
         item_id = check_id("item_id", request.item_id)
         mode = request.mode or "similar"
         if mode not in SIMILAR_MODES:
             raise BadInput("mode", f"{mode!r} is not one of {', '.join(SIMILAR_MODES)}")
         token = self.identities.request_token(request)
-        person = self.identities.person(token) if token else None
-        options = RankingOptions(
-            limit=check_limit(request.limit, self.settings),
-            item_filter=ItemFilter.from_request(request),
-            exclude_purchased=person is not None,
-            exclude_disliked=person is not None,
-        )
+        limit = check_limit(request.limit, self.settings)
+        item_filter = ItemFilter.from_request(request)
         engine = self.models.engine
         # The person's view also brings popular/trending items and the catalogue version.
         # An item the model does not know falls back on popular items of its category,
         # which may sit deep in the popular list.
         known = engine.recommender.knows_item(item_id)
-        popular = engine.recommender.popular_count(options) if known else MAX_POPULAR
-        # Without a person, "\x00" (never a valid id) reads no one's features.
-        view = self.store.serving_view(person or "\x00", popular)
-        catalogue = self.catalogue.get(view.catalogue_version)
-        together = self.store.bought_together(item_id, options.limit + 50)
+        sized = RankingOptions(limit=limit, item_filter=item_filter)
+        popular = engine.recommender.popular_count(sized) if known else MAX_POPULAR
+        found = await self.reader.run(
+            self.identities.view_plan(token, popular_count=popular, together=(item_id, limit + 50)),
+            "reading features",
+        )
+        view = found.serving
+        assert view is not None
+        person = token is not None
+        options = RankingOptions(
+            limit=limit,
+            item_filter=item_filter,
+            exclude_purchased=person,
+            exclude_disliked=person,
+        )
+        catalogue = await self.catalogue.get_async(view.catalogue_version)
+        together = view.bought_together
         # An item in the catalogue without metadata (seen only in events) still counts.
         if not (known or together or catalogue.meta(item_id) is not None):
             raise NotFound(f"item_id: {item_id!r} is unknown to the model and the catalogue")
@@ -215,8 +239,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         )
 
     @rpc
-    def TrackEvents(  # noqa: N802
-        self, request: pb.TrackEventsRequest, context: grpc.ServicerContext
+    async def TrackEvents(  # noqa: N802
+        self, request: pb.TrackEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.TrackEventsResponse:
         if len(request.events) > self.settings.max_batch:
             raise BadInput(
@@ -230,22 +254,23 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 accepted.append(to_tracked(event, now, self.identities))
             except BadInput as exc:
                 rejections.append(pb.RejectedEvent(index=n, field=exc.field, reason=exc.reason))
-        # One round trip resolves every event's person.
-        people = self._people({e.user_id for e in accepted})
+        # One round trip resolves every event's person, a second one writes.
+        tokens = sorted({e.user_id for e in accepted})
+        people = await self.reader.run(self.identities.resolve_plan(tokens), "resolving identities")
+        person_of = dict(zip(tokens, people, strict=True))
         for event in accepted:
-            event.user_id = people[event.user_id]
-        self.store.record(accepted, self.models.engine.recommender.weights)
+            event.user_id = person_of[event.user_id]
+        weights = self.models.engine.recommender.weights
+        await self.reader.run(
+            self.store.record_plan(accepted, weights), "recording events", alone=True
+        )
         return pb.TrackEventsResponse(
             accepted=len(accepted), rejected=len(rejections), rejections=rejections
         )
 
-    def _people(self, tokens: set[str]) -> dict[str, str]:
-        ordered = sorted(tokens)
-        return dict(zip(ordered, self.identities.resolve(ordered), strict=True))
-
     @rpc
-    def UpsertItems(  # noqa: N802
-        self, request: pb.UpsertItemsRequest, context: grpc.ServicerContext
+    async def UpsertItems(  # noqa: N802
+        self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertItemsResponse:
         if len(request.items) > self.settings.max_batch:
             raise BadInput(
@@ -258,7 +283,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             except BadInput as exc:
                 # One bad item refuses the call: a catalogue half-applied is worse.
                 raise BadInput(f"items[{n}].{exc.field}", exc.reason) from None
-        created = self.store.upsert_items(items)
+        # Rare and batched: the sync client on a worker thread.
+        created = await asyncio.to_thread(self.store.upsert_items, items)
         return pb.UpsertItemsResponse(upserted=len(items), created=created)
 
 
@@ -270,39 +296,41 @@ def _items(ranked: list[Recommendation]) -> list[pb.RecommendedItem]:
 
 
 class Supervisor:
-    """Background upkeep: health follows Redis, and the model follows its alias."""
+    """Background upkeep on the server's loop: health follows Redis, and the model follows
+    its alias (registry calls and model loads run on a worker thread)."""
 
     HEALTH_EVERY_SECONDS = 1.0
 
     def __init__(
         self,
         settings: Settings,
-        health_servicer: health.HealthServicer,
-        store: FeatureStore,
+        health_servicer: health.aio.HealthServicer,
+        reader: AsyncReader,
         models: ModelHolder,
         reload_model: Callable[[str], ServedModel] | None,
         current_version: Callable[[], str | None] | None,
     ) -> None:
         self.settings = settings
         self.health = health_servicer
-        self.store = store
+        self.reader = reader
         self.models = models
         self.reload_model = reload_model
         self.current_version = current_version
-        self._stop = threading.Event()
         self._serving: bool | None = None
-        self._thread = threading.Thread(target=self._run, name="omnirec-supervisor", daemon=True)
+        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.check_health()
-        self._thread.start()
+    async def start(self) -> None:
+        await self.check_health()
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    def check_health(self) -> bool:
-        ok = self.store.ping()
+    async def check_health(self) -> bool:
+        ok = await self.reader.ping()
         if ok != self._serving:
             status = (
                 health_pb2.HealthCheckResponse.SERVING
@@ -310,7 +338,7 @@ class Supervisor:
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
             for name in ("", *SERVICE_NAMES):
-                self.health.set(name, status)
+                await self.health.set(name, status)
             if ok:
                 log.info("Redis reachable: SERVING")
             else:
@@ -318,41 +346,57 @@ class Supervisor:
             self._serving = ok
         return ok
 
-    def check_model(self) -> None:
+    async def check_model(self) -> None:
         if self.reload_model is None or self.current_version is None:
             return
         try:
-            version = self.current_version()
+            version = await asyncio.to_thread(self.current_version)
             if version is not None and version != self.models.engine.model.version:
-                self.models.swap(self.reload_model(version))
+                model = await asyncio.to_thread(self.reload_model, version)
+                await asyncio.to_thread(self.models.swap, model)
         except Exception:
             # The registry may be briefly unreachable; keep serving the loaded model.
             log.exception("checking the model alias failed; still serving the loaded model")
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         poll = self.settings.model_poll_seconds
         waited = 0.0
-        while not self._stop.wait(self.HEALTH_EVERY_SECONDS):
-            self.check_health()
+        while True:
+            await asyncio.sleep(self.HEALTH_EVERY_SECONDS)
+            await self.check_health()
             waited += self.HEALTH_EVERY_SECONDS
             if poll and waited >= poll:
                 waited = 0.0
-                self.check_model()
+                await self.check_model()
 
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    """A server answering on its own thread's asyncio loop; stop it from any thread."""
+
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     supervisor: Supervisor
     models: ModelHolder
+    reader: AsyncReader
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    stopped: asyncio.Event
 
     def stop(self, grace: float | None) -> None:
         """SIGTERM order: NOT_SERVING → finish in-flight calls → stop upkeep."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.supervisor.stop()
+        if not self.thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result()
+        self.thread.join(timeout=30)
+
+    async def _stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.supervisor.stop()
+        await self.reader.close()
+        self.stopped.set()
 
 
 def build_server(
@@ -367,29 +411,76 @@ def build_server(
 ) -> RunningServer:
     """Start a gRPC server on ``address`` (default ``host:port`` from settings).
 
-    ``reload_model`` / ``current_version`` let the server follow the alias; leave them
-    out to serve ``model`` for good. ``reuse_port`` lets several processes share the port.
+    The server is ``grpc.aio`` on an asyncio loop in a thread of its own, reading Redis
+    with the asyncio client: no thread hand-off per call, and concurrent calls share
+    round trips (:class:`~service.features.AsyncReader`). ``reload_model`` /
+    ``current_version`` let the server follow the alias; leave them out to serve
+    ``model`` for good. ``reuse_port`` lets several processes share the port.
     """
+    ready: concurrent.futures.Future[RunningServer] = concurrent.futures.Future()
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        try:
+            running = await _start(
+                settings, model, store, reload_model, current_version, address, reuse_port
+            )
+        except BaseException as exc:  # reported to the caller of build_server
+            ready.set_exception(exc)
+            return
+        ready.set_result(running)
+        await running.stopped.wait()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        # The worker threads of the rare blocking work: catalogue reloads, identity
+        # links and erasures, catalogue writes, model reloads.
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="omnirec")
+        )
+        try:
+            loop.run_until_complete(main())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="omnirec-grpc", daemon=True)
+    thread.start()
+    running = ready.result()
+    running.thread = thread
+    log.info("omnirec serving %s on port %d", model.label, running.port)
+    return running
+
+
+async def _start(
+    settings: Settings,
+    model: ServedModel,
+    store: FeatureStore,
+    reload_model: Callable[[str], ServedModel] | None,
+    current_version: Callable[[], str | None] | None,
+    address: str | None,
+    reuse_port: bool,
+) -> RunningServer:
     models = ModelHolder(
         model,
         ServingParams(settings.recency_half_life_events, settings.recent_events),
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+    server = grpc.aio.server(
         # Off unless asked: a second server on a busy port must fail, not share it.
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
+    reader = AsyncReader(async_twin(store.client))
     identities = Identities(store, identity_secret(settings))
     pb_grpc.add_RecommenderServicer_to_server(
-        RecommenderService(settings, models, store, identities), server
+        RecommenderService(settings, models, store, identities, reader), server
     )
     epb_grpc.add_EngagementServicer_to_server(
-        EngagementService(settings, models, store, identities), server
+        EngagementService(settings, models, identities, reader), server
     )
     ppb_grpc.add_ProfilesServicer_to_server(
-        ProfilesService(settings, models, store, identities), server
+        ProfilesService(settings, models, store, identities, reader), server
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -399,11 +490,26 @@ def build_server(
         ),
         server,
     )
-    port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
+    where = address or f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(where)
+    except RuntimeError as exc:  # grpc.aio raises where the sync server returned 0
+        raise OSError(f"cannot bind {where}: {exc}") from None
     if port == 0:
-        raise OSError(f"cannot bind {address or settings.host}:{settings.port}")
-    supervisor = Supervisor(settings, health_servicer, store, models, reload_model, current_version)
-    server.start()
-    supervisor.start()
-    log.info("omnirec serving %s on port %d", model.label, port)
-    return RunningServer(server, port, health_servicer, supervisor, models)
+        raise OSError(f"cannot bind {where}")
+    supervisor = Supervisor(
+        settings, health_servicer, reader, models, reload_model, current_version
+    )
+    await server.start()
+    await supervisor.start()
+    return RunningServer(
+        server,
+        port,
+        health_servicer,
+        supervisor,
+        models,
+        reader,
+        asyncio.get_running_loop(),
+        threading.current_thread(),
+        asyncio.Event(),
+    )

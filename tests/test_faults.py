@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from service.features import FeatureStore, UserFeatures, connect
+from service.features import FeatureStore, UserFeatures, command, connect
 from service.registry import ModelRegistry
 from service.server import build_server
 from training.redis_server import LocalRedis, free_port
@@ -155,17 +155,18 @@ def test_sigterm_finishes_calls_in_flight_then_exits_cleanly(trained, truth):
 
 
 class SlowStore(FeatureStore):
-    """The real store, but each read takes a while: a call that is surely in flight."""
+    """The real store, but each read first waits a second on Redis (a blocking pop of a
+    list nobody fills): a call that is surely in flight."""
 
-    def serving_view(self, user_id, popular_count):
-        time.sleep(1.0)
-        return super().serving_view(user_id, popular_count)
+    def person_plan(self, *args, **kwargs):
+        yield [command("blpop", ["slow-store:never"], timeout=1)]
+        return (yield from super().person_plan(*args, **kwargs))
 
 
 def test_stop_lets_a_call_in_flight_finish(trained, truth):
     settings = replace(trained.settings, port=0, host="127.0.0.1")
     model = ModelRegistry(settings).load_alias("champion")
-    store = SlowStore(connect(settings.redis_url), settings.key_prefix)
+    store = SlowStore(connect(settings.redis_url, timeout_seconds=5), settings.key_prefix)
     running = build_server(settings, model, store)
     result: dict = {}
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
