@@ -776,6 +776,11 @@ class FeatureStore:
         want_published = pub is not None and cached is None and (features or engagement)
         if want_published:
             commands.append(command("hgetall", user_key(p, pub, person)))
+        # A publication never changes, but a person can be erased from it (by any
+        # process): a cached person counts only while their published key still exists.
+        check = pub is not None and cached is not None and not _is_empty(cached)
+        if check:
+            commands.append(command("exists", user_key(p, pub, person)))
 
         def decode(replies: list[Any]) -> _PersonReplies:
             it = iter(replies)
@@ -794,6 +799,9 @@ class FeatureStore:
             if want_published:
                 raw = next(it)
                 published = decode_user(raw) if raw else UserFeatures()
+                self._remember(pub, person, published)  # type: ignore[arg-type]
+            if check and not next(it):
+                published = UserFeatures()
                 self._remember(pub, person, published)  # type: ignore[arg-type]
             return _PersonReplies(live, events, aliases, stored, published)
 
@@ -1030,6 +1038,10 @@ class FeatureStore:
 
     def publications(self) -> list[str]:
         return [_text(p) for p in self.client.lrange(publications_key(self.prefix), 0, -1)]
+
+
+def _is_empty(features: UserFeatures) -> bool:
+    return not (features.history or features.purchased or features.disliked or features.engagement)
 
 
 def _decode_engagement(raw: bytes | str) -> EngagementEvent:
