@@ -392,8 +392,13 @@ class AsyncReader:
     requests; alone, a request waits for nobody. Create it inside the loop that uses it.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, coalesce: bool = True) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, timeout_seconds: float = 0.5, coalesce: bool = True
+    ) -> None:
         self.client = client
+        self.timeout_seconds = timeout_seconds
+        """Longest one round trip may take (the client itself has no per-reply timeout:
+        redis-py's asyncio client arms one per reply, a large share of a request's CPU)."""
         self.coalesce = coalesce
         self._waiting: list[tuple[list[Command], str, asyncio.Future[list[Any]]]] = []
         self._flushing = False
@@ -416,8 +421,9 @@ class AsyncReader:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except (redis.RedisError, OSError):
+            async with asyncio.timeout(self.timeout_seconds):
+                return bool(await self.client.ping())
+        except (redis.RedisError, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
@@ -429,7 +435,8 @@ class AsyncReader:
             getattr(pipe, name)(*args, **kwargs)
         self.round_trips += 1
         with _unavailable(doing):
-            return await pipe.execute()
+            async with asyncio.timeout(self.timeout_seconds):
+                return await pipe.execute()
 
     async def _queued(self, commands: list[Command], doing: str) -> list[Any]:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
@@ -441,6 +448,9 @@ class AsyncReader:
 
     async def _flush(self) -> None:
         try:
+            # One turn of the loop first: the calls that are ready to run reach their
+            # reads meanwhile, and travel in this round trip too.
+            await asyncio.sleep(0)
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 pipe = self.client.pipeline(transaction=False)
@@ -449,8 +459,9 @@ class AsyncReader:
                         getattr(pipe, name)(*args, **kwargs)
                 self.round_trips += 1
                 try:
-                    replies = await pipe.execute(raise_on_error=False)
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    async with asyncio.timeout(self.timeout_seconds):
+                        replies = await pipe.execute(raise_on_error=False)
+                except (redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
                     for _, doing, future in batch:
                         if not future.done():
                             future.set_exception(
@@ -477,10 +488,13 @@ class AsyncReader:
             self._flushing = False
 
 
-def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
-    """An asyncio client for the server ``client`` talks to, with the same settings."""
+def async_twin(client: redis.Redis) -> AsyncReader:
+    """A reader on an asyncio client for the server ``client`` talks to, with the same
+    settings; its timeout covers a whole round trip instead of each reply."""
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
+    timeout = kwargs.get("socket_timeout") or 0.5
+    kwargs["socket_timeout"] = None
     kinds = {
         redis.connection.SSLConnection: redis.asyncio.connection.SSLConnection,
         redis.connection.UnixDomainSocketConnection: (
@@ -488,9 +502,8 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
         ),
     }
     connection_class = kinds.get(pool.connection_class, redis.asyncio.connection.Connection)
-    return redis.asyncio.Redis(
-        connection_pool=redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
-    )
+    pool = redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
+    return AsyncReader(redis.asyncio.Redis(connection_pool=pool), timeout)
 
 
 @dataclass
@@ -622,8 +635,8 @@ class FeatureStore:
         if features:
             day = int(now) // SECONDS_PER_DAY
             top = max(popular_count or 0, 1) - 1
-            head.append(command("zrevrange", trending_key(p, day), 0, top, withscores=True))
-            head.append(command("zrevrange", trending_key(p, day - 1), 0, top, withscores=True))
+            head.append(_top_with_scores(trending_key(p, day), top))
+            head.append(_top_with_scores(trending_key(p, day - 1), top))
             head.append(command("get", catalogue_version_key(p)))
         wanted = (features, engagement, together)
         pub_commands, pub_decode = self._publication_commands(pub, *wanted)
@@ -649,8 +662,8 @@ class FeatureStore:
             today, yesterday, raw_version = replies[at : at + 3]
             at += 3
             trending = combine_trending(
-                [(_text(i), float(s)) for i, s in today],
-                [(_text(i), float(s)) for i, s in yesterday],
+                _score_pairs(today),
+                _score_pairs(yesterday),
                 now,
                 self.trending_half_life_hours,
             )[: popular_count or 0]
@@ -1040,6 +1053,20 @@ class FeatureStore:
         return [_text(p) for p in self.client.lrange(publications_key(self.prefix), 0, -1)]
 
 
+def _top_with_scores(key: str, last: int) -> Command:
+    """``ZRANGE key 0 last REV WITHSCORES`` as a bare command, decoded by
+    :func:`_score_pairs`: redis-py's own decoding turns each RESP3 double back into
+    RESP2 bytes and parses them again, a tenth of a request's CPU."""
+    return command("execute_command", "ZRANGE", key, 0, last, "REV", "WITHSCORES")
+
+
+def _score_pairs(reply: Sequence[Any]) -> list[tuple[str, float]]:
+    """``[[member, score], ...]`` (RESP3) or ``[member, score, ...]`` (RESP2) as pairs."""
+    if reply and not isinstance(reply[0], list):
+        reply = list(zip(reply[::2], reply[1::2], strict=True))
+    return [(_text(member), float(score)) for member, score in reply]
+
+
 def _is_empty(features: UserFeatures) -> bool:
     return not (features.history or features.purchased or features.disliked or features.engagement)
 
@@ -1066,6 +1093,8 @@ def _unavailable(doing: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis unreachable while {doing}: {exc}") from exc
+    except TimeoutError as exc:  # asyncio.timeout around a round trip
+        raise StoreUnavailable(f"Redis did not answer in time while {doing}") from exc
 
 
 def chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:

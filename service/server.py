@@ -469,7 +469,7 @@ async def _start(
         # Off unless asked: a second server on a busy port must fail, not share it.
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
-    reader = AsyncReader(async_twin(store.client))
+    reader = async_twin(store.client)
     identities = Identities(store, identity_secret(settings))
     pb_grpc.add_RecommenderServicer_to_server(
         RecommenderService(settings, models, store, identities, reader), server
