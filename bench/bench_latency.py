@@ -876,9 +876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += in_process
 
         print(
-            f"\n{args.users} people, {args.items} items; {args.concurrency} calls outstanding "
-            f"from {args.client_processes} client processes; server thread pools of "
-            f"{setup.settings.workers}; {os.cpu_count()} cores shared by clients, servers and "
+            f"\n{args.data} model: {len(w.users)} people, {len(w.items)} items; "
+            f"{args.concurrency} calls outstanding from {args.client_processes} asyncio client "
+            f"process(es); `python -m service serve` in {len(server_pids)} process(es), echo "
+            f"server: sync, {setup.settings.workers} threads; {os.cpu_count()} cores shared "
+            "by clients, servers and "
             f"Redis; {args.seconds:g}s measured after {args.warmup:g}s warm-up per target; "
             f"Recommend: limit 10, {UNKNOWN_USER_SHARE:.0%} unknown people"
         )

@@ -11,6 +11,7 @@ BENCHES = (
     ("recommendation quality, served through gRPC (MovieLens 100K)", ["bench_quality.py"]),
     ("send-time quality (independent regimes, MovieLens 100K)", ["bench_send_time.py"]),
     ("latency and throughput vs a bare gRPC echo server", ["bench_latency.py"]),
+    ("scoring cost against catalogue size vs a bare top-k", ["bench_scoring.py"]),
     ("event loading", ["bench_event_log.py", "--rows", "1000000"]),
 )
 

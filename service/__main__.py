@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import subprocess
@@ -28,7 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--port", type=int, help="gRPC port (OMNIREC_PORT, default 50051)")
     serve.add_argument("--host", help="bind address (OMNIREC_HOST, default [::])")
     serve.add_argument("--alias", help="model alias to serve (OMNIREC_MODEL_ALIAS)")
-    serve.add_argument("--workers", type=int, help="RPC threads (OMNIREC_WORKERS)")
+    serve.add_argument(
+        "--workers", type=int, help="worker threads for blocking work (OMNIREC_WORKERS)"
+    )
     serve.add_argument(
         "--processes", type=int, help="server processes sharing the port (OMNIREC_PROCESSES)"
     )
@@ -82,6 +85,10 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
         current_version=lambda: registry.version_behind(settings.model_alias),
         reuse_port=reuse_port,
     )
+    # What is loaded now (the model, MLflow, grpc) lives as long as the process: out of
+    # the cyclic collector's sight, so its full collections stop walking it while a call
+    # waits (they were the long tail of TrackEvents, which makes many objects).
+    gc.freeze()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

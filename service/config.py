@@ -48,9 +48,9 @@ class Settings:
     """OMNIREC_PROCESSES: server processes sharing the port (SO_REUSEPORT, Linux). One
     Python process uses about one core; run one per core to use them all."""
     workers: int = 4
-    """OMNIREC_WORKERS: threads answering gRPC calls. Python runs one thread at a time, so
-    more threads mostly add switching (measured: 4 beat 16 by ~9 % on 2 cores); scale out
-    with more processes / replicas instead."""
+    """OMNIREC_WORKERS: worker threads of each server process for the rare blocking work
+    (catalogue reloads and writes, identity links, erasures, model reloads). Calls are
+    answered on one asyncio loop per process; scale out with processes / replicas."""
     default_limit: int = 10
     """OMNIREC_DEFAULT_LIMIT: items returned when a request leaves ``limit`` at 0."""
     max_limit: int = 100

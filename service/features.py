@@ -501,9 +501,24 @@ def async_twin(client: redis.Redis) -> AsyncReader:
             redis.asyncio.connection.UnixDomainSocketConnection
         ),
     }
-    connection_class = kinds.get(pool.connection_class, redis.asyncio.connection.Connection)
+    connection_class = _packed_by_hiredis(
+        kinds.get(pool.connection_class, redis.asyncio.connection.Connection)
+    )
     pool = redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
     return AsyncReader(redis.asyncio.Redis(connection_pool=pool), timeout)
+
+
+def _packed_by_hiredis(base: type) -> type:
+    """``base`` packing commands with hiredis (C), as redis-py's sync connections do; its
+    asyncio ones pack in Python, most of the CPU of writing a batch of events."""
+    if not redis.utils.HIREDIS_AVAILABLE:
+        return base
+    serializer = redis.connection.HiredisRespSerializer()
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        return serializer.pack(*args)
+
+    return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
 
 
 @dataclass

@@ -51,6 +51,23 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class Positives:
+    """A person's positive history events the model knows, newest first."""
+
+    items: np.ndarray
+    """Item index of each event."""
+    weights: np.ndarray
+    """Weight of each event (type and recency)."""
+    ranks: np.ndarray
+    """Position of each among the person's positive events (0 = newest)."""
+
+    @classmethod
+    def none(cls) -> Positives:
+        empty = np.empty(0, dtype=np.int64)
+        return cls(empty, np.empty(0, dtype=np.float64), empty)
+
+
+@dataclass(frozen=True)
 class ServingParams:
     """Request-time knobs (from settings)."""
 
@@ -144,16 +161,16 @@ class Recommender:
             combined, from_context = _combine(scores, context_scores)
             blocked = excluded | ({options.context_item_id} if context is not None else set())
             top = self._top(combined, blocked, catalogue, options)
-            history_idx = self._history_indices(positives)
+            reasons = self._reasons(top, self._history_indices(positives))
             ranked = [
                 Recommendation(
                     str(self.bundle.item_ids[j]),
                     float(combined[j]),
                     f"similar: {options.context_item_id}"
                     if from_context is not None and from_context[j]
-                    else self._reason(j, history_idx),
+                    else reason,
                 )
-                for j in top
+                for j, reason in zip(top.tolist(), reasons, strict=True)
             ]
         if len(ranked) < options.limit:
             ranked += self._fallback(
@@ -215,31 +232,27 @@ class Recommender:
 
     # -- the person's representation --
 
-    def _positives(self, history: list[HistoryEntry]) -> list[tuple[int, float, int]]:
-        """``(item index, weight, rank)`` of positive history events the model knows,
-        newest first; rank counts positive events only."""
-        half_life = self.params.recency_half_life_events
-        out: list[tuple[int, float, int]] = []
-        rank = 0
-        for item, kind, _ in history:
-            weight = self.weights.get(kind, 0.0)
-            if weight <= 0:
-                continue
-            j = self.item_index.get(item)
-            if j is not None:
-                out.append((j, weight * 2.0 ** (-rank / half_life), rank))
-            rank += 1
-        return out
+    def _positives(self, history: list[HistoryEntry]) -> Positives:
+        """The positive history events the model knows, newest first, as arrays: item
+        index, weight (by type, halved every ``recency_half_life_events`` positive
+        events back) and rank (counting positive events only, known or not)."""
+        if not history:
+            return Positives.none()
+        weights, index = self.weights, self.item_index
+        kind = np.array([weights.get(k, 0.0) for _, k, _ in history], dtype=np.float64)
+        item = np.array([index.get(i, -1) for i, _, _ in history], dtype=np.int64)
+        positive = kind > 0
+        rank = np.cumsum(positive) - 1
+        keep = positive & (item >= 0)
+        rank = rank[keep]
+        weight = kind[keep] * 2.0 ** (-rank / self.params.recency_half_life_events)
+        return Positives(item[keep], weight, rank)
 
-    def _user_scores(
-        self, user_id: str, positives: list[tuple[int, float, int]]
-    ) -> np.ndarray | None:
+    def _user_scores(self, user_id: str, positives: Positives) -> np.ndarray | None:
         b = self.bundle
-        if positives:
-            idx = np.fromiter((j for j, _, _ in positives), dtype=np.int64)
-            weight = np.fromiter((w for _, w, _ in positives), dtype=np.float64)
-            items, inverse = np.unique(idx, return_inverse=True)
-            summed = np.bincount(inverse, weights=weight)
+        if len(positives.items):
+            items, inverse = np.unique(positives.items, return_inverse=True)
+            summed = np.bincount(inverse, weights=positives.weights)
             if b.kind in FACTOR_KINDS:
                 return self._factors @ self._fold_in(items, summed)
             return np.asarray(b.similarity.T @ _dense(items, summed, len(b.item_ids))).ravel()
@@ -274,27 +287,35 @@ class Recommender:
             scores[~allowed] = -np.inf
         return _top_k(scores, options.limit)
 
-    def _history_indices(self, positives: list[tuple[int, float, int]]) -> list[tuple[int, int]]:
-        seen: dict[int, int] = {}
-        for j, _, rank in positives[:EXPLAIN_HISTORY]:
-            seen.setdefault(j, rank)
-        return list(seen.items())
+    def _history_indices(self, positives: Positives) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct items among the newest :data:`EXPLAIN_HISTORY` positive events, with
+        the rank of each one's newest event, newest first."""
+        items = positives.items[:EXPLAIN_HISTORY]
+        _, first = np.unique(items, return_index=True)
+        first.sort()
+        return items[first], positives.ranks[first]
 
-    def _reason(self, item: int, history: list[tuple[int, int]]) -> str:
-        # An item never explains itself: the reason names another one.
-        history = [(h, rank) for h, rank in history if h != item]
-        if not history:
-            return "personalised"
-        idx = [h for h, _ in history]
+    def _reasons(self, top: np.ndarray, history: tuple[np.ndarray, np.ndarray]) -> list[str]:
+        """Why each of ``top``: the history item closest to it (``recent:`` when among the
+        newest ``recent_events``, else ``similar:``), never the item itself;
+        ``personalised`` when nothing in the history is close."""
+        items, ranks = history
+        if not len(items) or not len(top):
+            return ["personalised"] * len(top)
         if self.bundle.kind in FACTOR_KINDS:
-            closeness = self._unit_items[idx] @ self._unit_items[item]
+            closeness = self._unit_items[top] @ self._unit_items[items].T
         else:
-            closeness = self.bundle.similarity[idx, item].toarray().ravel()
-        best = int(np.argmax(closeness))
-        if closeness[best] <= 0:
-            return "personalised"
-        label = "recent" if history[best][1] < self.params.recent_events else "similar"
-        return f"{label}: {self.bundle.item_ids[idx[best]]}"
+            closeness = self.bundle.similarity[items][:, top].toarray().T
+        closeness = np.where(top[:, None] == items[None, :], -np.inf, closeness)
+        best = np.argmax(closeness, axis=1)
+        out = []
+        for row, k in enumerate(best.tolist()):
+            if not closeness[row, k] > 0:
+                out.append("personalised")
+                continue
+            label = "recent" if ranks[k] < self.params.recent_events else "similar"
+            out.append(f"{label}: {self.bundle.item_ids[items[k]]}")
+        return out
 
     def _fallback(
         self,
