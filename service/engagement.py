@@ -18,7 +18,7 @@ from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
 from service.errors import BadInput
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
-from service.features import AsyncReader, EngagementView, FeatureStore
+from service.features import AsyncReader, EngagementView
 from service.identity import Identities
 from service.rpc import rpc
 from service.send_time import (
@@ -41,13 +41,6 @@ ALTERNATIVES = 3
 def priors_of(metadata: dict) -> Priors:
     raw = metadata.get("engagement_priors")
     return Priors.from_dict(raw) if raw else Priors.flat()
-
-
-def read_profile(
-    store: FeatureStore, settings: Settings, person: str, priors: Priors
-) -> EngagementProfile:
-    """One person's engagement profile (published + live), read from Redis (sync)."""
-    return profile_of(store.engagement_view(person), settings, priors)
 
 
 def profile_of(view: EngagementView, settings: Settings, priors: Priors) -> EngagementProfile:

@@ -370,14 +370,20 @@ def command(name: str, *args: Any, **kwargs: Any) -> Command:
     return name, args, kwargs
 
 
+def _pipeline(client: redis.Redis | redis.asyncio.Redis, commands: Iterable[Command]) -> Any:
+    """A pipeline (no transaction) holding ``commands``, ready to execute."""
+    pipe = client.pipeline(transaction=False)
+    for name, args, kwargs in commands:
+        getattr(pipe, name)(*args, **kwargs)
+    return pipe
+
+
 def run_plan(client: redis.Redis, plan: Plan[T], doing: str) -> T:
     """Run ``plan`` on the sync client: one pipeline per round trip."""
     try:
         commands = next(plan)
         while True:
-            pipe = client.pipeline(transaction=False)
-            for name, args, kwargs in commands:
-                getattr(pipe, name)(*args, **kwargs)
+            pipe = _pipeline(client, commands)
             with _unavailable(doing):
                 replies = pipe.execute()
             commands = plan.send(replies)
@@ -392,30 +398,19 @@ class AsyncReader:
     requests; alone, a request waits for nobody. Create it inside the loop that uses it.
     """
 
-    def __init__(
-        self, client: redis.asyncio.Redis, timeout_seconds: float = 0.5, coalesce: bool = True
-    ) -> None:
+    def __init__(self, client: redis.asyncio.Redis, timeout_seconds: float = 0.5) -> None:
         self.client = client
         self.timeout_seconds = timeout_seconds
         """Longest one round trip may take (the client itself has no per-reply timeout:
         redis-py's asyncio client arms one per reply, a large share of a request's CPU)."""
-        self.coalesce = coalesce
         self._waiting: list[tuple[list[Command], str, asyncio.Future[list[Any]]]] = []
         self._flushing = False
-        self.round_trips = 0
-        """Pipelines sent (for benchmarks: requests per round trip)."""
 
-    async def run(self, plan: Plan[T], doing: str, alone: bool = False) -> T:
-        """Run ``plan``; ``alone``: in a pipeline of its own (large writes, which should
-        not hold up the reads travelling with them)."""
-        queued = self.coalesce and not alone
+    async def run(self, plan: Plan[T], doing: str) -> T:
         try:
             commands = next(plan)
             while True:
-                replies = await (
-                    self._queued(commands, doing) if queued else self._alone(commands, doing)
-                )
-                commands = plan.send(replies)
+                commands = plan.send(await self._queued(commands, doing))
         except StopIteration as done:
             return done.value
 
@@ -428,15 +423,6 @@ class AsyncReader:
 
     async def close(self) -> None:
         await self.client.aclose()
-
-    async def _alone(self, commands: list[Command], doing: str) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for name, args, kwargs in commands:
-            getattr(pipe, name)(*args, **kwargs)
-        self.round_trips += 1
-        with _unavailable(doing):
-            async with asyncio.timeout(self.timeout_seconds):
-                return await pipe.execute()
 
     async def _queued(self, commands: list[Command], doing: str) -> list[Any]:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
@@ -453,11 +439,7 @@ class AsyncReader:
             await asyncio.sleep(0)
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                pipe = self.client.pipeline(transaction=False)
-                for commands, _, _ in batch:
-                    for name, args, kwargs in commands:
-                        getattr(pipe, name)(*args, **kwargs)
-                self.round_trips += 1
+                pipe = _pipeline(self.client, (c for commands, _, _ in batch for c in commands))
                 try:
                     async with asyncio.timeout(self.timeout_seconds):
                         replies = await pipe.execute(raise_on_error=False)
@@ -542,7 +524,8 @@ class _PersonReplies:
     aliases: list[str]
     tokens: list[str]
     published: UserFeatures | None
-    """None when the publication holds nothing of theirs was not read (cached)."""
+    """Their features in the publication (empty when it holds none); None when there is
+    no publication, or the request read neither features nor engagement."""
 
 
 class FeatureStore:
@@ -874,10 +857,10 @@ class FeatureStore:
         p = self.prefix
         now = time.time()
         today = trending_key(p, int(now) // SECONDS_PER_DAY)
-        pipe: list[Command] = []
+        commands: list[Command] = []
         histories: set[str] = set()
         for e in events:
-            pipe.append(
+            commands.append(
                 command(
                     "xadd",
                     stream_key(p),
@@ -896,7 +879,7 @@ class FeatureStore:
                 )
             )
             if e.item_id:
-                pipe.append(
+                commands.append(
                     command(
                         "lpush",
                         live_key(p, e.user_id, "history"),
@@ -905,16 +888,16 @@ class FeatureStore:
                 )
                 histories.add(e.user_id)
                 if e.event_type == "purchase":
-                    pipe.append(command("sadd", live_key(p, e.user_id, "purchased"), e.item_id))
+                    commands.append(command("sadd", live_key(p, e.user_id, "purchased"), e.item_id))
                 elif e.event_type == "dislike":
-                    pipe.append(command("sadd", live_key(p, e.user_id, "disliked"), e.item_id))
+                    commands.append(command("sadd", live_key(p, e.user_id, "disliked"), e.item_id))
                 weight = weights.get(e.event_type, 0.0)
                 if e.event_type in TRENDING_TYPES and weight > 0:
                     inc = trending_increment(
                         weight, e.timestamp, now, self.trending_half_life_hours
                     )
-                    pipe.append(command("zincrby", today, inc, e.item_id))
-            pipe.append(
+                    commands.append(command("zincrby", today, inc, e.item_id))
+            commands.append(
                 command(
                     "lpush",
                     live_key(p, e.user_id, "engagement"),
@@ -922,13 +905,15 @@ class FeatureStore:
                 )
             )
         for user in histories:
-            pipe.append(command("ltrim", live_key(p, user, "history"), 0, self.history_length - 1))
+            commands.append(
+                command("ltrim", live_key(p, user, "history"), 0, self.history_length - 1)
+            )
         for user in {e.user_id for e in events}:
-            pipe.append(
+            commands.append(
                 command("ltrim", live_key(p, user, "engagement"), 0, self.engagement_length - 1)
             )
-        pipe.append(command("expire", today, TRENDING_TTL_SECONDS))
-        yield pipe
+        commands.append(command("expire", today, TRENDING_TTL_SECONDS))
+        yield commands
 
     # -- the durable event stream (export for training) --
 

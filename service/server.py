@@ -202,28 +202,25 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if mode not in SIMILAR_MODES:
             raise BadInput("mode", f"{mode!r} is not one of {', '.join(SIMILAR_MODES)}")
         token = self.identities.request_token(request)
-        limit = check_limit(request.limit, self.settings)
-        item_filter = ItemFilter.from_request(request)
+        options = RankingOptions(
+            limit=check_limit(request.limit, self.settings),
+            item_filter=ItemFilter.from_request(request),
+            exclude_purchased=token is not None,
+            exclude_disliked=token is not None,
+        )
         engine = self.models.engine
         # The person's view also brings popular/trending items and the catalogue version.
         # An item the model does not know falls back on popular items of its category,
         # which may sit deep in the popular list.
         known = engine.recommender.knows_item(item_id)
-        sized = RankingOptions(limit=limit, item_filter=item_filter)
-        popular = engine.recommender.popular_count(sized) if known else MAX_POPULAR
+        popular = engine.recommender.popular_count(options) if known else MAX_POPULAR
+        cobuy = (item_id, options.limit + 50)
         found = await self.reader.run(
-            self.identities.view_plan(token, popular_count=popular, together=(item_id, limit + 50)),
+            self.identities.view_plan(token, popular_count=popular, together=cobuy),
             "reading features",
         )
         view = found.serving
         assert view is not None
-        person = token is not None
-        options = RankingOptions(
-            limit=limit,
-            item_filter=item_filter,
-            exclude_purchased=person,
-            exclude_disliked=person,
-        )
         catalogue = await self.catalogue.get_async(view.catalogue_version)
         together = view.bought_together
         # An item in the catalogue without metadata (seen only in events) still counts.

@@ -51,6 +51,26 @@ def make_settings(redis_url: str, root: Path, **extra: object) -> Settings:
     )
 
 
+def publish_log(store, synthetic) -> None:
+    """The synthetic log's features published under ``store``'s prefix, as training
+    does: a module with a prefix of its own keeps its live events to itself."""
+    from training.catalogue import load_catalogue
+    from training.event_log import load_events
+    from training.matrix import DEFAULT_WEIGHTS
+    from training.publish import publish
+
+    publish(
+        store,
+        load_events(synthetic.events).frame,
+        load_catalogue(synthetic.items),
+        DEFAULT_WEIGHTS,
+        {"model_version": "1"},
+        history_length=200,
+        popularity_half_life_days=30,
+        keep=2,
+    )
+
+
 @dataclass
 class Trained:
     settings: Settings

@@ -17,11 +17,10 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.config import feature_store
 from service.registry import ModelRegistry
 from service.server import build_server
-from tests.conftest import make_settings
+from tests.conftest import make_settings, publish_log
 from training.catalogue import load_catalogue
 from training.event_log import load_events
 from training.export import export_events
-from training.publish import publish
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +36,9 @@ def catalogue(synthetic):
 
 
 @pytest.fixture(scope="module")
-def server(live_settings, synthetic, catalogue):
-    # Features of the same log under this module's own prefix: its live events stay here.
+def server(live_settings, synthetic):
     store = feature_store(live_settings)
-    frame = load_events(synthetic.events).frame
-    from training.matrix import DEFAULT_WEIGHTS
-
-    publish(
-        store,
-        frame,
-        catalogue,
-        DEFAULT_WEIGHTS,
-        {"model_version": "1"},
-        history_length=200,
-        popularity_half_life_days=30,
-        keep=2,
-    )
+    publish_log(store, synthetic)
     model = ModelRegistry(live_settings).load_alias("champion")
     running = build_server(live_settings, model, store)
     yield running

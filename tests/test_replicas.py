@@ -17,10 +17,7 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.config import feature_store
 from service.registry import ModelRegistry
 from service.server import build_server
-from training.catalogue import load_catalogue
-from training.event_log import load_events
-from training.matrix import DEFAULT_WEIGHTS
-from training.publish import publish
+from tests.conftest import publish_log
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def replicas(trained, synthetic):
     settings = replace(trained.settings, key_prefix="replicas", port=0, host="127.0.0.1")
-    publish(
-        feature_store(settings),
-        load_events(synthetic.events).frame,
-        load_catalogue(synthetic.items),
-        DEFAULT_WEIGHTS,
-        {"model_version": "1"},
-        history_length=200,
-        popularity_half_life_days=30,
-        keep=2,
-    )
+    publish_log(feature_store(settings), synthetic)
     model = ModelRegistry(settings).load_alias("champion")
     # Each server gets a store of its own: nothing cached is shared between them.
     running = [build_server(settings, model, feature_store(settings)) for _ in range(2)]
