@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-from service.config import Settings, feature_store, load_settings
+from service.access import ROLES, KeyRing, key_entry, new_key
+from service.config import Settings, feature_store, identity_secret, load_settings
 from service.errors import OmnirecError
 from service.registry import ModelRegistry, quiet_mlflow
+from service.security import server_security
 from service.server import build_server
 
 log = logging.getLogger("service")
@@ -27,7 +31,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve recommendations over gRPC")
     serve.add_argument("--port", type=int, help="gRPC port (OMNIREC_PORT, default 50051)")
-    serve.add_argument("--host", help="bind address (OMNIREC_HOST, default [::])")
+    serve.add_argument(
+        "--host",
+        help="bind address (OMNIREC_HOST; default [::] with API keys, 127.0.0.1 without)",
+    )
     serve.add_argument("--alias", help="model alias to serve (OMNIREC_MODEL_ALIAS)")
     serve.add_argument(
         "--workers", type=int, help="worker threads for blocking work (OMNIREC_WORKERS)"
@@ -37,6 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     # Set by the parent for the processes it starts; not for people.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    key = sub.add_parser(
+        "make-key",
+        help="make an API key: prints the key once and its keys-file entry (SHA-256 only)",
+    )
+    key.add_argument("--name", required=True, help="who uses the key, e.g. web (in audit lines)")
+    key.add_argument("--roles", required=True, help=f"comma-separated, of: {', '.join(ROLES)}")
+    key.add_argument("--file", help="also add the entry to this keys file (created when missing)")
     return parser.parse_args(argv)
 
 
@@ -65,6 +79,9 @@ def supervise(settings: Settings, argv: list[str]) -> int:
 
 
 def serve(settings: Settings, reuse_port: bool = False) -> None:
+    identity_secret(settings)
+    # Keys, certificates and the bind address are checked before the slow model load.
+    security = server_security(settings)
     registry = ModelRegistry(settings)
     model = registry.load_alias(settings.model_alias)
     store = feature_store(settings)
@@ -84,6 +101,7 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
         reload_model=registry.load_version,
         current_version=lambda: registry.version_behind(settings.model_alias),
         reuse_port=reuse_port,
+        security=security,
     )
     # What is loaded now (the model, MLflow, grpc) lives as long as the process: out of
     # the cyclic collector's sight, so its full collections stop walking it while a call
@@ -93,8 +111,10 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info(
-            "%s received: finishing in-flight calls (grace %.0f s)",
+            "%s received: NOT_SERVING, draining %.0f s, then finishing in-flight calls "
+            "(grace %.0f s)",
             signal.Signals(signum).name,
+            settings.drain_seconds,
             settings.grace_seconds,
         )
         stop.set()
@@ -103,14 +123,44 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
     signal.signal(signal.SIGINT, on_signal)
     print(f"omnirec serving {model.label} on port {running.port}", flush=True)
     stop.wait()
-    running.stop(settings.grace_seconds)
+    running.stop(settings.grace_seconds, drain=settings.drain_seconds)
     store.client.close()
     log.info("stopped")
+
+
+def make_key(name: str, roles: str, file: str | None) -> int:
+    """Print a new key and its keys-file entry; add the entry to ``file`` if given."""
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    entry = key_entry(name, wanted, key := new_key())
+    data = {"keys": [entry]}
+    if file:
+        path = Path(file)
+        if path.exists():
+            data = json.loads(path.read_text())
+            data["keys"] = [k for k in data.get("keys", []) if k.get("name") != name] + [entry]
+    # Refuse to hand out a key the server would refuse (unknown role, bad name).
+    KeyRing.from_data(data, "key")
+    if file:
+        candidate = path.with_name(path.name + ".new")
+        candidate.write_text(json.dumps(data, indent=2) + "\n")
+        candidate.chmod(0o600)
+        candidate.replace(path)
+    print(f"key (shown once; give it to {name}, never store it in clear): {key}")
+    print(f"keys-file entry: {json.dumps(entry)}")
+    if file:
+        print(f"added to {file}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.command == "make-key":
+        try:
+            return make_key(args.name, args.roles, args.file)
+        except OmnirecError as exc:
+            print(f"omnirec make-key: error: {str(exc).split(': ', 1)[-1]}", file=sys.stderr)
+            return 2
     try:
         settings = load_settings(
             port=args.port,
@@ -128,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         quiet_mlflow()
         serve(settings, reuse_port=args.reuse_port)
     except OmnirecError as exc:
+        print(f"omnirec serve: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, or the address is not this machine's
         print(f"omnirec serve: error: {exc}", file=sys.stderr)
         return 2
     return 0

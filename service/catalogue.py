@@ -20,6 +20,12 @@ from service.events import MAX_ID_LENGTH
 
 #: Largest category name accepted.
 MAX_CATEGORY_LENGTH = 128
+#: Largest item title accepted: titles travel in every GetProfile answer and catalogue load.
+MAX_TITLE_LENGTH = 500
+#: Most values one filter list (``include_categories``, ``exclude_categories``,
+#: ``exclude_item_ids``) may hold: a page shows far fewer, and each value costs every
+#: ranking of the request.
+MAX_FILTER_VALUES = 1000
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,10 @@ class ItemFilter:
             ("exclude_categories", MAX_CATEGORY_LENGTH),
             ("exclude_item_ids", MAX_ID_LENGTH),
         ):
-            for value in getattr(request, field):
+            values = getattr(request, field)
+            if len(values) > MAX_FILTER_VALUES:
+                raise BadInput(field, f"at most {MAX_FILTER_VALUES} values, got {len(values)}")
+            for value in values:
                 if not value:
                     raise BadInput(field, "must not contain empty strings")
                 if len(value) > limit:

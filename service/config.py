@@ -42,8 +42,30 @@ class Settings:
     """OMNIREC_KEY_PREFIX: prefix of every Redis key, so several deployments share a Redis."""
     port: int = 50051
     """OMNIREC_PORT: gRPC port of ``serve`` (0 picks a free one)."""
-    host: str = "[::]"
-    """OMNIREC_HOST: address the gRPC server binds."""
+    host: str = ""
+    """OMNIREC_HOST: address the gRPC server binds. Unset: every interface (``[::]``) when
+    API keys are configured, ``127.0.0.1`` without them. A non-loopback address without
+    keys refuses to start unless ``OMNIREC_ALLOW_ANONYMOUS=true``."""
+    api_keys_file: str = ""
+    """OMNIREC_API_KEYS_FILE: JSON file of API keys (SHA-256 hashes) and their roles; see
+    "Security" in README.md. Unset: no authentication, loopback only."""
+    allow_anonymous: bool = False
+    """OMNIREC_ALLOW_ANONYMOUS: ``true`` lets a server without API keys bind a
+    non-loopback address (a private network the operator vouches for)."""
+    tls_cert: str = ""
+    """OMNIREC_TLS_CERT: PEM certificate chain of the server; with OMNIREC_TLS_KEY it turns
+    TLS on."""
+    tls_key: str = ""
+    """OMNIREC_TLS_KEY: PEM private key of OMNIREC_TLS_CERT."""
+    tls_client_ca: str = ""
+    """OMNIREC_TLS_CLIENT_CA: PEM CA bundle; when set, clients must present a certificate
+    it signed (mutual TLS)."""
+    max_concurrent_calls: int = 256
+    """OMNIREC_MAX_CONCURRENT_CALLS: calls in flight per process beyond which new ones get
+    RESOURCE_EXHAUSTED at once (health checks are never refused)."""
+    max_request_bytes: int = 1_048_576
+    """OMNIREC_MAX_REQUEST_BYTES: largest request message accepted (RESOURCE_EXHAUSTED
+    above it)."""
     processes: int = 1
     """OMNIREC_PROCESSES: server processes sharing the port (SO_REUSEPORT, Linux). One
     Python process uses about one core; run one per core to use them all."""
@@ -83,6 +105,9 @@ class Settings:
     it for the export interval (export-events reports any gap)."""
     grace_seconds: float = 10.0
     """OMNIREC_GRACE_SECONDS: how long SIGTERM waits for in-flight calls."""
+    drain_seconds: float = 5.0
+    """OMNIREC_DRAIN_SECONDS: on SIGTERM, how long health answers NOT_SERVING while calls
+    are still served, so load balancers stop sending new ones before the server stops."""
     model_poll_seconds: float = 30.0
     """OMNIREC_MODEL_POLL_SECONDS: how often the service checks whether the alias moved
     (0 turns hot reload off)."""
@@ -133,6 +158,13 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def _convert(name: str, raw: str, kind: Callable[[str], Any]) -> Any:
+    if kind is bool:
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} must be true or false")
     try:
         return kind(raw.strip())
     except ValueError:
@@ -158,6 +190,19 @@ def _validate(s: Settings) -> None:
     need(1 <= s.default_limit <= s.max_limit, "default_limit", "must be 1..max_limit")
     need(s.history_length >= 1, "history_length", "must be at least 1")
     need(s.grace_seconds >= 0, "grace_seconds", "must not be negative")
+    need(s.drain_seconds >= 0, "drain_seconds", "must not be negative")
+    need(s.max_concurrent_calls >= 1, "max_concurrent_calls", "must be at least 1")
+    need(s.max_request_bytes >= 1024, "max_request_bytes", "must be at least 1024")
+    need(
+        bool(s.tls_cert) == bool(s.tls_key),
+        "tls_cert",
+        "needs OMNIREC_TLS_KEY too (both or neither)",
+    )
+    need(
+        not s.tls_client_ca or bool(s.tls_cert),
+        "tls_client_ca",
+        "needs OMNIREC_TLS_CERT and OMNIREC_TLS_KEY",
+    )
     need(s.engagement_length >= 1, "engagement_length", "must be at least 1")
     need(s.engagement_half_life_days > 0, "engagement_half_life_days", "must be positive")
     need(_zone_ok(s.default_timezone), "default_timezone", "is not a known IANA time zone")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import numpy as np
@@ -16,11 +16,11 @@ import numpy as np
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
-from service.errors import BadInput
+from service.errors import BadInput, quote
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
 from service.features import AsyncReader, EngagementView
 from service.identity import Identities
-from service.rpc import rpc
+from service.rpc import check_timestamp, rpc
 from service.send_time import (
     EngagementProfile,
     Priors,
@@ -33,6 +33,9 @@ from service.send_time import (
 log = logging.getLogger(__name__)
 
 MAX_WINDOW_HOURS = 168
+#: Furthest ahead of now a ``not_before`` may lie: habits a year out are guesswork, and
+#: the bound keeps every window (and its local times) inside the calendar.
+MAX_DAYS_AHEAD = 366
 DEFAULT_WINDOW_HOURS = 24
 DEFAULT_QUIET = (22, 8)
 ALTERNATIVES = 3
@@ -109,7 +112,7 @@ class EngagementService(epb_grpc.EngagementServicer):
         token = _token(self.identities, request)
         if request.channel not in MESSAGE_CHANNELS:
             raise BadInput(
-                "channel", f"{request.channel!r} is not one of {', '.join(MESSAGE_CHANNELS)}"
+                "channel", f"{quote(request.channel)} is not one of {', '.join(MESSAGE_CHANNELS)}"
             )
         window = request.window_hours or DEFAULT_WINDOW_HOURS
         if not 1 <= window <= MAX_WINDOW_HOURS:
@@ -119,16 +122,18 @@ class EngagementService(epb_grpc.EngagementServicer):
                 f"got {request.window_hours}",
             )
         if request.timezone and not is_valid_timezone(request.timezone):
-            raise BadInput("timezone", f"{request.timezone!r} is not a known IANA time zone")
+            raise BadInput("timezone", f"{quote(request.timezone)} is not a known IANA time zone")
         quiet = (
             _hour("quiet_start_hour", request, DEFAULT_QUIET[0]),
             _hour("quiet_end_hour", request, DEFAULT_QUIET[1]),
         )
-        not_before = (
-            request.not_before.ToDatetime(tzinfo=UTC)
-            if request.HasField("not_before")
-            else datetime.fromtimestamp(time.time(), UTC)
-        )
+        now = time.time()
+        not_before = datetime.fromtimestamp(now, UTC)
+        if request.HasField("not_before"):
+            ahead = check_timestamp("not_before", request.not_before) - now
+            if ahead > timedelta(days=MAX_DAYS_AHEAD).total_seconds():
+                raise BadInput("not_before", f"is more than {MAX_DAYS_AHEAD} days ahead")
+            not_before = request.not_before.ToDatetime(tzinfo=UTC)
         priors, label = self._priors()
         profile = await self._profile(token, priors)
         zone = request.timezone or profile.timezone or self.settings.default_timezone

@@ -6,6 +6,22 @@ one readable line and a non-zero exit code (``__main__`` modules).
 
 from __future__ import annotations
 
+#: Characters of a caller's value an error message quotes; the rest is cut ("…"), so a
+#: megabyte of bad input never comes back as a megabyte of error (gRPC refuses trailers
+#: above ~8 KB with a bare RESOURCE_EXHAUSTED, and messages end up in logs).
+QUOTED_CHARS = 40
+#: Longest reason a :class:`BadInput` carries: the safety net for a message that quotes
+#: input without :func:`quote`.
+MAX_REASON_CHARS = 300
+
+
+def quote(value: str) -> str:
+    """``value`` as an error message shows it: its ``repr``, cut after
+    :data:`QUOTED_CHARS` characters."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}…"
+
 
 class OmnirecError(Exception):
     """Base of every error omnirec raises on purpose; its message is meant for people."""
@@ -15,9 +31,15 @@ class BadInput(OmnirecError):
     """A caller's input breaks the contract; ``field`` names what is wrong."""
 
     def __init__(self, field: str, reason: str) -> None:
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[:MAX_REASON_CHARS] + "…"
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class DeadlineExpired(OmnirecError):
+    """The caller's deadline has passed (or is about to): work stops before it writes."""
 
 
 class NotFound(OmnirecError):

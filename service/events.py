@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from service.errors import BadInput
+from service.errors import BadInput, quote
 
 #: Events about an item: they need an ``item_id``.
 ITEM_EVENT_TYPES: tuple[str, ...] = (
@@ -92,15 +92,17 @@ def validate_event(
     if len(user_id) > MAX_ID_LENGTH:
         raise InvalidEvent("user_id", f"is longer than {MAX_ID_LENGTH} characters")
     if event_type not in EVENT_TYPES:
-        raise InvalidEvent("event_type", f"{event_type!r} is not one of {', '.join(EVENT_TYPES)}")
+        raise InvalidEvent(
+            "event_type", f"{quote(event_type)} is not one of {', '.join(EVENT_TYPES)}"
+        )
     if event_type in ITEM_EVENT_TYPES and not item_id:
         raise InvalidEvent("item_id", f"is required for a {event_type!r} event")
     if len(item_id) > MAX_ID_LENGTH:
         raise InvalidEvent("item_id", f"is longer than {MAX_ID_LENGTH} characters")
     if channel and channel not in CHANNELS:
-        raise InvalidEvent("channel", f"{channel!r} is not one of {', '.join(CHANNELS)}")
+        raise InvalidEvent("channel", f"{quote(channel)} is not one of {', '.join(CHANNELS)}")
     if timezone and not is_valid_timezone(timezone):
-        raise InvalidEvent("timezone", f"{timezone!r} is not a known IANA time zone")
+        raise InvalidEvent("timezone", f"{quote(timezone)} is not a known IANA time zone")
 
 
 _ZONES: frozenset[str] | None = None

@@ -26,13 +26,18 @@ Keys (``P`` is the configured prefix, ``<pub>`` a publication id)::
     P:pub:<pub>:user:{<user>}           hash    history / purchased / disliked (JSON),
                                                 engagement (send-time profile, JSON)
     P:live:user:{<user>}:history        list    JSON [item, type, ts], newest first, bounded
-    P:live:user:{<user>}:purchased      set     item ids
-    P:live:user:{<user>}:disliked       set     item ids
+    P:live:user:{<user>}:purchased      set     item ids, the newest MAX_PERSON_ITEMS
+    P:live:user:{<user>}:purchased_at   zset    item id -> time of its newest purchase (so
+                                                the set keeps the newest when trimmed)
+    P:live:user:{<user>}:disliked       set     item ids, the newest MAX_PERSON_ITEMS
+    P:live:user:{<user>}:disliked_at    zset    item id -> time of its newest dislike
     P:live:user:{<user>}:engagement     list    JSON [channel, type, ts, zone, automated],
                                                 newest first, bounded (send time, channels)
     P:live:trending:<day>               zset    item_id -> decayed weight (see below)
     P:events                            stream  every accepted live event, bounded
     P:events:exported                   string  id of the last exported stream entry
+    P:seen:{<event id>}                 string  an Event.event_id recorded in the last
+                                                DEDUPE_WINDOW_SECONDS (expires then)
     P:items:ids                         set     every catalogue item id
     P:items:version                     counter bumped on every catalogue change
     P:item:{<item>}                     hash    category, title, price, in_stock
@@ -84,6 +89,13 @@ TRENDING_TTL_SECONDS = 3 * SECONDS_PER_DAY
 TRENDING_TYPES = frozenset({"view", "click", "favourite", "add_to_cart", "purchase"})
 #: People whose published features a service keeps decoded in memory (per publication).
 PUBLISHED_CACHED = 20_000
+#: How long an ``Event.event_id`` is remembered: the same id again within it is a retry,
+#: accepted and not recorded twice. A day outlasts a client retrying through a Redis
+#: outage or a deploy; each remembered id costs about 100 bytes of Redis memory.
+DEDUPE_WINDOW_SECONDS = SECONDS_PER_DAY
+#: Purchases, and apart dislikes, kept per person in the live layer: the newest by event
+#: time. Every Recommend reads both sets whole to leave their items out.
+MAX_PERSON_ITEMS = 1000
 
 
 # --- key schema (pure) ---------------------------------------------------------------
@@ -118,7 +130,7 @@ def user_key(prefix: str, pub: str, user_id: str) -> str:
 
 
 def live_key(prefix: str, user_id: str, part: str) -> str:
-    """``part``: ``history``, ``purchased``, ``disliked`` or ``engagement``."""
+    """``part``: one of :data:`LIVE_PARTS`."""
     return f"{prefix}:live:user:{{{user_id}}}:{part}"
 
 
@@ -132,6 +144,10 @@ def stream_key(prefix: str) -> str:
 
 def export_checkpoint_key(prefix: str) -> str:
     return f"{prefix}:events:exported"
+
+
+def seen_key(prefix: str, event_id: str) -> str:
+    return f"{prefix}:seen:{{{event_id}}}"
 
 
 def catalogue_ids_key(prefix: str) -> str:
@@ -163,7 +179,14 @@ def erased_key(prefix: str) -> str:
     return f"{prefix}:erased"
 
 
-LIVE_PARTS = ("history", "purchased", "disliked", "engagement")
+LIVE_PARTS = (
+    "history",
+    "purchased",
+    "purchased_at",
+    "disliked",
+    "disliked_at",
+    "engagement",
+)
 
 
 def new_publication_id(now: float | None = None) -> str:
@@ -307,6 +330,82 @@ class TrackedEvent:
     timezone: str = ""
     value: float = 0.0
     automated: bool = False
+    event_id: str = ""
+    """The caller's idempotency key; empty when it gave none (then never deduplicated)."""
+
+
+def stream_entry(event: TrackedEvent) -> dict[str, str]:
+    """The fields of an event's entry in the stream (what ``export-events`` reads)."""
+    return {
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "event_type": event.event_type,
+        "timestamp": str(event.timestamp),
+        "channel": event.channel,
+        "timezone": event.timezone,
+        "value": repr(event.value),
+        "automated": "1" if event.automated else "0",
+    }
+
+
+#: The live sets an event type adds its item to (each with its ``<set>_at`` times).
+_KEPT_SETS = {"purchase": "purchased", "dislike": "disliked"}
+
+#: The write of one batch of live events, as one script: Redis runs a script alone and
+#: whole, and its effects reach the AOF and replicas as one MULTI/EXEC, so a batch is
+#: written entirely or not at all (a MULTI/EXEC alone could not skip the events already
+#: recorded). ARGV: the dedupe window (s), the set bound, the number of trims T, T pairs
+#: (times zset, members set), then groups: a guard key ("" = none), the group's command
+#: count, and each command as its argument count then its arguments. A guarded group runs
+#: only when SET NX creates its guard. Each trimmed set keeps its newest members by the
+#: zset's times; members without a time (kept before times were, or merged in from
+#: another person) go first. Returns the indexes of the groups skipped.
+_RECORD_SCRIPT = """#!lua
+local window, bound = ARGV[1], tonumber(ARGV[2])
+local trims = tonumber(ARGV[3])
+local at, group, skipped = 4 + 2 * trims, 0, {}
+while at <= #ARGV do
+  local guard, count = ARGV[at], tonumber(ARGV[at + 1])
+  at = at + 2
+  local fresh = guard == '' or redis.call('SET', guard, '1', 'NX', 'EX', window)
+  if not fresh then skipped[#skipped + 1] = group end
+  for _ = 1, count do
+    local argc = tonumber(ARGV[at])
+    if fresh then redis.call(unpack(ARGV, at + 1, at + argc)) end
+    at = at + argc + 1
+  end
+  group = group + 1
+end
+local function each_chunk(values, apply)
+  for from = 1, #values, 1000 do
+    apply(unpack(values, from, math.min(from + 999, #values)))
+  end
+end
+for t = 0, trims - 1 do
+  local times, members = ARGV[4 + 2 * t], ARGV[5 + 2 * t]
+  local excess = redis.call('ZCARD', times) - bound
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', times, 0, excess - 1)
+    redis.call('ZREMRANGEBYRANK', times, 0, excess - 1)
+    each_chunk(oldest, function(...) redis.call('SREM', members, ...) end)
+  end
+  if redis.call('SCARD', members) > bound then
+    redis.call('DEL', members)
+    each_chunk(redis.call('ZRANGE', times, 0, -1), function(...)
+      redis.call('SADD', members, ...)
+    end)
+  end
+end
+return skipped
+"""
+
+
+def _add_group(argv: list[Any], guard: str, commands: Sequence[Sequence[Any]]) -> None:
+    """Append one group of :data:`_RECORD_SCRIPT`'s ARGV."""
+    argv += (guard, len(commands))
+    for args in commands:
+        argv.append(len(args))
+        argv += args
 
 
 EngagementEvent = tuple[str, str, int, str, bool]
@@ -845,75 +944,63 @@ class FeatureStore:
 
     # -- live events (service) --
 
-    def record(self, events: Sequence[TrackedEvent], weights: Mapping[str, float]) -> None:
-        """Apply accepted live events in one round trip (see the module docstring)."""
-        run_plan(self.client, self.record_plan(events, weights), "recording events")
+    def record(self, events: Sequence[TrackedEvent], weights: Mapping[str, float]) -> int:
+        """Apply accepted live events at once, in one round trip (see the module
+        docstring); returns how many of them were skipped as already recorded (their
+        ``event_id`` was seen within :data:`DEDUPE_WINDOW_SECONDS`)."""
+        return run_plan(self.client, self.record_plan(events, weights), "recording events")
 
     def record_plan(
         self, events: Sequence[TrackedEvent], weights: Mapping[str, float]
-    ) -> Plan[None]:
+    ) -> Plan[int]:
+        """The writes of :meth:`record` as one :data:`_RECORD_SCRIPT` call: one group of
+        commands per event, guarded by its event id when it has one, then the trims."""
         if not events:
-            return
+            return 0
         p = self.prefix
         now = time.time()
         today = trending_key(p, int(now) // SECONDS_PER_DAY)
-        commands: list[Command] = []
+        argv: list[Any] = []
+        trims: dict[tuple[str, str], None] = {}  # (times, members), in order, once each
         histories: set[str] = set()
         for e in events:
-            commands.append(
-                command(
-                    "xadd",
-                    stream_key(p),
-                    {
-                        "user_id": e.user_id,
-                        "item_id": e.item_id,
-                        "event_type": e.event_type,
-                        "timestamp": str(e.timestamp),
-                        "channel": e.channel,
-                        "timezone": e.timezone,
-                        "value": repr(e.value),
-                        "automated": "1" if e.automated else "0",
-                    },
-                    maxlen=self.stream_maxlen,
-                    approximate=True,
-                )
-            )
+            xadd = ["XADD", stream_key(p), "MAXLEN", "~", self.stream_maxlen, "*"]
+            xadd += [v for pair in stream_entry(e).items() for v in pair]
+            writes: list[list[Any]] = [xadd]
             if e.item_id:
-                commands.append(
-                    command(
-                        "lpush",
-                        live_key(p, e.user_id, "history"),
-                        encode_entry((e.item_id, e.event_type, e.timestamp)),
-                    )
-                )
+                entry = encode_entry((e.item_id, e.event_type, e.timestamp))
+                writes.append(["LPUSH", live_key(p, e.user_id, "history"), entry])
                 histories.add(e.user_id)
-                if e.event_type == "purchase":
-                    commands.append(command("sadd", live_key(p, e.user_id, "purchased"), e.item_id))
-                elif e.event_type == "dislike":
-                    commands.append(command("sadd", live_key(p, e.user_id, "disliked"), e.item_id))
+                kept = _KEPT_SETS.get(e.event_type)
+                if kept is not None:
+                    members = live_key(p, e.user_id, kept)
+                    times = live_key(p, e.user_id, f"{kept}_at")
+                    writes.append(["SADD", members, e.item_id])
+                    # GT: a repeated purchase moves the item's time forward, never back.
+                    writes.append(["ZADD", times, "GT", e.timestamp, e.item_id])
+                    trims[times, members] = None
                 weight = weights.get(e.event_type, 0.0)
                 if e.event_type in TRENDING_TYPES and weight > 0:
                     inc = trending_increment(
                         weight, e.timestamp, now, self.trending_half_life_hours
                     )
-                    commands.append(command("zincrby", today, inc, e.item_id))
-            commands.append(
-                command(
-                    "lpush",
-                    live_key(p, e.user_id, "engagement"),
-                    _json([e.channel, e.event_type, e.timestamp, e.timezone, e.automated]),
-                )
-            )
-        for user in histories:
-            commands.append(
-                command("ltrim", live_key(p, user, "history"), 0, self.history_length - 1)
-            )
-        for user in {e.user_id for e in events}:
-            commands.append(
-                command("ltrim", live_key(p, user, "engagement"), 0, self.engagement_length - 1)
-            )
-        commands.append(command("expire", today, TRENDING_TTL_SECONDS))
-        yield commands
+                    writes.append(["ZINCRBY", today, repr(inc), e.item_id])
+            engaged = _json([e.channel, e.event_type, e.timestamp, e.timezone, e.automated])
+            writes.append(["LPUSH", live_key(p, e.user_id, "engagement"), engaged])
+            _add_group(argv, seen_key(p, e.event_id) if e.event_id else "", writes)
+        upkeep = [
+            ["LTRIM", live_key(p, u, "history"), 0, self.history_length - 1] for u in histories
+        ]
+        upkeep += [
+            ["LTRIM", live_key(p, u, "engagement"), 0, self.engagement_length - 1]
+            for u in {e.user_id for e in events}
+        ]
+        upkeep.append(["EXPIRE", today, TRENDING_TTL_SECONDS])
+        _add_group(argv, "", upkeep)
+        head = [DEDUPE_WINDOW_SECONDS, MAX_PERSON_ITEMS, len(trims)]
+        head += [key for pair in trims for key in pair]
+        (skipped,) = yield [command("eval", _RECORD_SCRIPT, 0, *head, *argv)]
+        return len(skipped)
 
     # -- the durable event stream (export for training) --
 

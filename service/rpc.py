@@ -9,12 +9,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.config import Settings
-from service.errors import BadInput, ModelNotFound, NotFound, StoreUnavailable
+from service.errors import BadInput, DeadlineExpired, ModelNotFound, NotFound, StoreUnavailable
 from service.events import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
+
+NANOS_PER_SECOND = 1_000_000_000
 
 
 def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -28,6 +31,8 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except DeadlineExpired as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except StoreUnavailable as exc:
             log.warning("%s: %s", method.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store unavailable: {exc}")
@@ -48,6 +53,18 @@ def check_id(field: str, value: str) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise BadInput(field, f"is longer than {MAX_ID_LENGTH} characters")
     return value
+
+
+def check_timestamp(field: str, value: Timestamp) -> float:
+    """The epoch seconds a request's ``Timestamp`` holds; :class:`BadInput` naming
+    ``field`` when its nanos are outside 0-999,999,999 or it lies before 1970 (nothing
+    omnirec tracks or plans is older). How far ahead it may lie is each caller's rule:
+    every caller bounds it, which also keeps date arithmetic inside the calendar."""
+    if not 0 <= value.nanos < NANOS_PER_SECOND:
+        raise BadInput(field, f"nanos must be 0 to {NANOS_PER_SECOND - 1}, got {value.nanos}")
+    if value.seconds < 0:
+        raise BadInput(field, "is before 1970")
+    return value.seconds + value.nanos / NANOS_PER_SECOND
 
 
 def check_limit(limit: int, settings: Settings) -> int:

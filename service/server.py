@@ -35,10 +35,12 @@ from service.errors import BadInput, NotFound
 from service.events import MAX_ID_LENGTH, validate_event
 from service.features import AsyncReader, FeatureStore, TrackedEvent, async_twin
 from service.identity import Identities
+from service.interceptors import Guard
 from service.profiles import ProfilesService
 from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
 from service.registry import ServedModel
 from service.rpc import check_id, check_limit, rpc
+from service.security import ServerSecurity, server_security
 from service.send_time import Priors
 
 log = logging.getLogger(__name__)
@@ -382,15 +384,19 @@ class RunningServer:
     thread: threading.Thread
     stopped: asyncio.Event
 
-    def stop(self, grace: float | None) -> None:
-        """SIGTERM order: NOT_SERVING → finish in-flight calls → stop upkeep."""
+    def stop(self, grace: float | None, drain: float = 0.0) -> None:
+        """SIGTERM order: NOT_SERVING → keep answering for ``drain`` seconds (load
+        balancers see the health change and stop sending) → refuse new calls and finish
+        in-flight ones within ``grace`` → stop upkeep."""
         if not self.thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result()
+        asyncio.run_coroutine_threadsafe(self._stop(grace, drain), self.loop).result()
         self.thread.join(timeout=30)
 
-    async def _stop(self, grace: float | None) -> None:
+    async def _stop(self, grace: float | None, drain: float) -> None:
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
         await self.server.stop(grace)
         await self.supervisor.stop()
         await self.reader.close()
@@ -406,6 +412,7 @@ def build_server(
     current_version: Callable[[], str | None] | None = None,
     address: str | None = None,
     reuse_port: bool = False,
+    security: ServerSecurity | None = None,
 ) -> RunningServer:
     """Start a gRPC server on ``address`` (default ``host:port`` from settings).
 
@@ -414,14 +421,16 @@ def build_server(
     round trips (:class:`~service.features.AsyncReader`). ``reload_model`` /
     ``current_version`` let the server follow the alias; leave them out to serve
     ``model`` for good. ``reuse_port`` lets several processes share the port.
+    ``security`` (keys, TLS, bind address) defaults to what the settings say.
     """
+    security = security or server_security(settings)
     ready: concurrent.futures.Future[RunningServer] = concurrent.futures.Future()
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
         try:
             running = await _start(
-                settings, model, store, reload_model, current_version, address, reuse_port
+                settings, model, store, reload_model, current_version, address, reuse_port, security
             )
         except BaseException as exc:  # reported to the caller of build_server
             ready.set_exception(exc)
@@ -446,7 +455,7 @@ def build_server(
     thread.start()
     running = ready.result()
     running.thread = thread
-    log.info("omnirec serving %s on port %d", model.label, running.port)
+    log.info("omnirec serving %s on port %d: %s", model.label, running.port, security.summary)
     return running
 
 
@@ -458,14 +467,19 @@ async def _start(
     current_version: Callable[[], str | None] | None,
     address: str | None,
     reuse_port: bool,
+    security: ServerSecurity,
 ) -> RunningServer:
     models = ModelHolder(
         model,
         ServingParams(settings.recency_half_life_events, settings.recent_events),
     )
     server = grpc.aio.server(
-        # Off unless asked: a second server on a busy port must fail, not share it.
-        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+        interceptors=[Guard(security.keys, settings.max_concurrent_calls)],
+        options=[
+            # Off unless asked: a second server on a busy port must fail, not share it.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ],
     )
     reader = async_twin(store.client)
     identities = Identities(store, identity_secret(settings))
@@ -488,9 +502,12 @@ async def _start(
         ),
         server,
     )
-    where = address or f"{settings.host}:{settings.port}"
+    where = address or f"{security.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(where)
+        if security.credentials is None:
+            port = server.add_insecure_port(where)
+        else:
+            port = server.add_secure_port(where, security.credentials)
     except RuntimeError as exc:  # grpc.aio raises where the sync server returned 0
         raise OSError(f"cannot bind {where}: {exc}") from None
     if port == 0:
