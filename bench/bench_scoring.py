@@ -55,8 +55,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from service.bundle import ModelBundle
 from service.catalogue import Catalogue, ItemFilter
-from service.features import ServingView, UserFeatures
 from service.recommender import RankingOptions, Recommender
+from service.store.codecs import UserFeatures
+from service.store.reads import ServingView
 from training.matrix import DEFAULT_WEIGHTS
 from training.models import ModelParams
 

@@ -11,11 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from service.access import ROLES, KeyRing, key_entry, new_key
+from service.access import ROLES, add_entry, key_entry, new_key, valid_name
 from service.config import Settings, feature_store, identity_secret, load_settings
-from service.errors import OmnirecError
+from service.errors import ConfigError, OmnirecError
 from service.registry import ModelRegistry, quiet_mlflow
 from service.security import server_security
 from service.server import build_server
@@ -124,27 +123,23 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
     print(f"omnirec serving {model.label} on port {running.port}", flush=True)
     stop.wait()
     running.stop(settings.grace_seconds, drain=settings.drain_seconds)
-    store.client.close()
+    store.close()
     log.info("stopped")
 
 
 def make_key(name: str, roles: str, file: str | None) -> int:
     """Print a new key and its keys-file entry; add the entry to ``file`` if given."""
-    wanted = [r.strip() for r in roles.split(",") if r.strip()]
-    entry = key_entry(name, wanted, key := new_key())
-    data = {"keys": [entry]}
-    if file:
-        path = Path(file)
-        if path.exists():
-            data = json.loads(path.read_text())
-            data["keys"] = [k for k in data.get("keys", []) if k.get("name") != name] + [entry]
     # Refuse to hand out a key the server would refuse (unknown role, bad name).
-    KeyRing.from_data(data, "key")
+    if not valid_name(name):
+        raise ConfigError(f"--name={name!r}: must be 1-64 of A-Z a-z 0-9 _ . : -")
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in ROLES]
+    if not wanted or unknown:
+        what = f"unknown role {unknown[0]!r}" if unknown else "no role"
+        raise ConfigError(f"--roles={roles!r}: {what}; roles: {', '.join(ROLES)}")
+    entry = key_entry(name, wanted, key := new_key())
     if file:
-        candidate = path.with_name(path.name + ".new")
-        candidate.write_text(json.dumps(data, indent=2) + "\n")
-        candidate.chmod(0o600)
-        candidate.replace(path)
+        add_entry(file, entry, variable="--file")
     print(f"key (shown once; give it to {name}, never store it in clear): {key}")
     print(f"keys-file entry: {json.dumps(entry)}")
     if file:
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return make_key(args.name, args.roles, args.file)
         except OmnirecError as exc:
-            print(f"omnirec make-key: error: {str(exc).split(': ', 1)[-1]}", file=sys.stderr)
+            print(f"omnirec make-key: error: {exc}", file=sys.stderr)
             return 2
     try:
         settings = load_settings(

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -61,14 +62,11 @@ ROLES = tuple(ROLE_METHODS)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 #: Any valid key may call these (reflection describes the API, it reads no data).
 ANY_KEY_PREFIXES = ("/grpc.reflection.",)
-#: Calls that read or change a person's identity: each leaves an audit line.
-AUDITED = frozenset(
-    {
-        "/omnirec.v1.Profiles/GetProfile",
-        "/omnirec.v1.Profiles/LinkIdentities",
-        "/omnirec.v1.Profiles/ForgetUser",
-    }
-)
+#: The fields a keys-file entry may have (anything else is refused: a misspelt
+#: ``calls_per_second`` must not silently mean "no limit").
+FIELDS = ("name", "sha256", "roles", "calls_per_second")
+#: Where a keys file comes from, for error lines.
+KEYS_FILE_VARIABLE = "OMNIREC_API_KEYS_FILE"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -77,6 +75,11 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 def hash_key(key: str) -> str:
     """The hex SHA-256 stored for ``key``."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` may name a key: 1-64 of A-Z a-z 0-9 _ . : - (it appears in logs)."""
+    return isinstance(name, str) and bool(_NAME.match(name))
 
 
 def new_key() -> str:
@@ -123,6 +126,8 @@ class KeyRing:
 
     def find(self, presented: str) -> ApiKey | None:
         """The key whose hash matches ``presented``, comparing against every entry."""
+        if not presented:
+            return None
         digest = hash_key(presented)
         found = None
         for key in self.keys:
@@ -131,16 +136,10 @@ class KeyRing:
         return found
 
     @classmethod
-    def load(cls, path: str | Path) -> KeyRing:
-        """Read and validate a keys file; :class:`ConfigError` names what is wrong."""
-        where = f"OMNIREC_API_KEYS_FILE={str(path)!r}"
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{where}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{where}: not readable JSON ({exc})") from None
-        return cls.from_data(data, where)
+    def load(cls, path: str | Path, variable: str = KEYS_FILE_VARIABLE) -> KeyRing:
+        """Read and validate a keys file; :class:`ConfigError` names what is wrong, after
+        ``variable`` (where the path came from)."""
+        return cls.from_data(*_read_keys_file(path, variable))
 
     @classmethod
     def from_data(cls, data: object, where: str = "keys") -> KeyRing:
@@ -154,14 +153,17 @@ class KeyRing:
             at = f"{where}: keys[{n}]"
             if not isinstance(entry, dict):
                 raise ConfigError(f"{at} is not an object")
+            extra = sorted(set(entry) - set(FIELDS))
+            if extra:
+                raise ConfigError(f"{at}: unknown field {extra[0]!r}; fields: {', '.join(FIELDS)}")
             name, digest, roles = entry.get("name"), entry.get("sha256"), entry.get("roles")
-            if not isinstance(name, str) or not _NAME.match(name):
+            if not valid_name(name):
                 raise ConfigError(f"{at}.name must be 1-64 of A-Z a-z 0-9 _ . : -")
             if not isinstance(digest, str) or not _HEX.match(digest.lower()):
                 raise ConfigError(f"{at}.sha256 must be 64 hex digits (the key's SHA-256)")
             if not isinstance(roles, list) or not roles:
                 raise ConfigError(f"{at}.roles must be a non-empty list of {', '.join(ROLES)}")
-            unknown = [r for r in roles if r not in ROLE_METHODS]
+            unknown = [r for r in roles if not isinstance(r, str) or r not in ROLE_METHODS]
             if unknown:
                 raise ConfigError(f"{at}.roles: unknown {unknown[0]!r}; roles: {', '.join(ROLES)}")
             rate = entry.get("calls_per_second", 0)
@@ -180,11 +182,46 @@ def key_entry(name: str, roles: list[str], key: str) -> dict[str, object]:
     return {"name": name, "sha256": hash_key(key), "roles": roles}
 
 
+def add_entry(
+    path: str | Path, entry: dict[str, object], variable: str = KEYS_FILE_VARIABLE
+) -> None:
+    """Add ``entry`` to the keys file at ``path``, created when missing; an entry of the
+    same name is replaced (key rotation). The file the server would read is validated
+    before and after, and replaced atomically, readable by its owner only (0600)."""
+    path = Path(path)
+    entries: list[object] = []
+    if path.exists():
+        data, where = _read_keys_file(path, variable)
+        KeyRing.from_data(data, where)  # refuse to extend a file the server would refuse
+        entries = [e for e in data["keys"] if e["name"] != entry["name"]]
+    data = {"keys": [*entries, entry]}
+    KeyRing.from_data(data, f"{variable}={str(path)!r}")
+    candidate = path.with_name(path.name + ".new")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored when a stale candidate exists
+        out.write(json.dumps(data, indent=2) + "\n")
+    os.replace(candidate, path)
+
+
+def _read_keys_file(path: str | Path, variable: str) -> tuple[object, str]:
+    where = f"{variable}={str(path)!r}"
+    try:
+        return json.loads(Path(path).read_text()), where
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not JSON ({exc})") from None
+
+
 #: The name of the key the current call came with ("anonymous" without a keys file).
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("omnirec_caller", default="-")
 
 
 def audit(method: str, person_token: str) -> None:
-    """One line per identity read or change: key name, RPC, the person's token (a keyed
-    hash or an opaque id, never a raw email or phone)."""
+    """One line per identity read or change, written before the work so an attempt that
+    fails is on record too: key name, RPC, the person's token(s) (a keyed hash or an
+    opaque id, never a raw email or phone; comma-separated for a link)."""
     audit_log.info("audit key=%s rpc=%s person=%s", caller.get(), method, person_token)

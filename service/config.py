@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from service.errors import ConfigError
 
 if TYPE_CHECKING:
-    from service.features import FeatureStore
+    from service.store import FeatureStore
 
 DEFAULT_MLFLOW_URI = "sqlite:///.omnirec/mlflow.db"
 
@@ -239,7 +239,8 @@ def _zone_ok(name: str) -> bool:
 
 def feature_store(settings: Settings, timeout_seconds: float | None = None) -> FeatureStore:
     """The feature store these settings describe (client connects lazily)."""
-    from service.features import FeatureStore, connect
+    from service.store import FeatureStore
+    from service.store.plans import connect
 
     return FeatureStore(
         connect(settings.redis_url, timeout_seconds or settings.redis_timeout_seconds),

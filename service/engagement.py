@@ -18,7 +18,6 @@ from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
 from service.errors import BadInput, quote
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
-from service.features import AsyncReader, EngagementView
 from service.identity import Identities
 from service.rpc import check_timestamp, rpc
 from service.send_time import (
@@ -29,6 +28,8 @@ from service.send_time import (
     rank_channels,
     served_profile,
 )
+from service.store.plans import AsyncReader
+from service.store.reads import EngagementView
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 #: megabyte of bad input never comes back as a megabyte of error (gRPC refuses trailers
 #: above ~8 KB with a bare RESOURCE_EXHAUSTED, and messages end up in logs).
 QUOTED_CHARS = 40
-#: Longest reason a :class:`BadInput` carries: the safety net for a message that quotes
-#: input without :func:`quote`.
-MAX_REASON_CHARS = 300
+#: Longest reason a :class:`BadInput` carries, in UTF-8 bytes (what gRPC sends; a
+#: character takes up to 4): the safety net for a message that quotes input without
+#: :func:`quote`.
+MAX_REASON_BYTES = 300
 
 
 def quote(value: str) -> str:
@@ -31,8 +32,9 @@ class BadInput(OmnirecError):
     """A caller's input breaks the contract; ``field`` names what is wrong."""
 
     def __init__(self, field: str, reason: str) -> None:
-        if len(reason) > MAX_REASON_CHARS:
-            reason = reason[:MAX_REASON_CHARS] + "…"
+        encoded = reason.encode()
+        if len(encoded) > MAX_REASON_BYTES:
+            reason = encoded[:MAX_REASON_BYTES].decode(errors="ignore") + "…"
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
@@ -40,6 +42,10 @@ class BadInput(OmnirecError):
 
 class DeadlineExpired(OmnirecError):
     """The caller's deadline has passed (or is about to): work stops before it writes."""
+
+
+class AccountConflict(OmnirecError):
+    """A link would merge two accounts without the caller asking for it."""
 
 
 class NotFound(OmnirecError):

@@ -6,6 +6,7 @@ them as lower-case strings, and an unknown value is bad input, never a silent de
 
 from __future__ import annotations
 
+import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from service.errors import BadInput, quote
@@ -62,6 +63,22 @@ AUTOMATED_FALSE: tuple[str, ...] = ("false", "0", "no", "f", "")
 
 #: Longest id accepted; longer ones are almost always a column mix-up.
 MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def id_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as an id (a person's, an item's, an identifier's), or
+    None: ids are required, not blank, at most :data:`MAX_ID_LENGTH` characters, and free
+    of control characters (they end up in keys, logs and exports)."""
+    if not value:
+        return "is required"
+    if not value.strip():
+        return "must not be blank"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is longer than {MAX_ID_LENGTH} characters"
+    if _CONTROL.search(value):
+        return "must not contain control characters"
+    return None
 
 
 class InvalidEvent(BadInput):
@@ -87,18 +104,17 @@ def validate_event(
     InvalidEvent
         naming the first field that is wrong and why.
     """
-    if not user_id:
-        raise InvalidEvent("user_id", "is required")
-    if len(user_id) > MAX_ID_LENGTH:
-        raise InvalidEvent("user_id", f"is longer than {MAX_ID_LENGTH} characters")
+    problem = id_problem(user_id)
+    if problem is not None:
+        raise InvalidEvent("user_id", problem)
     if event_type not in EVENT_TYPES:
         raise InvalidEvent(
             "event_type", f"{quote(event_type)} is not one of {', '.join(EVENT_TYPES)}"
         )
     if event_type in ITEM_EVENT_TYPES and not item_id:
         raise InvalidEvent("item_id", f"is required for a {event_type!r} event")
-    if len(item_id) > MAX_ID_LENGTH:
-        raise InvalidEvent("item_id", f"is longer than {MAX_ID_LENGTH} characters")
+    if item_id and (problem := id_problem(item_id)) is not None:
+        raise InvalidEvent("item_id", problem)
     if channel and channel not in CHANNELS:
         raise InvalidEvent("channel", f"{quote(channel)} is not one of {', '.join(CHANNELS)}")
     if timezone and not is_valid_timezone(timezone):

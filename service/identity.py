@@ -24,37 +24,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from service.errors import BadInput, StoreUnavailable
-from service.events import MAX_ID_LENGTH
-from service.features import (
-    LIVE_PARTS,
-    FeatureStore,
-    PersonView,
-    Plan,
-    chunks,
-    command,
-    erased_key,
-    identity_key,
-    identity_lock_key,
-    live_key,
-    person_key,
-    run_plan,
-    stream_key,
-    user_key,
-)
+from service.errors import AccountConflict, BadInput, StoreUnavailable
+from service.events import id_problem
+from service.store import FeatureStore
+from service.store.plans import Plan
+from service.store.reads import NOBODY, PersonView
 
 KINDS: tuple[str, ...] = ("user_id", "cookie", "device_id", "email", "phone", "loyalty_card")
 #: Kinds that are personal data: only their keyed hash is ever stored.
 HASHED_KINDS = frozenset({"email", "phone"})
-LOCK_SECONDS = 10.0
 #: Optimistic merge attempts before a link gives up (each aborted by a live event).
 MERGE_ATTEMPTS = 20
 
@@ -68,10 +51,9 @@ def normalise(kind: str, value: str, field: str = "identifier") -> str:
     if kind not in KINDS:
         raise BadInput(f"{field}.kind", f"{kind!r} is not one of {', '.join(KINDS)}")
     text = value.strip()
-    if not text:
-        raise BadInput(f"{field}.value", "is required")
-    if len(text) > MAX_ID_LENGTH:
-        raise BadInput(f"{field}.value", f"is longer than {MAX_ID_LENGTH} characters")
+    problem = id_problem(text)
+    if problem is not None:
+        raise BadInput(f"{field}.value", problem)
     if kind == "email":
         text = text.lower()
         if not _EMAIL.match(text):
@@ -113,14 +95,13 @@ class Forgotten:
 
 
 class Identities:
-    """Resolves, links and forgets people in the feature store's Redis."""
+    """Resolves, links and forgets people; what it decides is stored by the feature
+    store (:mod:`service.store.identities`)."""
 
     def __init__(self, store: FeatureStore, secret: str) -> None:
         if not secret:
             raise ValueError("an identity secret is required")
         self.store = store
-        self.client = store.client
-        self.prefix = store.prefix
         self._secret = secret.encode()
 
     # -- tokens --
@@ -134,13 +115,16 @@ class Identities:
     def keyed_hash(self, text: str) -> str:
         return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()[:32]
 
+    def erasure_mark(self, person: str) -> str:
+        """What the erased set holds for ``person``: a keyed hash, never the id itself."""
+        return self.keyed_hash(f"person:{person}")
+
     def request_token(self, message: object, field: str = "user_id") -> str | None:
         """The token a request or event names: its ``user_id`` when set, else its
         ``identifier``; None when it names nobody."""
         user_id = getattr(message, field)
         if user_id:
-            if len(user_id) > MAX_ID_LENGTH:
-                raise BadInput(field, f"is longer than {MAX_ID_LENGTH} characters")
+            check_user_id(field, user_id)
             return f"user_id:{user_id}"
         if not message.HasField("identifier"):  # type: ignore[attr-defined]
             return None
@@ -158,36 +142,55 @@ class Identities:
 
     def resolve(self, tokens: Sequence[str]) -> list[str]:
         """The person id of each token, in one round trip."""
-        return run_plan(self.client, self.resolve_plan(tokens), "resolving identities")
+        return self.store.run(self.resolve_plan(tokens), "resolving identities")
 
     def resolve_plan(self, tokens: Sequence[str]) -> Plan[list[str]]:
-        if not tokens:
-            return []
-        (found,) = yield [command("mget", [identity_key(self.prefix, t) for t in tokens])]
+        found = yield from self.store.identity_targets_plan(tokens)
         return [
-            _text(f) if f is not None else default_person(t)
-            for t, f in zip(tokens, found, strict=True)
+            f if f is not None else default_person(t)
+            for t, f in zip(tokens, found or [], strict=True)
         ]
+
+    def erased_plan(self, people: Sequence[str]) -> Plan[set[str]]:
+        """Which of ``people`` were erased, in one round trip."""
+        marks = [self.erasure_mark(p) for p in people]
+        found = yield from self.store.erased_plan(marks)
+        return {p for p, gone in zip(people, found or [], strict=True) if gone}
 
     def person(self, token: str) -> str:
         return self.resolve([token])[0]
 
     def view_plan(self, token: str | None, **parts: Any) -> Plan[PersonView]:
         """The person ``token`` names and what a request needs of them (see
-        :meth:`FeatureStore.person_plan` for ``parts``), usually in one round trip.
-        ``None`` names nobody: only the shared reads (popular, trending, catalogue)."""
+        :meth:`~service.store.reads.ServingReads.person_plan` for ``parts``), usually in
+        one round trip. ``None`` names nobody: only the shared reads (popular, trending,
+        catalogue). An erased person is read as nobody, whatever a model learnt of them."""
         if token is None:
             # "\x00" is never a valid id: it reads no one's features.
-            return self.store.person_plan(None, "\x00", **parts)
-        return self.store.person_plan(token, default_person(token), **parts)
+            return (yield from self.store.person_plan(None, NOBODY, **parts))
+        return (
+            yield from self.store.person_plan(
+                token, default_person(token), mark=self.erasure_mark, **parts
+            )
+        )
 
     # -- linking --
 
-    def link(self, tokens: Sequence[str]) -> tuple[str, int]:
-        """Make every token name one person; returns ``(person id, people merged)``."""
-        with self._locked():
+    def link(self, tokens: Sequence[str], merge_accounts: bool = False) -> tuple[str, int]:
+        """Make every token name one person; returns ``(person id, people merged)``.
+
+        Two different accounts (people whose id is a ``user_id``) are merged only with
+        ``merge_accounts``: otherwise :class:`AccountConflict`, so linking someone
+        else's email to one's own account cannot take theirs over."""
+        with self.store.identity_lock():
             resolved = self.resolve(tokens)
             people = list(dict.fromkeys(resolved))
+            accounts = [p for p in people if is_account(p)]
+            if len(accounts) > 1 and not merge_accounts:
+                raise AccountConflict(
+                    "identifiers: they belong to different accounts; merging accounts needs "
+                    "merge_accounts=true"
+                )
             account = next(
                 (who for t, who in zip(tokens, resolved, strict=True) if t.startswith("user_id:")),
                 None,
@@ -195,127 +198,62 @@ class Identities:
             survivor = account or people[0]
             others = [p for p in people if p != survivor]
             for _ in range(MERGE_ATTEMPTS):
-                try:
-                    self._merge(tokens, survivor, others)
+                # False: a live event reached one of these people mid-merge; read again.
+                if self.store.merge_people(tokens, survivor, others, default_token):
                     return survivor, len(others)
-                except redis.WatchError:
-                    # A live event reached one of these people mid-merge: read again.
-                    continue
         raise StoreUnavailable("merging people kept racing live events; try again")
 
-    def _merge(self, tokens: Sequence[str], survivor: str, others: list[str]) -> None:
-        """One optimistic transaction: the live keys read are WATCHed, so an event
-        tracked meanwhile aborts it instead of being lost."""
-        p = self.prefix
-        people = [survivor, *others]
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(*(live_key(p, who, part) for who in people for part in LIVE_PARTS))
-            all_tokens = set(tokens) | {default_token(survivor)}
-            aliases: set[str] = set(others)
-            for other in others:
-                all_tokens |= {_text(t) for t in pipe.smembers(person_key(p, other, "tokens"))}
-                all_tokens.add(default_token(other))
-                aliases |= {_text(a) for a in pipe.smembers(person_key(p, other, "aliases"))}
-            merged_lists = {
-                part: self._merged_list(pipe, part, people) for part in ("history", "engagement")
-            }
-            pipe.multi()
-            for token in all_tokens:
-                pipe.set(identity_key(p, token), survivor)
-            pipe.sadd(person_key(p, survivor, "tokens"), *all_tokens)
-            if aliases:
-                pipe.sadd(person_key(p, survivor, "aliases"), *aliases)
-            if others:
-                for part, entries in merged_lists.items():
-                    key = live_key(p, survivor, part)
-                    pipe.delete(key)
-                    if entries:
-                        pipe.rpush(key, *entries)
-                for part in ("purchased", "disliked"):
-                    keys = [live_key(p, who, part) for who in people]
-                    pipe.sunionstore(live_key(p, survivor, part), keys)
-                for other in others:
-                    pipe.delete(
-                        *(live_key(p, other, part) for part in LIVE_PARTS),
-                        person_key(p, other, "tokens"),
-                        person_key(p, other, "aliases"),
-                    )
-            pipe.execute()
-
-    def _merged_list(
-        self, reader: redis.client.Pipeline, part: str, people: Sequence[str]
-    ) -> list[str]:
-        limit = self.store.history_length if part == "history" else self.store.engagement_length
-        entries: dict[str, int] = {}
-        for person in people:
-            for raw in reader.lrange(live_key(self.prefix, person, part), 0, -1):
-                text = _text(raw)
-                entries.setdefault(text, int(json.loads(text)[2]))
-        newest_first = sorted(entries, key=lambda e: -entries[e])
-        return newest_first[:limit]
-
     def aliases(self, person: str) -> list[str]:
-        return [_text(a) for a in self.client.smembers(person_key(self.prefix, person, "aliases"))]
+        return self.store.person_aliases(person)
 
     def tokens(self, person: str) -> list[str]:
-        stored = [_text(t) for t in self.client.smembers(person_key(self.prefix, person, "tokens"))]
-        return all_tokens(person, stored)
+        return all_tokens(person, self.store.person_tokens(person))
 
     # -- erasure --
 
     def forget(self, token: str) -> Forgotten:
-        """Erase the person ``token`` names from Redis; record it for training."""
-        with self._locked():
-            p = self.prefix
+        """Erase the person ``token`` names: their keys go and their erasure mark is set in
+        one transaction under the identity lock (from then on every process reads them as
+        nobody, and live events naming them are refused); then their stream entries go,
+        in bounded steps outside the lock."""
+        with self.store.identity_lock():
             person = self.person(token)
             ids = {person, *self.aliases(person)}
             tokens = set(self.tokens(person)) | {token}
             for alias in ids - {person}:
                 tokens |= set(self.tokens(alias))
-            keys = [identity_key(p, t) for t in tokens]
-            for who in ids:
-                keys += [live_key(p, who, part) for part in LIVE_PARTS]
-                keys += [person_key(p, who, "tokens"), person_key(p, who, "aliases")]
-                keys += [user_key(p, pub, who) for pub in self.store.publications()]
-            removed = int(self.client.delete(*keys)) if keys else 0
-            events = self._drop_stream_events(ids)
             names = ids | {default_person(t) for t in tokens}
-            self.client.sadd(erased_key(p), *(self.keyed_hash(f"person:{n}") for n in names))
-            return Forgotten(removed, events)
-
-    def _drop_stream_events(self, ids: set[str]) -> int:
-        removed = 0
-        after = "-"
-        while True:
-            batch = self.client.xrange(stream_key(self.prefix), min=after, count=1000)
-            if not batch:
-                return removed
-            doomed = [i for i, fields in batch if _text(fields.get(b"user_id", b"")) in ids]
-            if doomed:
-                removed += int(self.client.xdel(stream_key(self.prefix), *doomed))
-            after = f"({_text(batch[-1][0])}"
+            removed = self.store.erase_people(
+                sorted(ids), sorted(tokens), sorted(self.erasure_mark(n) for n in names)
+            )
+        events = self.store.drop_events_of(ids)
+        return Forgotten(removed, events)
 
     def is_erased(self, person_ids: Iterable[str]) -> set[str]:
         """Which of ``person_ids`` were erased (for the training job)."""
-        erased = {_text(h) for h in self.client.smembers(erased_key(self.prefix))}
-        return {p for p in person_ids if self.keyed_hash(f"person:{p}") in erased}
+        erased = self.store.erased_marks()
+        return {p for p in person_ids if self.erasure_mark(p) in erased}
 
     def links(self) -> dict[str, str]:
         """Every linked ``user_id`` → its person id (for the training job)."""
-        out: dict[str, str] = {}
-        keys = self.client.scan_iter(match=f"{self.prefix}:idn:{{user_id:*", count=1000)
-        for batch in chunks(keys, 1000):
-            for key, target in zip(batch, self.client.mget(batch), strict=True):
-                if target is not None:
-                    token = _text(key).split("{", 1)[1].rstrip("}")
-                    out[default_person(token)] = _text(target)
-        return out
-
-    def _locked(self) -> redis.lock.Lock:
-        return self.client.lock(
-            identity_lock_key(self.prefix), timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS
-        )
+        return {default_person(t): who for t, who in self.store.linked_user_ids().items()}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def is_account(person: str) -> bool:
+    """Whether ``person`` is an account: their id is a ``user_id``, not another kind's
+    token (an anonymous cookie, a device, …)."""
+    return default_token(person).startswith("user_id:")
+
+
+def check_user_id(field: str, value: str) -> str:
+    """``value`` as a user id, or :class:`BadInput` naming ``field``: not blank, no
+    control characters, not too long, and not spelled like another kind's token (user
+    ids and identifier tokens share no namespace: ``cookie:ck1`` as a user id would name
+    the cookie's person)."""
+    problem = id_problem(value)
+    kind, colon, _ = value.partition(":")
+    if problem is None and colon and kind in KINDS:
+        problem = f"must not start with {kind + ':'!r}: send such ids as an identifier"
+    if problem is not None:
+        raise BadInput(field, problem)
+    return value

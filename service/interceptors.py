@@ -6,7 +6,7 @@ a flood of heavy calls or a missing key never makes a load balancer think we are
 1. **Key and role** (:mod:`service.access`): no valid ``authorization: Bearer <key>`` →
    ``UNAUTHENTICATED``; a key without the method's role → ``PERMISSION_DENIED``; over
    the key's ``calls_per_second`` → ``RESOURCE_EXHAUSTED``. Skipped without a keys file
-   (the server then listens on loopback only, see :func:`bind_host`).
+   (the server then listens on loopback only, see :func:`service.security.server_security`).
 2. **Expired deadline** → ``DEADLINE_EXCEEDED`` before any work, so nothing the client
    gave up on is computed or written.
 3. **Concurrency limit**: beyond ``OMNIREC_MAX_CONCURRENT_CALLS`` calls in flight in this
@@ -32,9 +32,6 @@ import grpc
 from service.access import OPEN_PREFIXES, KeyRing, caller
 
 log = logging.getLogger(__name__)
-
-#: Hosts that only this machine reaches.
-LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 @dataclass(frozen=True)

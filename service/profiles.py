@@ -16,14 +16,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
+from service.access import audit
 from service.catalogue import CatalogueCache
 from service.config import Settings
 from service.engagement import profile_of
 from service.errors import BadInput
-from service.features import AsyncReader, FeatureStore, HistoryEntry
 from service.identity import Identities, all_tokens
 from service.rpc import rpc
 from service.send_time import channel_source, hour_probabilities, rank_channels
+from service.store import FeatureStore
+from service.store.codecs import HistoryEntry
+from service.store.plans import AsyncReader
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,11 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         ]
         if len(set(tokens)) < len(tokens):
             raise BadInput("identifiers", "an identifier cannot be linked to itself")
+        audit("LinkIdentities", ",".join(tokens))
         # Rare, and it waits on a lock: the sync client on a worker thread.
-        person, merged = await asyncio.to_thread(self.identities.link, tokens)
+        person, merged = await asyncio.to_thread(
+            self.identities.link, tokens, request.merge_accounts
+        )
         log.info("linked %d identifiers, %d people merged", len(tokens), merged)
         return ppb.LinkIdentitiesResponse(person_id=person, merged=merged)
 
@@ -77,6 +83,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         self, request: ppb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> ppb.GetProfileResponse:
         token = self._token(request)
+        audit("GetProfile", token)
         limit = request.limit or DEFAULT_PROFILE_ITEMS
         if not 1 <= limit <= MAX_PROFILE_ITEMS:
             raise BadInput("limit", f"must be between 1 and {MAX_PROFILE_ITEMS}; got {limit}")
@@ -151,6 +158,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
         self, request: ppb.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> ppb.ForgetUserResponse:
         token = self._token(request)
+        audit("ForgetUser", token)
         forgotten = await asyncio.to_thread(self.identities.forget, token)
         log.info(
             "erased a person: %d keys, %d stream events",

@@ -27,7 +27,8 @@ import numpy as np
 
 from service.bundle import FACTOR_KINDS, POPULARITY, ModelBundle
 from service.catalogue import Catalogue, ItemFilter
-from service.features import HistoryEntry, ServingView
+from service.store.codecs import HistoryEntry
+from service.store.reads import ServingView
 
 #: History items looked at when explaining an item.
 EXPLAIN_HISTORY = 50

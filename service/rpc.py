@@ -12,8 +12,15 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.config import Settings
-from service.errors import BadInput, DeadlineExpired, ModelNotFound, NotFound, StoreUnavailable
-from service.events import MAX_ID_LENGTH
+from service.errors import (
+    AccountConflict,
+    BadInput,
+    DeadlineExpired,
+    ModelNotFound,
+    NotFound,
+    StoreUnavailable,
+)
+from service.events import id_problem
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,8 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except AccountConflict as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except DeadlineExpired as exc:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except StoreUnavailable as exc:
@@ -48,10 +57,9 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
 
 
 def check_id(field: str, value: str) -> str:
-    if not value:
-        raise BadInput(field, "is required")
-    if len(value) > MAX_ID_LENGTH:
-        raise BadInput(field, f"is longer than {MAX_ID_LENGTH} characters")
+    problem = id_problem(value)
+    if problem is not None:
+        raise BadInput(field, problem)
     return value
 
 

@@ -31,9 +31,8 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.catalogue import MAX_CATEGORY_LENGTH, CatalogueCache, ItemFilter
 from service.config import Settings, identity_secret
 from service.engagement import EngagementService, priors_of
-from service.errors import BadInput, NotFound
-from service.events import MAX_ID_LENGTH, validate_event
-from service.features import AsyncReader, FeatureStore, TrackedEvent, async_twin
+from service.errors import BadInput, DeadlineExpired, NotFound, quote
+from service.events import MAX_ID_LENGTH, id_problem, validate_event
 from service.identity import Identities
 from service.interceptors import Guard
 from service.profiles import ProfilesService
@@ -42,6 +41,9 @@ from service.registry import ServedModel
 from service.rpc import check_id, check_limit, rpc
 from service.security import ServerSecurity, server_security
 from service.send_time import Priors
+from service.store import FeatureStore
+from service.store.codecs import TrackedEvent
+from service.store.plans import AsyncReader
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ MAX_POPULAR = 1000
 SIMILAR_MODES = ("similar", "bought_together")
 #: Newest events a live timestamp may be ahead of the server clock (clock skew).
 MAX_FUTURE_SECONDS = 86_400
+#: Longest ``Event.event_id`` (a UUID is 36).
+MAX_EVENT_ID_LENGTH = 128
 
 
 def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEvent:
@@ -112,6 +116,10 @@ def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEv
         seconds = int(now)
     if not math.isfinite(event.value):
         raise BadInput("value", "must be a finite number")
+    if event.event_id and (problem := id_problem(event.event_id)) is not None:
+        raise BadInput("event_id", problem)
+    if len(event.event_id) > MAX_EVENT_ID_LENGTH:
+        raise BadInput("event_id", f"is longer than {MAX_EVENT_ID_LENGTH} characters")
     return TrackedEvent(
         token,
         event.item_id,
@@ -121,6 +129,7 @@ def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEv
         event.timezone,
         event.value,
         event.automated,
+        event.event_id,
     )
 
 
@@ -188,7 +197,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         view = found.serving
         assert view is not None
         catalogue = await self.catalogue.get_async(view.catalogue_version)
-        ranked = engine.recommender.recommend(found.person, view, catalogue, options)
+        ranked = engine.recommender.recommend(found.scored_as, view, catalogue, options)
         return pb.RecommendResponse(
             items=_items(ranked),
             model_version=engine.model.label,
@@ -227,7 +236,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         together = view.bought_together
         # An item in the catalogue without metadata (seen only in events) still counts.
         if not (known or together or catalogue.meta(item_id) is not None):
-            raise NotFound(f"item_id: {item_id!r} is unknown to the model and the catalogue")
+            raise NotFound(f"item_id: {quote(item_id)} is unknown to the model and the catalogue")
         ranked = engine.recommender.similar_items(
             item_id, catalogue, options, view, together, mode == "bought_together"
         )
@@ -248,24 +257,42 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         now = time.time()
         accepted: list[TrackedEvent] = []
         rejections: list[pb.RejectedEvent] = []
+        rejected_at: set[int] = set()
         for n, event in enumerate(request.events):
             try:
                 accepted.append(to_tracked(event, now, self.identities))
             except BadInput as exc:
                 rejections.append(pb.RejectedEvent(index=n, field=exc.field, reason=exc.reason))
+                rejected_at.add(n)
         # One round trip resolves every event's person, a second one writes.
         tokens = sorted({e.user_id for e in accepted})
         people = await self.reader.run(self.identities.resolve_plan(tokens), "resolving identities")
         person_of = dict(zip(tokens, people, strict=True))
         for event in accepted:
             event.user_id = person_of[event.user_id]
+        marks = {p: self.identities.erasure_mark(p) for p in set(people)}
         weights = self.models.engine.recommender.weights
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # The caller gave up: write nothing it would not know about.
+            raise DeadlineExpired("the deadline expired before the events were written")
         # Hundreds of commands: redis-py's sync pipeline sends and parses them in C for a
         # fraction of its asyncio client's cost (measured: 13k against 7.7k events/s),
         # so the write runs on a worker thread; the loop answers other calls meanwhile.
-        await asyncio.to_thread(self.store.record, accepted, weights)
+        recorded = await asyncio.to_thread(self.store.record, accepted, weights, marks)
+        if recorded.erased:
+            at = [n for n in range(len(request.events)) if n not in rejected_at]
+            for position in recorded.erased:
+                rejections.append(
+                    pb.RejectedEvent(
+                        index=at[position], field="user_id", reason="names an erased person"
+                    )
+                )
+            rejections.sort(key=lambda r: r.index)
         return pb.TrackEventsResponse(
-            accepted=len(accepted), rejected=len(rejections), rejections=rejections
+            accepted=len(accepted) - len(recorded.erased),
+            rejected=len(rejections),
+            rejections=rejections,
         )
 
     @rpc
@@ -481,7 +508,7 @@ async def _start(
             ("grpc.max_receive_message_length", settings.max_request_bytes),
         ],
     )
-    reader = async_twin(store.client)
+    reader = store.async_reader()
     identities = Identities(store, identity_secret(settings))
     pb_grpc.add_RecommenderServicer_to_server(
         RecommenderService(settings, models, store, identities, reader), server

@@ -22,10 +22,13 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.bundle import ModelBundle
 from service.catalogue import Catalogue
 from service.events import ITEM_EVENT_TYPES
-from service.features import FeatureStore, ServingView, UserFeatures, connect
 from service.recommender import RankingOptions, Recommender
 from service.registry import ModelRegistry
 from service.server import build_server
+from service.store import FeatureStore
+from service.store.codecs import UserFeatures
+from service.store.plans import connect
+from service.store.reads import ServingView
 from tests.conftest import make_settings
 from training.__main__ import main as training_main
 from training.models import popularity_bundle

@@ -13,9 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from service.features import FeatureStore, connect
 from service.registry import ModelRegistry
 from service.server import build_server
+from service.store import FeatureStore
+from service.store.plans import connect
 from training.catalogue import load_catalogue
 
 pytestmark = pytest.mark.integration
@@ -188,7 +189,7 @@ def test_health_and_reflection(server):
 def test_republishing_switches_atomically_and_cleans_up(trained, truth):
     s = trained.settings
     store = FeatureStore(connect(s.redis_url), "republish")
-    from service.features import UserFeatures
+    from service.store.codecs import UserFeatures
 
     def users(seen_during_write: list):
         for n, user in enumerate(sorted(truth["users"])[:50]):

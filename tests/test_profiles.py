@@ -266,7 +266,9 @@ def test_training_sees_one_person_per_human(profiles, synthetic, truth, redis_se
 
     a, b = sorted(truth["users"])[20:22]
     profiles.LinkIdentities(
-        ppb.LinkIdentitiesRequest(identifiers=[ident("user_id", a), ident("user_id", b)]),
+        ppb.LinkIdentitiesRequest(
+            identifiers=[ident("user_id", a), ident("user_id", b)], merge_accounts=True
+        ),
         timeout=5,
     )
     settings = make_settings(redis_server.url, tmp_path, key_prefix="prof")
@@ -353,7 +355,7 @@ def test_requests_and_events_without_a_person_are_refused(rec):
 
 
 def test_an_event_racing_a_merge_still_counts(rec, profiles, settings):
-    from service.features import TrackedEvent
+    from service.store.codecs import TrackedEvent
 
     cookie = ident("cookie", "c-race")
     rec.TrackEvents(pb.TrackEventsRequest(events=views(cookie, ["i0020"])), timeout=5)

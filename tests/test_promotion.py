@@ -12,9 +12,10 @@ import pytest
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from service.features import FeatureStore, connect
 from service.registry import ModelRegistry
 from service.server import build_server
+from service.store import FeatureStore
+from service.store.plans import connect
 from tests.conftest import make_settings
 from training.__main__ import main as training_main
 from training.models import ModelParams

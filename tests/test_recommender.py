@@ -3,17 +3,11 @@ import scipy.sparse as sp
 
 from service.bundle import ModelBundle
 from service.catalogue import Catalogue, ItemFilter
-from service.features import (
-    ServingView,
-    UserFeatures,
-    combine_trending,
-    decode_user,
-    encode_user,
-    merge_features,
-    trending_increment,
-    user_key,
-)
 from service.recommender import RankingOptions, Recommender, ServingParams
+from service.store.codecs import UserFeatures, decode_user, encode_user, merge_features
+from service.store.keys import user_key
+from service.store.live import combine_trending, trending_increment
+from service.store.reads import ServingView
 
 # Two taste directions: items a* along x, items b* along y.
 ITEMS = np.array(["a1", "a2", "a3", "b1", "b2"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from service.features import FeatureStore
+from service.store import FeatureStore
 from training.event_log import write_events
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.events import ITEM_EVENT_TYPES
-from service.features import FeatureStore, UserFeatures
+from service.store import FeatureStore
+from service.store.codecs import UserFeatures
 from training.matrix import SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)

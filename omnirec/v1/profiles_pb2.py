@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from omnirec.v1 import identity_pb2 as omnirec_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19omnirec/v1/profiles.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"D\n\x15LinkIdentitiesRequest\x12+\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x16.omnirec.v1.Identifier\";\n\x16LinkIdentitiesResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x05\"N\n\x11GetProfileRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\x12\r\n\x05limit\x18\x02 \x01(\x05\"}\n\x0bProfileItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\r\n\x05price\x18\x05 \x01(\x01\"1\n\rCategoryCount\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\"\xab\x03\n\x12GetProfileResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12-\n\x0crecent_views\x18\x02 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12+\n\nfavourites\x18\x03 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12%\n\x04\x63\x61rt\x18\x04 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12*\n\tpurchases\x18\x05 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12\x31\n\x0etop_categories\x18\x06 \x03(\x0b\x32\x19.omnirec.v1.CategoryCount\x12\x19\n\x11preferred_channel\x18\x07 \x01(\t\x12\x17\n\x0fpreferred_hours\x18\x08 \x03(\x05\x12\x10\n\x08timezone\x18\t \x01(\t\x12\x18\n\x10identifier_kinds\x18\n \x03(\t\x12 \n\x18preferred_channel_source\x18\x0b \x01(\t\x12\x1e\n\x16preferred_hours_source\x18\x0c \x01(\t\"?\n\x11\x46orgetUserRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\"B\n\x12\x46orgetUserResponse\x12\x14\n\x0ckeys_removed\x18\x01 \x01(\x05\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x05\x32\xfd\x01\n\x08Profiles\x12W\n\x0eLinkIdentities\x12!.omnirec.v1.LinkIdentitiesRequest\x1a\".omnirec.v1.LinkIdentitiesResponse\x12K\n\nGetProfile\x12\x1d.omnirec.v1.GetProfileRequest\x1a\x1e.omnirec.v1.GetProfileResponse\x12K\n\nForgetUser\x12\x1d.omnirec.v1.ForgetUserRequest\x1a\x1e.omnirec.v1.ForgetUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19omnirec/v1/profiles.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"\\\n\x15LinkIdentitiesRequest\x12+\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x16.omnirec.v1.Identifier\x12\x16\n\x0emerge_accounts\x18\x02 \x01(\x08\";\n\x16LinkIdentitiesResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x05\"N\n\x11GetProfileRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\x12\r\n\x05limit\x18\x02 \x01(\x05\"}\n\x0bProfileItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\r\n\x05price\x18\x05 \x01(\x01\"1\n\rCategoryCount\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\"\xab\x03\n\x12GetProfileResponse\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12-\n\x0crecent_views\x18\x02 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12+\n\nfavourites\x18\x03 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12%\n\x04\x63\x61rt\x18\x04 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12*\n\tpurchases\x18\x05 \x03(\x0b\x32\x17.omnirec.v1.ProfileItem\x12\x31\n\x0etop_categories\x18\x06 \x03(\x0b\x32\x19.omnirec.v1.CategoryCount\x12\x19\n\x11preferred_channel\x18\x07 \x01(\t\x12\x17\n\x0fpreferred_hours\x18\x08 \x03(\x05\x12\x10\n\x08timezone\x18\t \x01(\t\x12\x18\n\x10identifier_kinds\x18\n \x03(\t\x12 \n\x18preferred_channel_source\x18\x0b \x01(\t\x12\x1e\n\x16preferred_hours_source\x18\x0c \x01(\t\"?\n\x11\x46orgetUserRequest\x12*\n\nidentifier\x18\x01 \x01(\x0b\x32\x16.omnirec.v1.Identifier\"B\n\x12\x46orgetUserResponse\x12\x14\n\x0ckeys_removed\x18\x01 \x01(\x05\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x05\x32\xfd\x01\n\x08Profiles\x12W\n\x0eLinkIdentities\x12!.omnirec.v1.LinkIdentitiesRequest\x1a\".omnirec.v1.LinkIdentitiesResponse\x12K\n\nGetProfile\x12\x1d.omnirec.v1.GetProfileRequest\x1a\x1e.omnirec.v1.GetProfileResponse\x12K\n\nForgetUser\x12\x1d.omnirec.v1.ForgetUserRequest\x1a\x1e.omnirec.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'omnirec.v1.profiles_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LINKIDENTITIESREQUEST']._serialized_start=101
-  _globals['_LINKIDENTITIESREQUEST']._serialized_end=169
-  _globals['_LINKIDENTITIESRESPONSE']._serialized_start=171
-  _globals['_LINKIDENTITIESRESPONSE']._serialized_end=230
-  _globals['_GETPROFILEREQUEST']._serialized_start=232
-  _globals['_GETPROFILEREQUEST']._serialized_end=310
-  _globals['_PROFILEITEM']._serialized_start=312
-  _globals['_PROFILEITEM']._serialized_end=437
-  _globals['_CATEGORYCOUNT']._serialized_start=439
-  _globals['_CATEGORYCOUNT']._serialized_end=488
-  _globals['_GETPROFILERESPONSE']._serialized_start=491
-  _globals['_GETPROFILERESPONSE']._serialized_end=918
-  _globals['_FORGETUSERREQUEST']._serialized_start=920
-  _globals['_FORGETUSERREQUEST']._serialized_end=983
-  _globals['_FORGETUSERRESPONSE']._serialized_start=985
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1051
-  _globals['_PROFILES']._serialized_start=1054
-  _globals['_PROFILES']._serialized_end=1307
+  _globals['_LINKIDENTITIESREQUEST']._serialized_end=193
+  _globals['_LINKIDENTITIESRESPONSE']._serialized_start=195
+  _globals['_LINKIDENTITIESRESPONSE']._serialized_end=254
+  _globals['_GETPROFILEREQUEST']._serialized_start=256
+  _globals['_GETPROFILEREQUEST']._serialized_end=334
+  _globals['_PROFILEITEM']._serialized_start=336
+  _globals['_PROFILEITEM']._serialized_end=461
+  _globals['_CATEGORYCOUNT']._serialized_start=463
+  _globals['_CATEGORYCOUNT']._serialized_end=512
+  _globals['_GETPROFILERESPONSE']._serialized_start=515
+  _globals['_GETPROFILERESPONSE']._serialized_end=942
+  _globals['_FORGETUSERREQUEST']._serialized_start=944
+  _globals['_FORGETUSERREQUEST']._serialized_end=1007
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1009
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1075
+  _globals['_PROFILES']._serialized_start=1078
+  _globals['_PROFILES']._serialized_end=1331
 # @@protoc_insertion_point(module_scope)

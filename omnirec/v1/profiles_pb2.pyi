@@ -11,10 +11,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LinkIdentitiesRequest(_message.Message):
-    __slots__ = ("identifiers",)
+    __slots__ = ("identifiers", "merge_accounts")
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     identifiers: _containers.RepeatedCompositeFieldContainer[_identity_pb2.Identifier]
-    def __init__(self, identifiers: _Optional[_Iterable[_Union[_identity_pb2.Identifier, _Mapping]]] = ...) -> None: ...
+    merge_accounts: bool
+    def __init__(self, identifiers: _Optional[_Iterable[_Union[_identity_pb2.Identifier, _Mapping]]] = ..., merge_accounts: _Optional[bool] = ...) -> None: ...
 
 class LinkIdentitiesResponse(_message.Message):
     __slots__ = ("person_id", "merged")

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "channel", "timezone", "value", "automated", "identifier")
+    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "channel", "timezone", "value", "automated", "identifier", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class Event(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     AUTOMATED_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: str
@@ -30,7 +31,8 @@ class Event(_message.Message):
     value: float
     automated: bool
     identifier: _identity_pb2.Identifier
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., timezone: _Optional[str] = ..., value: _Optional[float] = ..., automated: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., timezone: _Optional[str] = ..., value: _Optional[float] = ..., automated: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "limit", "exclude_item_ids", "exclude_purchased", "exclude_disliked", "include_categories", "exclude_categories", "in_stock_only", "context_item_id", "exclude_seen", "identifier")

@@ -1,0 +1,151 @@
+"""How values are encoded in Redis: pure functions and the value types they produce.
+The key each value lives under is :mod:`service.store.keys`' business."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HistoryEntry = tuple[str, str, int]
+"""``(item_id, event_type, epoch_seconds)``."""
+
+
+@dataclass
+class UserFeatures:
+    """What serving knows about one person."""
+
+    history: list[HistoryEntry] = field(default_factory=list)
+    """Newest first."""
+    purchased: set[str] = field(default_factory=set)
+    disliked: set[str] = field(default_factory=set)
+    engagement: str | None = None
+    """Send-time profile as published by training (JSON owned by ``send_time``)."""
+
+
+def encode_user(features: UserFeatures) -> dict[str, str]:
+    encoded = {
+        "history": to_json([list(h) for h in features.history]),
+        "purchased": to_json(sorted(features.purchased)),
+        "disliked": to_json(sorted(features.disliked)),
+    }
+    if features.engagement is not None:
+        encoded["engagement"] = features.engagement
+    return encoded
+
+
+def decode_user(raw: Mapping[bytes | str, bytes | str]) -> UserFeatures:
+    fields_ = {text(k): text(v) for k, v in raw.items()}
+    history = [(str(i), str(t), int(ts)) for i, t, ts in json.loads(fields_.get("history", "[]"))]
+    return UserFeatures(
+        history=history,
+        purchased=set(json.loads(fields_.get("purchased", "[]"))),
+        disliked=set(json.loads(fields_.get("disliked", "[]"))),
+        engagement=fields_.get("engagement"),
+    )
+
+
+def encode_entry(entry: HistoryEntry) -> str:
+    return to_json(list(entry))
+
+
+def decode_entry(raw: bytes | str) -> HistoryEntry:
+    item, kind, ts = json.loads(raw)
+    return str(item), str(kind), int(ts)
+
+
+def merge_features(live: UserFeatures, published: UserFeatures, limit: int) -> UserFeatures:
+    """Both layers as one: history newest first without duplicates, at most ``limit``."""
+    seen: set[HistoryEntry] = set()
+    history: list[HistoryEntry] = []
+    for entry in sorted(live.history + published.history, key=lambda h: -h[2]):
+        if entry not in seen:
+            seen.add(entry)
+            history.append(entry)
+    return UserFeatures(
+        history=history[:limit],
+        purchased=live.purchased | published.purchased,
+        disliked=live.disliked | published.disliked,
+    )
+
+
+def encode_item(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Catalogue fields as hash values (booleans as "1"/"0")."""
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        out[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return out
+
+
+def decode_item(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, value = text(k), text(v)
+        if key == "price":
+            meta[key] = float(value)
+        elif key == "in_stock":
+            meta[key] = value == "1"
+        else:
+            meta[key] = value
+    return meta
+
+
+EngagementEvent = tuple[str, str, int, str, bool]
+"""``(channel, event_type, epoch_seconds, timezone, automated)``."""
+
+
+def encode_engagement(event: EngagementEvent) -> str:
+    return to_json(list(event))
+
+
+def decode_engagement(raw: bytes | str) -> EngagementEvent:
+    channel, kind, ts, zone, automated = json.loads(raw)
+    return str(channel), str(kind), int(ts), str(zone), bool(automated)
+
+
+def is_empty(features: UserFeatures) -> bool:
+    return not (features.history or features.purchased or features.disliked or features.engagement)
+
+
+@dataclass
+class TrackedEvent:
+    """One validated live event (``timestamp`` already resolved to epoch seconds)."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: int
+    channel: str = ""
+    timezone: str = ""
+    value: float = 0.0
+    automated: bool = False
+    event_id: str = ""
+    """The caller's idempotency key; empty when it gave none (then never deduplicated)."""
+
+
+def stream_entry(event: TrackedEvent) -> dict[str, str]:
+    """The fields of an event's entry in the stream (what ``export-events`` reads)."""
+    return {
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "event_type": event.event_type,
+        "timestamp": str(event.timestamp),
+        "channel": event.channel,
+        "timezone": event.timezone,
+        "value": repr(event.value),
+        "automated": "1" if event.automated else "0",
+    }
+
+
+#: The live sets an event type adds its item to (each with its ``<set>_at`` times).
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
