@@ -11,8 +11,9 @@ token for every other kind. ``link`` points every token of the people it joins a
 person id.
 
 Merging two people who both have histories (e.g. an anonymous cookie that browsed, and
-the account she logs into): the survivor is the person of the first ``user_id`` among
-the identifiers (the account), else the first identifier's person. The others' live
+the account she logs into): the survivor is the account (a person whose id is a
+``user_id``), whichever identifier named it, else the first identifier's person; two
+accounts merge only when the caller says so (``merge_accounts``). The others' live
 histories, purchases, dislikes and engagement are merged into the survivor by time
 (duplicates dropped, bounds kept); their identifiers point at the survivor; their
 published (trained) features keep counting through the survivor's *aliases* until the
@@ -191,11 +192,9 @@ class Identities:
                     "identifiers: they belong to different accounts; merging accounts needs "
                     "merge_accounts=true"
                 )
-            account = next(
-                (who for t, who in zip(tokens, resolved, strict=True) if t.startswith("user_id:")),
-                None,
-            )
-            survivor = account or people[0]
+            # The account survives, whichever identifier named it: an anonymous cookie
+            # linked to an account's email joins the account, never the other way round.
+            survivor = accounts[0] if accounts else people[0]
             others = [p for p in people if p != survivor]
             for _ in range(MERGE_ATTEMPTS):
                 # False: a live event reached one of these people mid-merge; read again.
