@@ -28,7 +28,7 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from service.catalogue import MAX_CATEGORY_LENGTH, CatalogueCache, ItemFilter
+from service.catalogue import MAX_CATEGORY_LENGTH, MAX_TITLE_LENGTH, CatalogueCache, ItemFilter
 from service.config import Settings, identity_secret
 from service.engagement import EngagementService, priors_of
 from service.errors import BadInput, DeadlineExpired, NotFound, quote
@@ -141,6 +141,8 @@ def to_item_fields(item: pb.Item) -> dict[str, Any]:
             raise BadInput("category", f"must be 1 to {MAX_CATEGORY_LENGTH} characters")
         fields_["category"] = item.category
     if item.HasField("title"):
+        if len(item.title) > MAX_TITLE_LENGTH:
+            raise BadInput("title", f"is longer than {MAX_TITLE_LENGTH} characters")
         fields_["title"] = item.title
     if item.HasField("price"):
         if not math.isfinite(item.price) or item.price < 0:

@@ -270,3 +270,54 @@ def test_identity_calls_are_unavailable_while_redis_is_down(trained, tmp_path):
     finally:
         running.stop(grace=1)
         own.stop()
+
+
+def test_a_redis_crash_loses_no_accepted_event_and_retries_count_once(trained, tmp_path):
+    """redis-server with ``appendfsync always`` is SIGKILLed and restarted while a client
+    tracks batches and retries each failed one with the same event ids: every event the
+    service accepted is in the stream afterwards, and none twice."""
+    own = LocalRedis(tmp_path, ("--appendonly", "yes", "--appendfsync", "always"))
+    settings = replace(
+        trained.settings, redis_url=own.url, key_prefix="crash", port=0, host="127.0.0.1"
+    )
+    store = feature_store(settings)
+    running = build_server(settings, ModelRegistry(settings).load_alias("champion"), store)
+    accepted: set[str] = set()
+    unavailable = 0
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            rec = pb_grpc.RecommenderStub(channel)
+            for batch in range(40):
+                ids = [f"b{batch}-{n}" for n in range(50)]
+                request = pb.TrackEventsRequest(
+                    events=[
+                        pb.Event(
+                            user_id=f"c{n % 7}", item_id="i0001", event_type="view", event_id=i
+                        )
+                        for n, i in enumerate(ids)
+                    ]
+                )
+                if batch == 15:
+                    own.kill()
+                if batch == 18:
+                    own.start()
+                for _ in range(100):  # retried with the same ids until it goes through
+                    try:
+                        response = rec.TrackEvents(request, timeout=5)
+                    except grpc.RpcError as exc:
+                        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                        unavailable += 1
+                        if batch in (15, 16, 17):
+                            break  # Redis is down for good for now: the batch is given up
+                        continue
+                    assert response.accepted == 50
+                    accepted.update(ids)
+                    break
+        assert unavailable >= 3  # the crash was seen
+        assert len(accepted) >= 35 * 50
+        entries = store.client.xrange(stream_key("crash"))
+        recorded = [fields[b"user_id"] for _, fields in entries]
+        assert len(recorded) == len(accepted)
+    finally:
+        running.stop(grace=1)
+        own.stop()

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from service.catalogue import MAX_TITLE_LENGTH
 from service.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def load_catalogue(path: str | Path) -> dict[str, dict[str, Any]]:
             meta["category"] = str(columns["category"][n])
         if "title" in columns and columns["title"][n] not in (None, ""):
             meta["title"] = str(columns["title"][n])
+            if len(meta["title"]) > MAX_TITLE_LENGTH:
+                raise BadInput("items", f"{where}: title longer than {MAX_TITLE_LENGTH} characters")
         if "price" in columns and columns["price"][n] not in (None, ""):
             meta["price"] = _price(columns["price"][n], where)
         if "in_stock" in columns:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -26,7 +27,9 @@ def free_port() -> int:
 class LocalRedis:
     """Starts at construction; ``url`` points at it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args`` override the defaults (no persistence), e.g. ``("--appendonly",
+        "yes", "--appendfsync", "always")``."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise OmnirecError(
@@ -38,6 +41,7 @@ class LocalRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -55,6 +59,7 @@ class LocalRedis:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -72,6 +77,13 @@ class LocalRedis:
                 time.sleep(0.05)
             finally:
                 client.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed that was not already."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
 
     def stop(self) -> None:
         if self.process is not None:
