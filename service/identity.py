@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import AccountConflict, BadInput, StoreUnavailable
+from service.errors import AccountConflict, BadInput, StoreUnavailable, quote
 from service.events import id_problem
 from service.store import FeatureStore
 from service.store.plans import Plan
@@ -50,7 +50,7 @@ _PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
 def normalise(kind: str, value: str, field: str = "identifier") -> str:
     """The canonical form of an identifier value; :class:`BadInput` naming ``field``."""
     if kind not in KINDS:
-        raise BadInput(f"{field}.kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+        raise BadInput(f"{field}.kind", f"{quote(kind)} is not one of {', '.join(KINDS)}")
     text = value.strip()
     problem = id_problem(text)
     if problem is not None:

@@ -38,7 +38,7 @@ from service.interceptors import Guard
 from service.profiles import ProfilesService
 from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
 from service.registry import ServedModel
-from service.rpc import check_id, check_limit, rpc
+from service.rpc import check_id, check_limit, check_timestamp, rpc
 from service.security import ServerSecurity, server_security
 from service.send_time import Priors
 from service.store import FeatureStore
@@ -107,9 +107,7 @@ def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEv
         raise BadInput("user_id", "is required (or give an identifier)")
     validate_event(token, event.item_id, event.event_type, event.channel, event.timezone)
     if event.HasField("timestamp"):
-        seconds = event.timestamp.seconds
-        if seconds < 0:
-            raise BadInput("timestamp", "is before 1970")
+        seconds = int(check_timestamp("timestamp", event.timestamp))
         if seconds > now + MAX_FUTURE_SECONDS:
             raise BadInput("timestamp", "is more than a day in the future")
     else:

@@ -47,7 +47,10 @@ def decode_user(raw: Mapping[bytes | str, bytes | str]) -> UserFeatures:
 
 
 def encode_entry(entry: HistoryEntry) -> str:
-    return to_json(list(entry))
+    """``[item, type, ts]`` as JSON, byte for byte what :func:`to_json` writes (merges
+    compare entries as text), formatted directly: TrackEvents encodes one per event."""
+    item, kind, ts = entry
+    return f"[{_string(item)},{_string(kind)},{int(ts)}]"
 
 
 def decode_entry(raw: bytes | str) -> HistoryEntry:
@@ -98,7 +101,10 @@ EngagementEvent = tuple[str, str, int, str, bool]
 
 
 def encode_engagement(event: EngagementEvent) -> str:
-    return to_json(list(event))
+    """As :func:`encode_entry`, for ``[channel, type, ts, zone, automated]``."""
+    channel, kind, ts, zone, automated = event
+    flag = "true" if automated else "false"
+    return f"[{_string(channel)},{_string(kind)},{int(ts)},{_string(zone)},{flag}]"
 
 
 def decode_engagement(raw: bytes | str) -> EngagementEvent:
@@ -126,25 +132,14 @@ class TrackedEvent:
     """The caller's idempotency key; empty when it gave none (then never deduplicated)."""
 
 
-def stream_entry(event: TrackedEvent) -> dict[str, str]:
-    """The fields of an event's entry in the stream (what ``export-events`` reads)."""
-    return {
-        "user_id": event.user_id,
-        "item_id": event.item_id,
-        "event_type": event.event_type,
-        "timestamp": str(event.timestamp),
-        "channel": event.channel,
-        "timezone": event.timezone,
-        "value": repr(event.value),
-        "automated": "1" if event.automated else "0",
-    }
-
-
-#: The live sets an event type adds its item to (each with its ``<set>_at`` times).
+#: A string as JSON (``json``'s own C escaper, as :func:`to_json` uses).
+_string = json.encoder.encode_basestring_ascii
+#: One encoder for every value: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def text(value: bytes | str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from service.store.codecs import TrackedEvent, encode_engagement, encode_entry, stream_entry
+from service.store.codecs import TrackedEvent, encode_engagement, encode_entry
 from service.store.keys import erased_key, live_key, seen_key, stream_key, trending_key
 from service.store.plans import Plan, command, run_plan
 
@@ -67,44 +67,64 @@ _KEPT_SETS = {"purchase": "purchased", "dislike": "disliked"}
 #: The write of one batch of live events, as one script: Redis runs a script alone and
 #: whole, and its effects reach the AOF and replicas as one MULTI/EXEC, so a batch is
 #: written entirely or not at all (a MULTI/EXEC alone could not skip the events already
-#: recorded, or those of people erased a moment ago). ARGV: the dedupe window (s), the
-#: set bound, the erased set's key, the number of trims T, T pairs (times zset, members
-#: set), then groups: an erasure mark ("" = none), a guard key ("" = none), the group's
-#: command count, and each command as its argument count then its arguments. A group
-#: whose mark is in the erased set is skipped (an erasure that committed first wins; one
-#: that commits later deletes what the group wrote); a guarded group runs only when SET
-#: NX creates its guard. Each trimmed set keeps its newest members by the zset's times;
-#: members without a time (kept before times were, or merged in from another person) go
-#: first. Returns {groups skipped as duplicates, groups skipped as erased}.
+#: recorded, or those of people erased a moment ago). Every key comes built in ARGV (by
+#: :mod:`service.store.keys`); the script only decides which commands run.
+#:
+#: ARGV: the dedupe window (s), the kept-set bound, the erased set, the stream, its
+#: approximate MAXLEN, the history and engagement lengths, today's trending zset and its
+#: TTL, then :data:`_EVENT_FIELDS` values per event (see :meth:`LiveLayer.record_plan`).
+#: An event whose erasure mark is in the erased set is skipped (an erasure that committed
+#: first wins; one that commits later deletes what the event wrote); one with an event id
+#: runs only when SET NX creates its guard. Each trimmed kept set keeps its newest members
+#: by the times zset; members without a time (kept before times were, or merged in from
+#: another person) go first. Returns {events skipped as duplicates, as erased}, 0-based.
 _RECORD_SCRIPT = """#!lua
-local window, bound, erased = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local trims = tonumber(ARGV[4])
-local at, group, duplicates, gone = 5 + 2 * trims, 0, {}, {}
-while at <= #ARGV do
-  local mark, guard, count = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
-  at = at + 3
-  local run = true
+local window, bound, erased, stream = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local maxlen, hlen, elen = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local trending, ttl = ARGV[8], ARGV[9]
+local duplicates, gone, histories, engagements, kept = {}, {}, {}, {}, {}
+local trended, event = false, 0
+for at = 10, #ARGV, 17 do
+  local mark, guard = ARGV[at], ARGV[at + 1]
   if mark ~= '' and redis.call('SISMEMBER', erased, mark) == 1 then
-    run = false
-    gone[#gone + 1] = group
+    gone[#gone + 1] = event
   elseif guard ~= '' and not redis.call('SET', guard, '1', 'NX', 'EX', window) then
-    run = false
-    duplicates[#duplicates + 1] = group
+    duplicates[#duplicates + 1] = event
+  else
+    local item, ts = ARGV[at + 3], ARGV[at + 5]
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+      'user_id', ARGV[at + 2], 'item_id', item, 'event_type', ARGV[at + 4],
+      'timestamp', ts, 'channel', ARGV[at + 6], 'timezone', ARGV[at + 7],
+      'value', ARGV[at + 8], 'automated', ARGV[at + 9])
+    local history, engagement = ARGV[at + 10], ARGV[at + 11]
+    if ARGV[at + 12] ~= '' then
+      redis.call('LPUSH', history, ARGV[at + 12])
+      histories[history] = true
+    end
+    redis.call('LPUSH', engagement, ARGV[at + 13])
+    engagements[engagement] = true
+    if ARGV[at + 14] ~= '' then
+      redis.call('ZINCRBY', trending, ARGV[at + 14], item)
+      trended = true
+    end
+    local members, times = ARGV[at + 15], ARGV[at + 16]
+    if members ~= '' then
+      redis.call('SADD', members, item)
+      redis.call('ZADD', times, 'GT', ts, item)
+      kept[times] = members
+    end
   end
-  for _ = 1, count do
-    local argc = tonumber(ARGV[at])
-    if run then redis.call(unpack(ARGV, at + 1, at + argc)) end
-    at = at + argc + 1
-  end
-  group = group + 1
+  event = event + 1
 end
+for key in pairs(histories) do redis.call('LTRIM', key, 0, hlen - 1) end
+for key in pairs(engagements) do redis.call('LTRIM', key, 0, elen - 1) end
+if trended then redis.call('EXPIRE', trending, ttl) end
 local function each_chunk(values, apply)
   for from = 1, #values, 1000 do
     apply(unpack(values, from, math.min(from + 999, #values)))
   end
 end
-for t = 0, trims - 1 do
-  local times, members = ARGV[5 + 2 * t], ARGV[6 + 2 * t]
+for times, members in pairs(kept) do
   local excess = redis.call('ZCARD', times) - bound
   if excess > 0 then
     local oldest = redis.call('ZRANGE', times, 0, excess - 1)
@@ -120,14 +140,26 @@ for t = 0, trims - 1 do
 end
 return {duplicates, gone}
 """
-
-
-def _add_group(argv: list[Any], mark: str, guard: str, commands: Sequence[Sequence[Any]]) -> None:
-    """Append one group of :data:`_RECORD_SCRIPT`'s ARGV."""
-    argv += (mark, guard, len(commands))
-    for args in commands:
-        argv.append(len(args))
-        argv += args
+#: Values per event in :data:`_RECORD_SCRIPT`'s ARGV, in this order.
+_EVENT_FIELDS = (
+    "erasure mark",
+    "event id guard key",
+    "user_id",
+    "item_id",
+    "event_type",
+    "timestamp",
+    "channel",
+    "timezone",
+    "value",
+    "automated",
+    "history key",
+    "engagement key",
+    "history entry",
+    "engagement entry",
+    "trending increment",
+    "kept set key",
+    "kept times key",
+)
 
 
 @dataclass
@@ -166,55 +198,51 @@ class LiveLayer:
         weights: Mapping[str, float],
         marks: Mapping[str, str] | None = None,
     ) -> Plan[Recorded]:
-        """The writes of :meth:`record` as one :data:`_RECORD_SCRIPT` call: one group of
-        commands per event, guarded by its erasure mark and its event id, then the trims."""
+        """The writes of :meth:`record` as one :data:`_RECORD_SCRIPT` call. Each event
+        travels as its :data:`_EVENT_FIELDS` only: packing and sending the arguments is
+        most of a batch's cost, so the script, not the argument list, spells the
+        commands."""
         if not events:
             return Recorded()
         marks = marks or {}
         p = self.prefix
         now = time.time()
         today = trending_key(p, int(now) // SECONDS_PER_DAY)
-        argv: list[Any] = []
-        trims: dict[tuple[str, str], None] = {}  # (times, members), in order, once each
-        histories: set[str] = set()
+        argv: list[Any] = [
+            DEDUPE_WINDOW_SECONDS,
+            MAX_PERSON_ITEMS,
+            erased_key(p),
+            stream_key(p),
+            self.stream_maxlen,
+            self.history_length,
+            self.engagement_length,
+            today,
+            TRENDING_TTL_SECONDS,
+        ]
+        half_life = self.trending_half_life_hours
         for e in events:
-            xadd = ["XADD", stream_key(p), "MAXLEN", "~", self.stream_maxlen, "*"]
-            xadd += [v for pair in stream_entry(e).items() for v in pair]
-            writes: list[list[Any]] = [xadd]
-            if e.item_id:
-                entry = encode_entry((e.item_id, e.event_type, e.timestamp))
-                writes.append(["LPUSH", live_key(p, e.user_id, "history"), entry])
-                histories.add(e.user_id)
-                kept = _KEPT_SETS.get(e.event_type)
-                if kept is not None:
-                    members = live_key(p, e.user_id, kept)
-                    times = live_key(p, e.user_id, f"{kept}_at")
-                    writes.append(["SADD", members, e.item_id])
-                    # GT: a repeated purchase moves the item's time forward, never back.
-                    writes.append(["ZADD", times, "GT", e.timestamp, e.item_id])
-                    trims[times, members] = None
-                weight = weights.get(e.event_type, 0.0)
-                if e.event_type in TRENDING_TYPES and weight > 0:
-                    inc = trending_increment(
-                        weight, e.timestamp, now, self.trending_half_life_hours
-                    )
-                    writes.append(["ZINCRBY", today, repr(inc), e.item_id])
-            engaged = encode_engagement(
-                (e.channel, e.event_type, e.timestamp, e.timezone, e.automated)
+            user, item, kind = e.user_id, e.item_id, e.event_type
+            kept = _KEPT_SETS.get(kind, "") if item else ""
+            weight = weights.get(kind, 0.0)
+            trend = item and kind in TRENDING_TYPES and weight > 0
+            argv += (
+                marks.get(user, ""),
+                seen_key(p, e.event_id) if e.event_id else "",
+                user,
+                item,
+                kind,
+                e.timestamp,
+                e.channel,
+                e.timezone,
+                repr(e.value),
+                "1" if e.automated else "0",
+                live_key(p, user, "history"),
+                live_key(p, user, "engagement"),
+                encode_entry((item, kind, e.timestamp)) if item else "",
+                encode_engagement((e.channel, kind, e.timestamp, e.timezone, e.automated)),
+                repr(trending_increment(weight, e.timestamp, now, half_life)) if trend else "",
+                live_key(p, user, kept) if kept else "",
+                live_key(p, user, f"{kept}_at") if kept else "",
             )
-            writes.append(["LPUSH", live_key(p, e.user_id, "engagement"), engaged])
-            guard = seen_key(p, e.event_id) if e.event_id else ""
-            _add_group(argv, marks.get(e.user_id, ""), guard, writes)
-        upkeep = [
-            ["LTRIM", live_key(p, u, "history"), 0, self.history_length - 1] for u in histories
-        ]
-        upkeep += [
-            ["LTRIM", live_key(p, u, "engagement"), 0, self.engagement_length - 1]
-            for u in {e.user_id for e in events}
-        ]
-        upkeep.append(["EXPIRE", today, TRENDING_TTL_SECONDS])
-        _add_group(argv, "", "", upkeep)
-        head = [DEDUPE_WINDOW_SECONDS, MAX_PERSON_ITEMS, erased_key(p), len(trims)]
-        head += [key for pair in trims for key in pair]
-        ((duplicates, gone),) = yield [command("eval", _RECORD_SCRIPT, 0, *head, *argv)]
+        ((duplicates, gone),) = yield [command("eval", _RECORD_SCRIPT, 0, *argv)]
         return Recorded(len(duplicates), [int(i) for i in gone])

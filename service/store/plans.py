@@ -21,12 +21,16 @@ def connect(url: str, timeout_seconds: float = 0.5) -> redis.Redis:
     Connections are made lazily and re-made after a failure, so a client created while
     Redis is down starts working by itself once Redis is back.
     """
-    return redis.Redis.from_url(
+    client = redis.Redis.from_url(
         url,
         socket_timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         health_check_interval=30,
     )
+    # Connections are made on first use, so the class can still change.
+    pool = client.connection_pool
+    pool.connection_class = _packed_by_hiredis(pool.connection_class)
+    return client
 
 
 # --- reads as plans: one description, a sync and an async runner ---------------------
@@ -165,14 +169,20 @@ def async_twin(client: redis.Redis) -> AsyncReader:
 
 
 def _packed_by_hiredis(base: type) -> type:
-    """``base`` packing commands with hiredis (C), as redis-py's sync connections do; its
-    asyncio ones pack in Python, most of the CPU of writing a batch of events."""
-    if not redis.utils.HIREDIS_AVAILABLE:
+    """``base`` packing commands with one call to hiredis (C). redis-py's asyncio
+    connections pack in Python, and its sync ones run a Python generator over every
+    argument before hiredis: for a batch of events (thousands of arguments) either was
+    most of the CPU of writing it. Our arguments are ``str``, ``bytes``, ``int`` and
+    ``float``, which hiredis encodes as redis-py would (UTF-8, ``repr`` of numbers)."""
+    if not redis.utils.HIREDIS_AVAILABLE or base.__name__.startswith("Hiredis"):
         return base
-    serializer = redis.connection.HiredisRespSerializer()
+    import hiredis
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
-        return serializer.pack(*args)
+        head = args[0]
+        if isinstance(head, str) and " " in head:  # e.g. "CLIENT SETINFO"
+            args = (*head.split(), *args[1:])
+        return [hiredis.pack_command(args)]
 
     return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
 
