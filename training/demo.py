@@ -1,8 +1,9 @@
 """``python -m training demo``: the whole path on an embedded default, in one command.
 
 Starts a local redis-server (unless ``REDIS_URL`` is set), uses the local sqlite MLflow
-store, generates synthetic data, trains, serves over real gRPC on loopback, and prints a
-few people's recommendations next to what they were planted to like.
+store, generates synthetic data, trains, serves over real gRPC on loopback with an API key
+(made afresh each run, its SHA-256 in ``<workdir>/api-keys.json``), and prints a few
+people's recommendations next to what they were planted to like.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import json
 import os
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -26,6 +29,7 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.access import add_entry, key_entry, new_key
 from service.config import Settings, feature_store
 from service.registry import ModelRegistry
 from service.server import build_server
@@ -64,18 +68,25 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
     print(f"registered {settings.model_name}/{result.version} ({result.selection})")
     print(f"{settings.model_alias}: {result.decision}")
 
-    print("\n== 3. serve over gRPC on loopback")
+    print("\n== 3. serve over gRPC on loopback, with an API key")
+    keys_file = work / "api-keys.json"
+    # The key is printed, never stored: the keys file holds its SHA-256 only.
+    key = new_key()
+    add_entry(keys_file, key_entry("demo", ["admin"], key))
     registry = ModelRegistry(settings)
     model = registry.load_alias(settings.model_alias)
     store = feature_store(settings)
-    running = build_server(replace(settings, port=0, host="127.0.0.1"), model, store)
-    print(f"serving {model.label} on 127.0.0.1:{running.port}")
+    running = build_server(
+        replace(settings, port=0, host="127.0.0.1", api_keys_file=str(keys_file)), model, store
+    )
+    print(f"serving {model.label} on 127.0.0.1:{running.port}; keys file {keys_file}")
 
     truth = json.loads(Path(data.truth).read_text())["users"]
     catalogue = load_catalogue(data.items)
     category = {item: meta.get("category", "?") for item, meta in catalogue.items()}
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as plain:
+            channel = grpc.intercept_channel(plain, _Bearer(key))
             stub = pb_grpc.RecommenderStub(channel)
             print("\n== 4. recommendations (top 5, with reasons)")
             people = sorted(truth)[:3] + ["someone-new"]
@@ -102,7 +113,30 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
         "  (then open http://127.0.0.1:5000)"
     )
     print("Serve for real: make serve   (python -m service serve --port 50051)")
+    print(
+        f"With this run's key (admin role; make your own: python -m service make-key --name "
+        f"web --roles recommend --file {keys_file}):\n"
+        f"  export KEY={key}\n"
+        f"  OMNIREC_API_KEYS_FILE={keys_file} make serve\n"
+        '  grpcurl -plaintext -H "authorization: Bearer $KEY" '
+        '-d \'{"user_id": "u00001", "limit": 5}\' localhost:50051 '
+        "omnirec.v1.Recommender/Recommend"
+    )
     return 0
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
+    """Sends ``authorization: Bearer <key>`` with every call, as any client of a server
+    with API keys must."""
+
+    def __init__(self, key: str) -> None:
+        self.metadata = (("authorization", f"Bearer {key}"),)
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], details: Any, request: Any
+    ) -> Any:
+        metadata = (*(details.metadata or ()), *self.metadata)
+        return continuation(details._replace(metadata=metadata), request)
 
 
 def _taste_summary(stub: pb_grpc.RecommenderStub, truth: dict, category: dict) -> None:

@@ -155,15 +155,19 @@ def async_twin(client: redis.Redis) -> AsyncReader:
     kwargs = dict(pool.connection_kwargs)
     timeout = kwargs.get("socket_timeout") or 0.5
     kwargs["socket_timeout"] = None
-    kinds = {
-        redis.connection.SSLConnection: redis.asyncio.connection.SSLConnection,
-        redis.connection.UnixDomainSocketConnection: (
-            redis.asyncio.connection.UnixDomainSocketConnection
+    # By base class: connect() has already swapped in a subclass packing with hiredis.
+    kinds = [
+        (redis.connection.SSLConnection, redis.asyncio.connection.SSLConnection),
+        (
+            redis.connection.UnixDomainSocketConnection,
+            redis.asyncio.connection.UnixDomainSocketConnection,
         ),
-    }
-    connection_class = _packed_by_hiredis(
-        kinds.get(pool.connection_class, redis.asyncio.connection.Connection)
+    ]
+    base = next(
+        (twin for sync, twin in kinds if issubclass(pool.connection_class, sync)),
+        redis.asyncio.connection.Connection,
     )
+    connection_class = _packed_by_hiredis(base)
     pool = redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
     return AsyncReader(redis.asyncio.Redis(connection_pool=pool), timeout)
 
