@@ -276,10 +276,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if remaining is not None and remaining <= 0:
             # The caller gave up: write nothing it would not know about.
             raise DeadlineExpired("the deadline expired before the events were written")
-        # Hundreds of commands: redis-py's sync pipeline sends and parses them in C for a
-        # fraction of its asyncio client's cost (measured: 13k against 7.7k events/s),
-        # so the write runs on a worker thread; the loop answers other calls meanwhile.
-        recorded = await asyncio.to_thread(self.store.record, accepted, weights, marks)
+        # One script call with one reply: on the loop, like every read (a worker thread
+        # costs a hand-off each way and fights the loop for the GIL).
+        recorded = await self.reader.run(
+            self.store.record_plan(accepted, weights, marks), "recording events"
+        )
         if recorded.erased:
             at = [n for n in range(len(request.events)) if n not in rejected_at]
             for position in recorded.erased:

@@ -182,13 +182,24 @@ def _packed_by_hiredis(base: type) -> type:
         return base
     import hiredis
 
-    def pack_command(self: Any, *args: Any) -> list[bytes]:
+    def packed(args: tuple[Any, ...]) -> bytes:
         head = args[0]
         if isinstance(head, str) and " " in head:  # e.g. "CLIENT SETINFO"
             args = (*head.split(), *args[1:])
-        return [hiredis.pack_command(args)]
+        return hiredis.pack_command(args)
 
-    return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        return [packed(args)]
+
+    def pack_commands(self: Any, commands: Iterable[tuple[Any, ...]]) -> list[bytes]:
+        # Pipelines: one buffer for all (the sync connection would not call pack_command).
+        return [b"".join([packed(tuple(args)) for args in commands])]
+
+    return type(
+        f"Hiredis{base.__name__}",
+        (base,),
+        {"pack_command": pack_command, "pack_commands": pack_commands},
+    )
 
 
 @contextmanager
