@@ -321,3 +321,44 @@ def test_a_redis_crash_loses_no_accepted_event_and_retries_count_once(trained, t
     finally:
         running.stop(grace=1)
         own.stop()
+
+
+def test_health_answers_while_heavy_calls_flood_the_server(replicas):
+    """The largest requests the bounds allow, many at once, never starve health checks;
+    oversized ones are refused by size, not served."""
+    import contextlib
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = replicas[1]
+    rec = pb_grpc.RecommenderStub(channel)
+    heavy = pb.RecommendRequest(
+        user_id="u00001",
+        limit=100,
+        exclude_item_ids=[f"x{n:0250d}" for n in range(1000)],
+        include_categories=[f"c{n:0120d}" for n in range(1000)],
+    )
+    assert heavy.ByteSize() < 1_048_576
+    too_big = pb.RecommendRequest(user_id="u00001", exclude_item_ids=["y" * 250] * 5000)
+    assert code_of(lambda: rec.Recommend(too_big, timeout=5)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            # Shed load is fine; only health matters here.
+            with contextlib.suppress(grpc.RpcError):
+                rec.Recommend(heavy, timeout=10)
+
+    threads = [threading.Thread(target=flood) for _ in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(10):
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
