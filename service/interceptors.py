@@ -49,6 +49,7 @@ class Guard(grpc.aio.ServerInterceptor):
         self.keys = keys
         self.max_concurrent_calls = max_concurrent_calls
         self.in_flight = 0
+        self._wrapped: dict[tuple[str, str], tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -83,10 +84,15 @@ class Guard(grpc.aio.ServerInterceptor):
             name = key.name
         if handler.unary_unary is None:
             return handler  # reflection (streaming): the key check above is all it needs
-        return handler._replace(
-            request_deserializer=_tolerant(method, handler.request_deserializer),
-            unary_unary=self._guarded(method, name, handler.unary_unary),
-        )
+        # Wrapping builds closures and a handler: once per method and key, not per call.
+        cached = self._wrapped.get((method, name))
+        if cached is None or cached[0] is not handler:
+            wrapped = handler._replace(
+                request_deserializer=_tolerant(method, handler.request_deserializer),
+                unary_unary=self._guarded(method, name, handler.unary_unary),
+            )
+            cached = self._wrapped[method, name] = (handler, wrapped)
+        return cached[1]
 
     def _guarded(self, method: str, name: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:

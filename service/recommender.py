@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -153,8 +154,13 @@ class Recommender:
         """Top ``options.limit`` items for ``user_id``: personalised when there is
         anything to go on, then filled up with trending and popular items."""
         excluded = options.excluded(view)
-        positives = self._positives(view.user.history)
-        scores = self._user_scores(user_id, positives)
+        # A person's features are often the same cached object call after call (nothing
+        # live, one publication): their positives and user vector are worked out once.
+        memo = view.user.memo.get(self)
+        if memo is None:
+            memo = view.user.memo[self] = {"positives": self._positives(view.user.history)}
+        positives = memo["positives"]
+        scores = self._user_scores(user_id, positives, memo)
         context = self.item_index.get(options.context_item_id)
         context_scores = self._item_scores(context) if context is not None else None
         ranked: list[Recommendation] = []
@@ -249,13 +255,20 @@ class Recommender:
         weight = kind[keep] * 2.0 ** (-rank / self.params.recency_half_life_events)
         return Positives(item[keep], weight, rank)
 
-    def _user_scores(self, user_id: str, positives: Positives) -> np.ndarray | None:
+    def _user_scores(
+        self, user_id: str, positives: Positives, memo: dict[str, Any] | None = None
+    ) -> np.ndarray | None:
         b = self.bundle
         if len(positives.items):
+            if b.kind in FACTOR_KINDS and memo is not None and "vector" in memo:
+                return self._factors @ memo["vector"]
             items, inverse = np.unique(positives.items, return_inverse=True)
             summed = np.bincount(inverse, weights=positives.weights)
             if b.kind in FACTOR_KINDS:
-                return self._factors @ self._fold_in(items, summed)
+                vector = self._fold_in(items, summed)
+                if memo is not None:
+                    memo["vector"] = vector
+                return self._factors @ vector
             return np.asarray(b.similarity.T @ _dense(items, summed, len(b.item_ids))).ravel()
         row = self.user_index.get(user_id)
         if b.kind in FACTOR_KINDS and row is not None:

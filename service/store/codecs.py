@@ -22,6 +22,12 @@ class UserFeatures:
     disliked: set[str] = field(default_factory=set)
     engagement: str | None = None
     """Send-time profile as published by training (JSON owned by ``send_time``)."""
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What a model worked out from these features (its positives, a user vector), kept
+    by that model while these features are the cached ones."""
+    merged_alone: tuple[int, UserFeatures] | None = field(default=None, repr=False, compare=False)
+    """(limit, these features merged with an empty live layer), kept by
+    :func:`merge_features`."""
 
 
 def encode_user(features: UserFeatures) -> dict[str, str]:
@@ -59,7 +65,20 @@ def decode_entry(raw: bytes | str) -> HistoryEntry:
 
 
 def merge_features(live: UserFeatures, published: UserFeatures, limit: int) -> UserFeatures:
-    """Both layers as one: history newest first without duplicates, at most ``limit``."""
+    """Both layers as one: history newest first without duplicates, at most ``limit``.
+
+    Most requests find nothing live and the same cached published features each time:
+    that merge is kept on the published object (which never changes), so it is done once.
+    The result is shared: callers read it and never change it."""
+    if not (live.history or live.purchased or live.disliked):
+        alone = published.merged_alone
+        if alone is None or alone[0] != limit:
+            alone = published.merged_alone = (limit, _merged(live, published, limit))
+        return alone[1]
+    return _merged(live, published, limit)
+
+
+def _merged(live: UserFeatures, published: UserFeatures, limit: int) -> UserFeatures:
     seen: set[HistoryEntry] = set()
     history: list[HistoryEntry] = []
     for entry in sorted(live.history + published.history, key=lambda h: -h[2]):
