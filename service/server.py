@@ -31,7 +31,7 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.catalogue import MAX_CATEGORY_LENGTH, MAX_TITLE_LENGTH, CatalogueCache, ItemFilter
 from service.config import Settings, identity_secret
 from service.engagement import EngagementService, priors_of
-from service.errors import BadInput, DeadlineExpired, NotFound, quote
+from service.errors import BadInput, DeadlineExpired, NotFound, StoreUnavailable, quote
 from service.events import MAX_ID_LENGTH, id_problem, validate_event
 from service.identity import Identities
 from service.interceptors import Guard
@@ -97,6 +97,8 @@ SIMILAR_MODES = ("similar", "bought_together")
 MAX_FUTURE_SECONDS = 86_400
 #: Longest ``Event.event_id`` (a UUID is 36).
 MAX_EVENT_ID_LENGTH = 128
+#: Rounds of resolve-and-write before events racing identity links give up.
+MAX_RECORD_ATTEMPTS = 5
 
 
 def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEvent:
@@ -264,37 +266,56 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             except BadInput as exc:
                 rejections.append(pb.RejectedEvent(index=n, field=exc.field, reason=exc.reason))
                 rejected_at.add(n)
-        # One round trip resolves every event's person, a second one writes.
-        tokens = sorted({e.user_id for e in accepted})
-        people = await self.reader.run(self.identities.resolve_plan(tokens), "resolving identities")
-        person_of = dict(zip(tokens, people, strict=True))
-        for event in accepted:
-            event.user_id = person_of[event.user_id]
-        marks = {p: self.identities.erasure_mark(p) for p in set(people)}
-        weights = self.models.engine.recommender.weights
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             # The caller gave up: write nothing it would not know about.
             raise DeadlineExpired("the deadline expired before the events were written")
-        # One script call with one reply: on the loop, like every read (a worker thread
-        # costs a hand-off each way and fights the loop for the GIL).
-        recorded = await self.reader.run(
-            self.store.record_plan(accepted, weights, marks), "recording events"
-        )
-        if recorded.erased:
-            at = [n for n in range(len(request.events)) if n not in rejected_at]
-            for position in recorded.erased:
-                rejections.append(
-                    pb.RejectedEvent(
-                        index=at[position], field="user_id", reason="names an erased person"
-                    )
+        positions = [n for n in range(len(request.events)) if n not in rejected_at]
+        position_of = {id(e): n for e, n in zip(accepted, positions, strict=True)}
+        erased = await self._record(accepted)
+        for event in erased:
+            rejections.append(
+                pb.RejectedEvent(
+                    index=position_of[id(event)],
+                    field="user_id",
+                    reason="names an erased person",
                 )
-            rejections.sort(key=lambda r: r.index)
+            )
+        rejections.sort(key=lambda r: r.index)
         return pb.TrackEventsResponse(
-            accepted=len(accepted) - len(recorded.erased),
+            accepted=len(accepted) - len(erased),
             rejected=len(rejections),
             rejections=rejections,
         )
+
+    async def _record(self, events: list[TrackedEvent]) -> list[TrackedEvent]:
+        """Write ``events`` (each naming an identifier token in ``user_id``) under their
+        people; returns those refused because their person was erased. Usually two round
+        trips: resolve, then one script call on the loop, like every read (a worker
+        thread costs a hand-off each way and fights the loop for the GIL). Events whose
+        token a concurrent link moved to another person are resolved and written again."""
+        for event in events:
+            event.token = event.user_id
+        weights = self.models.engine.recommender.weights
+        erased: list[TrackedEvent] = []
+        pending = events
+        for _ in range(MAX_RECORD_ATTEMPTS):
+            tokens = sorted({e.token for e in pending})
+            people = await self.reader.run(
+                self.identities.resolve_plan(tokens), "resolving identities"
+            )
+            person_of = dict(zip(tokens, people, strict=True))
+            for event in pending:
+                event.user_id = person_of[event.token]
+            marks = {p: self.identities.erasure_mark(p) for p in set(people)}
+            recorded = await self.reader.run(
+                self.store.record_plan(pending, weights, marks), "recording events"
+            )
+            erased += [pending[n] for n in recorded.erased]
+            if not recorded.moved:
+                return erased
+            pending = [pending[n] for n in recorded.moved]
+        raise StoreUnavailable("events kept racing identity links; retry them")
 
     @rpc
     async def UpsertItems(  # noqa: N802

@@ -4,6 +4,7 @@ failures on the identity RPCs."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import grpc
@@ -362,3 +363,40 @@ def test_health_answers_while_heavy_calls_flood_the_server(replicas):
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_an_event_racing_a_link_is_written_under_the_survivor(trained, store, synthetic):
+    """A link commits between TrackEvents resolving a cookie and writing its event: the
+    write sees the move and the event lands under the account, not the merged-away
+    cookie person."""
+    from service.identity import Identities
+    from service.store import FeatureStore
+    from tests.conftest import TEST_SECRET
+
+    settings = replace(trained.settings, key_prefix="race", port=0, host="127.0.0.1")
+
+    class RacingStore(FeatureStore):
+        race = True
+
+        def record_plan(self, events, weights, marks=None):
+            if self.race:  # the first write only: a link lands just before it
+                self.race = False
+                Identities(self, TEST_SECRET).link(["cookie:race-ck", "user_id:race-acct"])
+            return (yield from super().record_plan(events, weights, marks))
+
+    plain = feature_store(settings)
+    racing = RacingStore(plain.client, "race")
+    running = build_server(settings, ModelRegistry(settings).load_alias("champion"), racing)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            rec = pb_grpc.RecommenderStub(channel)
+            event = pb.Event(
+                identifier=ident("cookie", "race-ck"), item_id="i0007", event_type="view"
+            )
+            response = rec.TrackEvents(pb.TrackEventsRequest(events=[event]), timeout=5)
+            assert response.accepted == 1
+        assert not plain.client.exists(live_key("race", "cookie:race-ck", "history"))
+        history = plain.client.lrange(live_key("race", "race-acct", "history"), 0, -1)
+        assert [json.loads(h)[0] for h in history] == ["i0007"]
+    finally:
+        running.stop(grace=1)

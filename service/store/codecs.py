@@ -149,6 +149,9 @@ class TrackedEvent:
     automated: bool = False
     event_id: str = ""
     """The caller's idempotency key; empty when it gave none (then never deduplicated)."""
+    token: str = ""
+    """The identifier token the event named (``user_id`` holds its resolved person); empty
+    when the person was given directly."""
 
 
 #: A string as JSON (``json``'s own C escaper, as :func:`to_json` uses).

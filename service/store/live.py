@@ -20,7 +20,14 @@ import redis
 import redis.asyncio
 
 from service.store.codecs import TrackedEvent, encode_engagement, encode_entry
-from service.store.keys import erased_key, live_key, seen_key, stream_key, trending_key
+from service.store.keys import (
+    erased_key,
+    identity_key,
+    live_key,
+    seen_key,
+    stream_key,
+    trending_key,
+)
 from service.store.plans import Plan, command, run_plan
 
 SECONDS_PER_DAY = 86_400
@@ -74,20 +81,27 @@ _KEPT_SETS = {"purchase": "purchased", "dislike": "disliked"}
 #: approximate MAXLEN, the history and engagement lengths, today's trending zset and its
 #: TTL, then :data:`_EVENT_FIELDS` values per event (see :meth:`LiveLayer.record_plan`).
 #: An event whose erasure mark is in the erased set is skipped (an erasure that committed
-#: first wins; one that commits later deletes what the event wrote); one with an event id
-#: runs only when SET NX creates its guard. Each trimmed kept set keeps its newest members
-#: by the times zset; members without a time (kept before times were, or merged in from
-#: another person) go first. Returns {events skipped as duplicates, as erased}, 0-based.
+#: first wins; one that commits later deletes what the event wrote); one whose token a
+#: link has meanwhile pointed at another person is skipped as *moved* (the caller
+#: resolves it again and writes it there: a merge that commits first moved the old
+#: person's keys, and one that commits later WATCHes them, so no event is lost between
+#: them); one with an event id runs only when SET NX creates its guard. Each trimmed
+#: kept set keeps its newest members by the times zset; members without a time (kept
+#: before times were, or merged in from another person) go first. Returns {events
+#: skipped as duplicates, as erased, as moved}, 0-based.
 _RECORD_SCRIPT = """#!lua
 local window, bound, erased, stream = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local maxlen, hlen, elen = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local trending, ttl = ARGV[8], ARGV[9]
-local duplicates, gone, histories, engagements, kept = {}, {}, {}, {}, {}
+local duplicates, gone, moved, histories, engagements, kept = {}, {}, {}, {}, {}, {}
 local trended, event = false, 0
-for at = 10, #ARGV, 17 do
-  local mark, guard = ARGV[at], ARGV[at + 1]
+for at = 10, #ARGV, 18 do
+  local mark, guard, link = ARGV[at], ARGV[at + 1], ARGV[at + 17]
+  local owner = link ~= '' and redis.call('GET', link)
   if mark ~= '' and redis.call('SISMEMBER', erased, mark) == 1 then
     gone[#gone + 1] = event
+  elseif owner and owner ~= ARGV[at + 2] then
+    moved[#moved + 1] = event
   elseif guard ~= '' and not redis.call('SET', guard, '1', 'NX', 'EX', window) then
     duplicates[#duplicates + 1] = event
   else
@@ -138,7 +152,7 @@ for times, members in pairs(kept) do
     end)
   end
 end
-return {duplicates, gone}
+return {duplicates, gone, moved}
 """
 #: Values per event in :data:`_RECORD_SCRIPT`'s ARGV, in this order.
 _EVENT_FIELDS = (
@@ -159,6 +173,7 @@ _EVENT_FIELDS = (
     "trending increment",
     "kept set key",
     "kept times key",
+    "identity key of the event's token",
 )
 
 
@@ -170,6 +185,9 @@ class Recorded:
     """Events whose ``event_id`` was recorded within :data:`DEDUPE_WINDOW_SECONDS`."""
     erased: list[int] = field(default_factory=list)
     """Positions (in the batch) of events naming people erased meanwhile."""
+    moved: list[int] = field(default_factory=list)
+    """Positions of events whose token a link pointed at another person meanwhile: not
+    written; resolve them again and record them again."""
 
 
 class LiveLayer:
@@ -243,6 +261,7 @@ class LiveLayer:
                 repr(trending_increment(weight, e.timestamp, now, half_life)) if trend else "",
                 live_key(p, user, kept) if kept else "",
                 live_key(p, user, f"{kept}_at") if kept else "",
+                identity_key(p, e.token) if e.token else "",
             )
-        ((duplicates, gone),) = yield [command("eval", _RECORD_SCRIPT, 0, *argv)]
-        return Recorded(len(duplicates), [int(i) for i in gone])
+        ((duplicates, gone, moved),) = yield [command("eval", _RECORD_SCRIPT, 0, *argv)]
+        return Recorded(len(duplicates), [int(i) for i in gone], [int(i) for i in moved])

@@ -254,10 +254,15 @@ class ServingReads:
         theirs: list[_PersonReplies] = []
         if mine.aliases:
             # People merged into this one: their published features count until the next
-            # training run relabels them, and their live keys catch an event that reached
-            # them just as the merge committed.
-            reads = [self._person_commands(a, pub, True, True, False) for a in mine.aliases]
-            replies = yield [c for commands, _ in reads for c in commands]
+            # training run relabels them (read once per publication, then cached). Their
+            # live keys moved into this person at the merge; an event that raced the merge
+            # is redirected by the write itself (see service.store.live).
+            reads = [
+                self._person_commands(a, pub, features, engagement, False, with_live=False)
+                for a in mine.aliases
+            ]
+            wanted = [c for commands, _ in reads for c in commands]
+            replies = (yield wanted) if wanted else []
             at = 0
             for commands, decode in reads:
                 theirs.append(decode(replies[at : at + len(commands)]))
@@ -338,22 +343,32 @@ class ServingReads:
         return commands, decode
 
     def _person_commands(
-        self, person: str, pub: str | None, features: bool, engagement: bool, tokens: bool
+        self,
+        person: str,
+        pub: str | None,
+        features: bool,
+        engagement: bool,
+        tokens: bool,
+        with_live: bool = True,
     ) -> tuple[list[Command], Any]:
-        """One person's reads and their decoder (-> :class:`_PersonReplies`)."""
+        """One person's reads and their decoder (-> :class:`_PersonReplies`). Without
+        ``live``, only their published features (a person merged into another: their live
+        keys moved at the merge)."""
         p = self.prefix
         commands: list[Command] = []
-        if features:
+        features_live, engagement_live = features and with_live, engagement and with_live
+        if features_live:
             commands.append(
                 command("lrange", live_key(p, person, "history"), 0, self.history_length - 1)
             )
             commands.append(command("smembers", live_key(p, person, "purchased")))
             commands.append(command("smembers", live_key(p, person, "disliked")))
-        if engagement:
+        if engagement_live:
             commands.append(
                 command("lrange", live_key(p, person, "engagement"), 0, self.engagement_length - 1)
             )
-        commands.append(command("smembers", person_key(p, person, "aliases")))
+        if with_live:
+            commands.append(command("smembers", person_key(p, person, "aliases")))
         if tokens:
             commands.append(command("smembers", person_key(p, person, "tokens")))
         cached = self._published_of(pub, person) if pub is not None else None
@@ -362,22 +377,23 @@ class ServingReads:
             commands.append(command("hgetall", user_key(p, pub, person)))
         # A publication never changes, but a person can be erased from it (by any
         # process): a cached person counts only while their published key still exists.
-        check = pub is not None and cached is not None and not is_empty(cached)
+        # (Not for merged people: the survivor's own check and erased mark cover them.)
+        check = with_live and pub is not None and cached is not None and not is_empty(cached)
         if check:
             commands.append(command("exists", user_key(p, pub, person)))
 
         def decode(replies: list[Any]) -> _PersonReplies:
             it = iter(replies)
             live = UserFeatures()
-            if features:
+            if features_live:
                 history, purchased, disliked = next(it), next(it), next(it)
                 live = UserFeatures(
                     history=[decode_entry(e) for e in history],
                     purchased={text(i) for i in purchased},
                     disliked={text(i) for i in disliked},
                 )
-            events = [decode_engagement(e) for e in next(it)] if engagement else []
-            aliases = [text(a) for a in next(it)]
+            events = [decode_engagement(e) for e in next(it)] if engagement_live else []
+            aliases = [text(a) for a in next(it)] if with_live else []
             stored = [text(t) for t in next(it)] if tokens else []
             published = cached
             if want_published:
