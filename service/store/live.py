@@ -19,6 +19,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from service.events import COLUMNS
 from service.store.codecs import TrackedEvent, encode_engagement, encode_entry
 from service.store.keys import (
     erased_key,
@@ -95,7 +96,7 @@ local maxlen, hlen, elen = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local trending, ttl = ARGV[8], ARGV[9]
 local duplicates, gone, moved, histories, engagements, kept = {}, {}, {}, {}, {}, {}
 local trended, event = false, 0
-for at = 10, #ARGV, 18 do
+for at = 10, #ARGV, STRIDE do
   local mark, guard, link = ARGV[at], ARGV[at + 1], ARGV[at + 17]
   local owner = link ~= '' and redis.call('GET', link)
   if mark ~= '' and redis.call('SISMEMBER', erased, mark) == 1 then
@@ -106,10 +107,7 @@ for at = 10, #ARGV, 18 do
     duplicates[#duplicates + 1] = event
   else
     local item, ts = ARGV[at + 3], ARGV[at + 5]
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
-      'user_id', ARGV[at + 2], 'item_id', item, 'event_type', ARGV[at + 4],
-      'timestamp', ts, 'channel', ARGV[at + 6], 'timezone', ARGV[at + 7],
-      'value', ARGV[at + 8], 'automated', ARGV[at + 9])
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', STREAM_ENTRY)
     local history, engagement = ARGV[at + 10], ARGV[at + 11]
     if ARGV[at + 12] ~= '' then
       redis.call('LPUSH', history, ARGV[at + 12])
@@ -174,6 +172,12 @@ _EVENT_FIELDS = (
     "kept set key",
     "kept times key",
     "identity key of the event's token",
+)
+# The stride and the stream entry (the event file columns, so exports read it back as
+# the contract spells it) come from the tuples above rather than being typed twice.
+_RECORD_SCRIPT = _RECORD_SCRIPT.replace("STRIDE", str(len(_EVENT_FIELDS))).replace(
+    "STREAM_ENTRY",
+    ", ".join(f"'{c}', ARGV[at + {_EVENT_FIELDS.index(c)}]" for c in COLUMNS),
 )
 
 
