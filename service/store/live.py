@@ -96,10 +96,24 @@ local maxlen, hlen, elen = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local trending, ttl = ARGV[8], ARGV[9]
 local duplicates, gone, moved, histories, engagements, kept = {}, {}, {}, {}, {}, {}
 local trended, event = false, 0
+-- A batch names few people many times: each is looked up once.
+local owners, gone_marks = {}, {}
+local function owner_of(link)
+  if link == '' then return false end
+  if owners[link] == nil then owners[link] = redis.call('GET', link) end
+  return owners[link]
+end
+local function is_gone(mark)
+  if mark == '' then return false end
+  if gone_marks[mark] == nil then
+    gone_marks[mark] = redis.call('SISMEMBER', erased, mark) == 1
+  end
+  return gone_marks[mark]
+end
 for at = 10, #ARGV, STRIDE do
   local mark, guard, link = ARGV[at], ARGV[at + 1], ARGV[at + 17]
-  local owner = link ~= '' and redis.call('GET', link)
-  if mark ~= '' and redis.call('SISMEMBER', erased, mark) == 1 then
+  local owner = owner_of(link)
+  if is_gone(mark) then
     gone[#gone + 1] = event
   elseif owner and owner ~= ARGV[at + 2] then
     moved[#moved + 1] = event
