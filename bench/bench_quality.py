@@ -10,9 +10,12 @@ latest 20 % of each person's ratings are held out by time (the split of
   MLflow (sqlite) → features in a real redis-server → a real gRPC server; every held-out
   person is asked `Recommend(limit=10, exclude_seen=true)` over loopback. This is ALS
   plus request-time, recency-weighted fold-in of each person's history.
+* **served EASE**: the same with `--model ease` (default λ): the person's
+  recency-weighted history times EASE's item-item matrix.
 * **baselines**, in-process on the same split: popularity; implicit ALS tuned over a
   small grid (best NDCG@10 on this very holdout, so the baseline is if anything
-  flattered) without recency weighting; item-kNN (cosine, best K of a small grid); BPR.
+  flattered) without recency weighting; item-kNN (cosine, best K of a small grid); BPR;
+  EASE (best λ of a small grid, event-weighted history without recency).
 
 Skips cleanly when the data set is absent.
 """
@@ -49,9 +52,12 @@ from training.redis_server import LocalRedis  # noqa: E402
 K = 10
 ALS_GRID = {"factors": (16, 32, 64, 128), "regularization": (0.05, 1.0, 5.0), "alpha": (1.0, 3.0)}
 KNN_GRID = (20, 50, 100, 200)
+EASE_GRID = (100, 200, 300, 500, 800)
 
 
-def served_metrics(frame, split, workdir: Path) -> tuple[dict[str, float], float]:
+def served_metrics(
+    frame, split, workdir: Path, params: ModelParams
+) -> tuple[dict[str, float], float]:
     """Train on the training part with the real job, then ask the real gRPC server."""
     redis_server = LocalRedis(workdir / "redis")
     try:
@@ -65,7 +71,7 @@ def served_metrics(frame, split, workdir: Path) -> tuple[dict[str, float], float
         )
         events = workdir / "train.parquet"
         write_events(split.train, events)
-        train(settings, TrainConfig(events=events))
+        train(settings, TrainConfig(events=events, params=params))
         model = ModelRegistry(settings).load_alias("champion")
         running = build_server(
             replace(settings, port=0, host="127.0.0.1"), model, feature_store(settings)
@@ -121,8 +127,19 @@ def main() -> int:
     rows: list[tuple[str, dict[str, float], str]] = []
 
     with tempfile.TemporaryDirectory(prefix="omnirec-bench-") as tmp:
-        served, per_call = served_metrics(frame, split, Path(tmp))
+        served, per_call = served_metrics(frame, split, Path(tmp), ModelParams())
     rows.append(("served (gRPC)", served, f"ALS + recency fold-in, {per_call * 1000:.1f} ms/call"))
+    ease = ModelParams(kind="ease")
+    with tempfile.TemporaryDirectory(prefix="omnirec-bench-") as tmp:
+        served, per_call = served_metrics(frame, split, Path(tmp), ease)
+    rows.append(
+        (
+            "served EASE",
+            served,
+            f"gRPC, λ={ease.regularization:g} + recency-weighted history, "
+            f"{per_call * 1000:.1f} ms/call",
+        )
+    )
 
     def holdout(params: ModelParams) -> dict[str, dict[str, float]]:
         return evaluate_holdout(frame, params, DEFAULT_WEIGHTS, k=K).metrics
@@ -148,6 +165,11 @@ def main() -> int:
     rows.append(("item-kNN", knn_best, f"cosine, best K of {KNN_GRID}: {best_k}"))
     bpr = holdout(ModelParams(kind="bpr", factors=64, iterations=100, regularization=0.01))
     rows.append(("BPR", bpr["bpr"], "64 factors, 100 iterations"))
+    eases = [
+        (lam, holdout(ModelParams(kind="ease", regularization=lam))["ease"]) for lam in EASE_GRID
+    ]
+    best_lam, ease_best = max(eases, key=lambda lm: lm[1]["ndcg"])
+    rows.append(("EASE", ease_best, f"binary fit, best λ of {EASE_GRID}: {best_lam:g}"))
     rows.append(("popularity", best["popularity"], "most people, minus own items"))
 
     pop, tuned = best["popularity"]["ndcg"], best["als"]["ndcg"]

@@ -14,6 +14,10 @@ Kinds:
 ``item_knn``
     item-item neighbourhood: a sparse ``similarity`` (items × items); a person's scores
     are their (weighted) history times ``similarity``.
+``ease``
+    EASE (Steck 2019): the same scoring with a dense ``similarity`` (items × items,
+    float32, zero diagonal), saved as one array. Training caps the catalogue
+    (``training/ease.py``), since the array grows with items².
 ``popularity``
     the baseline every run is measured against, registered when no personalised model
     beats it on the holdout: ``item_scores`` (one per item, most popular first) and no
@@ -36,8 +40,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 FACTOR_KINDS = ("als", "bpr")
-#: The kinds training fits with implicit (``python -m training train --model``).
-PERSONALISED_KINDS = (*FACTOR_KINDS, "item_knn")
+EASE = "ease"
+#: Kinds that score a person's history times an items × items ``similarity``.
+SIMILARITY_KINDS = ("item_knn", EASE)
+#: The kinds training fits (``python -m training train --model``).
+PERSONALISED_KINDS = (*FACTOR_KINDS, *SIMILARITY_KINDS)
 POPULARITY = "popularity"
 KINDS = (*PERSONALISED_KINDS, POPULARITY)
 
@@ -57,7 +64,9 @@ class ModelBundle:
     """Row ``j`` of ``item_factors`` / ``similarity`` belongs to ``item_ids[j]``."""
     user_factors: np.ndarray | None = None
     item_factors: np.ndarray | None = None
-    similarity: sp.csr_matrix | None = None
+    similarity: sp.csr_matrix | np.ndarray | None = None
+    """``item_knn``: sparse; ``ease``: dense. Row ``i`` is what history item ``i`` adds
+    to each item's score."""
     item_scores: np.ndarray | None = None
     """``popularity`` only: ``item_scores[j]`` is the popularity of ``item_ids[j]``."""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +89,9 @@ class ModelBundle:
             if self.item_scores is None or self.item_scores.shape != (n_items,):
                 raise BundleError("a popularity bundle needs one item score per item")
         elif self.similarity is None or self.similarity.shape != (n_items, n_items):
-            raise BundleError("an item_knn bundle needs an items × items similarity")
+            raise BundleError(f"an {self.kind} bundle needs an items × items similarity")
+        elif (self.kind == EASE) == sp.issparse(self.similarity):
+            raise BundleError("item_knn stores a sparse similarity, ease a dense one")
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle into ``folder`` (created); returns the folder."""
@@ -95,6 +106,8 @@ class ModelBundle:
             arrays["item_factors"] = np.ascontiguousarray(self.item_factors, dtype=np.float32)
         elif self.kind == POPULARITY:
             arrays["item_scores"] = np.ascontiguousarray(self.item_scores, dtype=np.float32)
+        elif self.kind == EASE:
+            arrays["similarity"] = np.ascontiguousarray(self.similarity, dtype=np.float32)
         else:
             sim = sp.csr_matrix(self.similarity, dtype=np.float32)
             arrays |= {
@@ -134,7 +147,7 @@ class ModelBundle:
         except FileNotFoundError:
             raise BundleError(f"{src}: incomplete bundle (no {ARRAYS})") from None
         kind = manifest["kind"]
-        similarity = None
+        similarity = arrays.get("similarity")  # ease: dense, as saved
         if kind == "item_knn":
             n = len(arrays["item_ids"])
             similarity = sp.csr_matrix(

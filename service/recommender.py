@@ -7,9 +7,9 @@ Recency: a person's representation is rebuilt at every request from their merged
 history (published + live), each event weighted by its type and by its position in the
 history — the newest event counts fully, the one ``recency_half_life_events`` back half
 as much. For ALS and BPR this is the closed-form ALS user solve against the fixed item
-factors ("fold-in"); for item-kNN it is the weighted sum of neighbour rows. A view
-tracked a moment ago therefore changes the very next answer, and people the model never
-saw get personalised items as soon as they have history.
+factors ("fold-in"); for item-kNN and EASE it is the weighted sum of the history items'
+``similarity`` rows. A view tracked a moment ago therefore changes the very next answer,
+and people the model never saw get personalised items as soon as they have history.
 
 A ``popularity`` bundle (the baseline, registered when no personalised model beat it)
 scores nobody personally: every answer is the trending-then-popular fallback — the
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from service.bundle import FACTOR_KINDS, POPULARITY, ModelBundle
+from service.bundle import EASE, FACTOR_KINDS, POPULARITY, ModelBundle
 from service.catalogue import Catalogue, ItemFilter
 from service.store.codecs import HistoryEntry
 from service.store.reads import ServingView
@@ -269,6 +270,9 @@ class Recommender:
                 if memo is not None:
                     memo["vector"] = vector
                 return self._factors @ vector
+            if b.kind == EASE:
+                # Dense: only the history's rows take part.
+                return summed @ b.similarity[items]
             return np.asarray(b.similarity.T @ _dense(items, summed, len(b.item_ids))).ravel()
         row = self.user_index.get(user_id)
         if b.kind in FACTOR_KINDS and row is not None:
@@ -286,7 +290,7 @@ class Recommender:
     def _item_scores(self, j: int) -> np.ndarray:
         if self.bundle.kind in FACTOR_KINDS:
             return self._unit_items @ self._unit_items[j]
-        return self.bundle.similarity[j].toarray().ravel()
+        return _rows(self.bundle.similarity, np.array([j]))[0]
 
     # -- selection --
 
@@ -319,7 +323,7 @@ class Recommender:
         if self.bundle.kind in FACTOR_KINDS:
             closeness = self._unit_items[top] @ self._unit_items[items].T
         else:
-            closeness = self.bundle.similarity[items][:, top].toarray().T
+            closeness = _rows(self.bundle.similarity, items)[:, top].T
         closeness = np.where(top[:, None] == items[None, :], -np.inf, closeness)
         best = np.argmax(closeness, axis=1)
         out = []
@@ -391,6 +395,13 @@ def _dense(items: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n, dtype=np.float32)
     out[items] = weight
     return out
+
+
+def _rows(similarity: sp.csr_matrix | np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` of an item_knn (sparse) or EASE (dense) similarity, as a dense array."""
+    if sp.issparse(similarity):
+        return similarity[rows].toarray()
+    return similarity[rows]
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

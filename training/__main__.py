@@ -14,6 +14,7 @@ from pathlib import Path
 from service.bundle import PERSONALISED_KINDS
 from service.config import Settings, load_settings
 from service.errors import OmnirecError
+from training.ease import EASE_REGULARIZATION
 
 log = logging.getLogger("training")
 
@@ -57,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--factors", type=_positive_int, default=32)
     tr.add_argument("--iterations", type=_positive_int, help="default: 15 for ALS, 100 for BPR")
-    tr.add_argument("--regularization", type=float, default=5.0)
+    tr.add_argument(
+        "--regularization",
+        type=float,
+        help=f"ALS / BPR L2 (default 5), EASE λ (default {EASE_REGULARIZATION:g})",
+    )
     tr.add_argument(
         "--alpha", type=float, default=1.0, help="ALS: confidence = 1 + alpha × event weight"
     )

@@ -1,5 +1,5 @@
-"""The models omnirec trains: the implicit ones by name, fitting with progress, bundling;
-and the popularity baseline's bundle, registered when none of them beats it."""
+"""The models omnirec trains: the implicit ones and EASE by name, fitting with progress,
+bundling; and the popularity baseline's bundle, registered when none of them beats it."""
 
 from __future__ import annotations
 
@@ -15,13 +15,16 @@ import scipy.sparse as sp
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from service.bundle import PERSONALISED_KINDS, POPULARITY, ModelBundle
+from service.bundle import EASE, PERSONALISED_KINDS, POPULARITY, ModelBundle
 from service.errors import BadInput
+from training.ease import EASE_REGULARIZATION, EaseModel
 
 log = logging.getLogger(__name__)
 
 #: What ``--model`` may name; the bundle format owns the list.
 MODEL_KINDS = PERSONALISED_KINDS
+#: Regularisation when none is given: ALS's and BPR's L2.
+REGULARIZATION = 5.0
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,9 @@ class ModelParams:
 
     kind: str = "als"
     factors: int = 32
-    regularization: float = 5.0
+    regularization: float | None = None
+    """L2 for ALS / BPR, λ for EASE; None: :data:`EASE_REGULARIZATION` for EASE, else
+    :data:`REGULARIZATION`."""
     alpha: float = 1.0
     """ALS: confidence = 1 + alpha × summed event weight."""
     iterations: int = 15
@@ -39,6 +44,11 @@ class ModelParams:
     neighbours: int = 50
     """item-kNN only: neighbours kept per item."""
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.regularization is None:
+            default = EASE_REGULARIZATION if self.kind == EASE else REGULARIZATION
+            object.__setattr__(self, "regularization", default)
 
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -57,6 +67,7 @@ class ModelParams:
             "als": ("kind", "factors", "regularization", "alpha", "iterations", "seed"),
             "bpr": ("kind", "factors", "regularization", "learning_rate", "iterations", "seed"),
             "item_knn": ("kind", "neighbours"),
+            EASE: ("kind", "regularization"),
         }[self.kind]
         return {k: v for k, v in asdict(self).items() if k in keys}
 
@@ -67,8 +78,10 @@ its training loss, BPR the share of sampled pairs it already ranks correctly."""
 
 
 def make_model(params: ModelParams) -> Any:
-    """An unfitted implicit model (CPU)."""
+    """An unfitted model: implicit's (CPU), or EASE."""
     params.validate()
+    if params.kind == EASE:
+        return EaseModel(params.regularization)
     if params.kind == "als":
         from implicit.cpu.als import AlternatingLeastSquares
 
@@ -127,16 +140,21 @@ def fit(
         matrix.shape[1],
         matrix.nnz,
     )
-    # implicit parallelises itself; a multi-threaded BLAS underneath only fights it.
-    with threadpool_limits(1, "blas"):
+    if params.kind == EASE:
+        # One dense inverse: all of it is BLAS, so BLAS keeps its threads.
         model = make_model(params)
-        if params.kind == "item_knn":
-            with warnings.catch_warnings():
-                # implicit converts its own normalised matrix and warns about it.
-                warnings.simplefilter("ignore", ParameterWarning)
-                model.fit(matrix, show_progress=False)
-        else:
-            model.fit(confidence(matrix, params), show_progress=False, callback=callback)
+        model.fit(matrix)
+    else:
+        # implicit parallelises itself; a multi-threaded BLAS underneath only fights it.
+        with threadpool_limits(1, "blas"):
+            model = make_model(params)
+            if params.kind == "item_knn":
+                with warnings.catch_warnings():
+                    # implicit converts its own normalised matrix and warns about it.
+                    warnings.simplefilter("ignore", ParameterWarning)
+                    model.fit(matrix, show_progress=False)
+            else:
+                model.fit(confidence(matrix, params), show_progress=False, callback=callback)
     log.info("fitted %s in %.1f s", params.kind, time.perf_counter() - started)
     return model
 
@@ -166,6 +184,14 @@ def to_bundle(
             user_ids=user_ids,
             item_ids=item_ids,
             similarity=sp.csr_matrix(model.similarity, dtype=np.float32),
+            metadata=meta,
+        )
+    if params.kind == EASE:
+        return ModelBundle(
+            kind=EASE,
+            user_ids=user_ids,
+            item_ids=item_ids,
+            similarity=model.similarity,
             metadata=meta,
         )
     return ModelBundle(
