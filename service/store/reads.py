@@ -147,13 +147,6 @@ class ServingReads:
         assert view.serving is not None
         return view.serving
 
-    def engagement_view(self, user_id: str) -> EngagementView:
-        view = run_plan(
-            self.client, self.person_plan(None, user_id, engagement=True), "reading engagement"
-        )
-        assert view.engagement is not None
-        return view.engagement
-
     def person_plan(
         self,
         token: str | None,
