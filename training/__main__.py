@@ -15,6 +15,7 @@ from service.bundle import PERSONALISED_KINDS
 from service.config import Settings, load_settings
 from service.errors import OmnirecError
 from training.ease import EASE_REGULARIZATION
+from training.validation import AUTO, EASE_LAMBDAS
 
 log = logging.getLogger("training")
 
@@ -52,16 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--items", type=Path, help="item catalogue CSV / Parquet")
     tr.add_argument(
         "--model",
-        choices=PERSONALISED_KINDS,
+        choices=(*PERSONALISED_KINDS, AUTO),
         default="als",
-        help="registered only if it beats the popularity baseline on the holdout",
+        help="registered only if it beats the popularity baseline on the holdout; "
+        "auto: the best of als, item_knn and ease (λ "
+        + "/".join(f"{lam:g}" for lam in EASE_LAMBDAS)
+        + ") by validation on the latest part of the training part",
     )
     tr.add_argument("--factors", type=_positive_int, default=32)
     tr.add_argument("--iterations", type=_positive_int, help="default: 15 for ALS, 100 for BPR")
     tr.add_argument(
         "--regularization",
         type=float,
-        help=f"ALS / BPR L2 (default 5), EASE λ (default {EASE_REGULARIZATION:g})",
+        help=f"ALS / BPR L2 (default 5), EASE λ (default {EASE_REGULARIZATION:g}); "
+        "with --model auto, ALS's only",
     )
     tr.add_argument(
         "--alpha", type=float, default=1.0, help="ALS: confidence = 1 + alpha × event weight"
@@ -174,11 +179,13 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise OmnirecError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
+    # auto validates every candidate from ALS's settings; each candidate sets its kind.
+    kind = "als" if args.model == AUTO else args.model
     cfg = TrainConfig(
         events=args.events,
         items=args.items,
         params=ModelParams(
-            kind=args.model,
+            kind=kind,
             factors=args.factors,
             regularization=args.regularization,
             alpha=args.alpha,
@@ -196,6 +203,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         promote=args.promote,
         publish=not args.no_publish,
         popularity_half_life_days=args.popularity_half_life_days,
+        choose_model=args.model == AUTO,
     )
     result = train(settings, cfg)
     print(f"registered {settings.model_name}/{result.version} ({result.kind}, run {result.run_id})")

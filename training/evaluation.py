@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.events import ITEM_EVENT_TYPES
+from training.matrix import Interactions, build_interactions, index_of
 
 METRICS = ("recall", "ndcg", "map", "coverage")
 
@@ -54,6 +55,37 @@ def time_split(
     test_index = order.index[in_test]
     test_mask = frame.index.isin(test_index)
     return Holdout(train=frame[~test_mask], test=frame[test_mask])
+
+
+@dataclass
+class Prepared:
+    """A split ready to score models on."""
+
+    split: Holdout
+    train: Interactions
+    """The training part's matrix, over every person and item of the whole frame."""
+    relevant: dict[int, np.ndarray]
+    """Row index → what each held-out person should find (:func:`relevant_items`)."""
+
+
+def prepare(
+    frame: pd.DataFrame,
+    weights: Mapping[str, float],
+    *,
+    half_life_days: float | None = None,
+    test_fraction: float = 0.2,
+    min_user_events: int = 5,
+) -> Prepared:
+    """Split ``frame`` by time (:func:`time_split`), build the training part's matrix and
+    each held-out person's relevant items."""
+    split = time_split(frame, test_fraction, min_user_events)
+    items = frame[frame["event_type"].isin(list(weights) + ["dislike"])]
+    user_ids, item_ids = index_of(items["user_id"]), index_of(items["item_id"])
+    train = build_interactions(
+        split.train, weights, half_life_days=half_life_days, user_ids=user_ids, item_ids=item_ids
+    )
+    relevant = relevant_items(split.test, train.matrix, user_ids, item_ids, weights)
+    return Prepared(split, train, relevant)
 
 
 def relevant_items(

@@ -6,7 +6,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ from service.bundle import POPULARITY
 from service.config import Settings, feature_store, identity_secret
 from service.identity import Identities
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
-from training import evaluation
+from training import evaluation, validation
 from training.catalogue import load_catalogue
 from training.engagement import evaluate_send_time, learn_priors, learn_tuning, user_profiles
 from training.event_log import load_events
-from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions, index_of
+from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions
 from training.models import ModelParams, fit, popularity_bundle, to_bundle
 from training.publish import popularity, publish
 
@@ -47,6 +47,9 @@ class TrainConfig:
     """Move the alias to the new version whatever the holdout says."""
     publish: bool = True
     popularity_half_life_days: float = 30.0
+    choose_model: bool = False
+    """``--model auto``: choose the kind (and EASE's λ) by validation inside the training
+    part (:mod:`training.validation`); ``params`` gives the candidates' other settings."""
 
 
 @dataclass
@@ -126,20 +129,21 @@ def evaluate_holdout(
     k: int = 10,
 ) -> HoldoutResult:
     """Fit on the past of each person, score the latest part: model vs popularity."""
-    split = evaluation.time_split(frame, test_fraction, min_user_events)
-    items = frame[frame["event_type"].isin(list(weights) + ["dislike"])]
-    user_ids, item_ids = index_of(items["user_id"]), index_of(items["item_id"])
-    train = build_interactions(
-        split.train, weights, half_life_days=half_life_days, user_ids=user_ids, item_ids=item_ids
+    prepared = evaluation.prepare(
+        frame,
+        weights,
+        half_life_days=half_life_days,
+        test_fraction=test_fraction,
+        min_user_events=min_user_events,
     )
-    relevant = evaluation.relevant_items(split.test, train.matrix, user_ids, item_ids, weights)
+    train, relevant = prepared.train, prepared.relevant
     log.info(
         "holdout: %d held-out events, %d people with something new to find",
-        len(split.test),
+        len(prepared.split.test),
         len(relevant),
     )
     model = fit(params, train.matrix)
-    n_items = len(item_ids)
+    n_items = train.matrix.shape[1]
     metrics = {
         params.kind: evaluation.evaluate(
             evaluation.model_ranker(model, train.matrix), relevant, n_items, k
@@ -163,6 +167,14 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     bad_rows = sum(one.report.bad_rows for one in logs)
     frame = one_person_each(frame, Identities(feature_store(settings), identity_secret(settings)))
     catalogue = load_catalogue(cfg.items) if cfg.items else {}
+    full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
+
+    choice = None
+    if cfg.choose_model:
+        choice = _choose(frame, cfg, n_items=full.matrix.shape[1])
+        print(choice.table(), flush=True)
+        print(f"chosen by {choice.text}", flush=True)
+        cfg = replace(cfg, params=choice.best)
 
     holdout = evaluate_holdout(
         frame,
@@ -203,8 +215,10 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         mlflow.log_metrics(sendtime.flat())
         mlflow.log_metrics(tuning.flat())
         mlflow.log_metric("holdout_users", holdout.users_evaluated)
+        if choice is not None:
+            mlflow.log_metrics(choice.flat())
+            mlflow.log_metric("validation_users", choice.people)
 
-        full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
         meta = {
             **_bundle_meta(cfg, full, frame, holdout, run.info.run_id),
             "engagement_priors": priors.to_dict(),
@@ -233,6 +247,8 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             "omnirec.promoted": str(promoted).lower(),
             "omnirec.decision": decision,
         }
+        if choice is not None:
+            tags["omnirec.chosen_by"] = choice.text
         version = registry.register(
             run.info.run_id,
             source,
@@ -265,6 +281,20 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     log.info("done in %.1f s", time.perf_counter() - started)
     return TrainResult(
         run.info.run_id, version, chosen.kind, chosen.text, promoted, decision, holdout, publication
+    )
+
+
+def _choose(frame: pd.DataFrame, cfg: TrainConfig, n_items: int) -> validation.Choice:
+    """Validate the candidates on the final holdout's training part only."""
+    training_part = evaluation.time_split(frame, cfg.test_fraction, cfg.min_user_events).train
+    return validation.choose(
+        training_part,
+        validation.candidates(cfg.params, n_items),
+        cfg.weights,
+        half_life_days=cfg.half_life_days,
+        test_fraction=cfg.test_fraction,
+        min_user_events=cfg.min_user_events,
+        k=cfg.k,
     )
 
 
@@ -349,6 +379,7 @@ def _params(
 ) -> dict[str, Any]:
     return {
         **{f"model.{k}": v for k, v in cfg.params.relevant().items()},
+        "model.chosen_by": "validation" if cfg.choose_model else "flag",
         **{f"weight.{k}": v for k, v in cfg.weights.items()},
         "half_life_days": cfg.half_life_days or "none",
         "test_fraction": cfg.test_fraction,
