@@ -259,19 +259,19 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         now = time.time()
         accepted: list[TrackedEvent] = []
         rejections: list[pb.RejectedEvent] = []
-        rejected_at: set[int] = set()
+        position_of: dict[int, int] = {}  # id of an accepted event -> its index
         for n, event in enumerate(request.events):
             try:
-                accepted.append(to_tracked(event, now, self.identities))
+                tracked = to_tracked(event, now, self.identities)
             except BadInput as exc:
                 rejections.append(pb.RejectedEvent(index=n, field=exc.field, reason=exc.reason))
-                rejected_at.add(n)
+                continue
+            accepted.append(tracked)
+            position_of[id(tracked)] = n
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             # The caller gave up: write nothing it would not know about.
             raise DeadlineExpired("the deadline expired before the events were written")
-        positions = [n for n in range(len(request.events)) if n not in rejected_at]
-        position_of = {id(e): n for e, n in zip(accepted, positions, strict=True)}
         erased = await self._record(accepted)
         for event in erased:
             rejections.append(

@@ -51,6 +51,18 @@ def make_settings(redis_url: str, root: Path, **extra: object) -> Settings:
     )
 
 
+def deployment_env(settings: Settings) -> dict[str, str]:
+    """The variables a deployment sets for ``train`` and ``serve`` (as DESIGN.md names
+    them), taken from ``settings``."""
+    return {
+        "REDIS_URL": settings.redis_url,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "OMNIREC_ARTIFACT_ROOT": settings.artifact_root,
+        "OMNIREC_KEY_PREFIX": settings.key_prefix,
+        "OMNIREC_IDENTITY_SECRET": settings.identity_secret,
+    }
+
+
 def publish_log(store, synthetic) -> None:
     """The synthetic log's features published under ``store``'s prefix, as training
     does: a module with a prefix of its own keeps its live events to itself."""

@@ -22,7 +22,7 @@ from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import connect
 from service.store.reads import ServingView
-from tests.conftest import make_settings
+from tests.conftest import deployment_env, make_settings
 from training import ease
 from training.__main__ import main as training_main
 from training.models import ModelParams, fit, to_bundle
@@ -122,13 +122,7 @@ def test_train_model_ease_registers_and_serves(
     redis_server, synthetic, truth, tmp_path, monkeypatch
 ):
     settings = make_settings(redis_server.url, tmp_path, key_prefix="ease")
-    for name, value in (
-        ("REDIS_URL", settings.redis_url),
-        ("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
-        ("OMNIREC_ARTIFACT_ROOT", settings.artifact_root),
-        ("OMNIREC_KEY_PREFIX", settings.key_prefix),
-        ("OMNIREC_IDENTITY_SECRET", settings.identity_secret),
-    ):
+    for name, value in deployment_env(settings).items():
         monkeypatch.setenv(name, value)
     argv = ["train", "--events", str(synthetic.events), "--items", str(synthetic.items)]
     assert training_main([*argv, "--model", "ease"]) == 0

@@ -22,6 +22,7 @@ from service.server import build_server
 from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import command, connect
+from tests.conftest import deployment_env
 from training.redis_server import LocalRedis, free_port
 
 pytestmark = pytest.mark.integration
@@ -70,16 +71,7 @@ def test_redis_outage_is_unavailable_then_recovers_by_itself(trained, truth, tmp
 
 
 def serve_env(settings, **extra):
-    env = dict(os.environ)
-    env.update(
-        REDIS_URL=settings.redis_url,
-        MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
-        OMNIREC_KEY_PREFIX=settings.key_prefix,
-        OMNIREC_GRACE_SECONDS="5",
-        OMNIREC_IDENTITY_SECRET=settings.identity_secret,
-        **extra,
-    )
-    return env
+    return {**os.environ, **deployment_env(settings), "OMNIREC_GRACE_SECONDS": "5", **extra}
 
 
 def test_serve_without_a_registered_model_says_so_and_exits(tmp_path, redis_server):

@@ -44,7 +44,7 @@ from service.security import server_security
 from service.server import build_server
 from service.store import FeatureStore
 from service.store.plans import command, connect
-from tests.conftest import publish_log
+from tests.conftest import deployment_env, publish_log
 from training.redis_server import free_port
 
 PREFIX = "sec"
@@ -743,14 +743,7 @@ def test_a_non_loopback_address_without_keys_needs_allow_anonymous(tmp_path):
 
 def _serve_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIREC_")}
-    env.update(
-        REDIS_URL=settings.redis_url,
-        MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri,
-        OMNIREC_KEY_PREFIX=settings.key_prefix,
-        OMNIREC_IDENTITY_SECRET=settings.identity_secret,
-        **extra,
-    )
-    return env
+    return {**env, **deployment_env(settings), **extra}
 
 
 def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

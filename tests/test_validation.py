@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from service.registry import ModelRegistry
-from tests.conftest import make_settings
+from tests.conftest import deployment_env, make_settings
 from training import ease, evaluation, validation
 from training.__main__ import main as training_main
 from training.models import ModelParams
@@ -50,13 +50,7 @@ def auto_run(redis_server, synthetic, tmp_path_factory):
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in (
-            ("REDIS_URL", settings.redis_url),
-            ("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
-            ("OMNIREC_ARTIFACT_ROOT", settings.artifact_root),
-            ("OMNIREC_KEY_PREFIX", settings.key_prefix),
-            ("OMNIREC_IDENTITY_SECRET", settings.identity_secret),
-        ):
+        for name, value in deployment_env(settings).items():
             mp.setenv(name, value)
         mp.setattr(evaluation, "time_split", spy)
         argv = ["train", "--events", str(synthetic.events), "--model", "auto", "--no-publish"]

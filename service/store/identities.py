@@ -21,14 +21,14 @@ from service.store.keys import (
     linked_user_ids_pattern,
     live_key,
     person_key,
-    publications_key,
     token_of_identity_key,
     user_key,
 )
 from service.store.plans import Plan, chunks, command, unavailable
 
-#: How long the identity lock lives without being renewed: links and erasures renew it
-#: between their bounded steps, so a crashed holder blocks others for at most this long.
+#: How long the identity lock lives: a crashed holder blocks others at most this long.
+#: Nothing held under it grows with the data (an erasure's stream clean-up runs after it
+#: is released), so it is never renewed.
 LOCK_SECONDS = 10.0
 #: People merged into one person whose published features keep counting through it
 #: (until the next training run relabels them). Every request of that person reads each
@@ -44,6 +44,7 @@ class IdentityStore:
     prefix: str
     history_length: int
     engagement_length: int
+    publications: Callable[[], list[str]]  # Publications provides it
 
     def identity_targets_plan(self, tokens: Sequence[str]) -> Plan[list[str | None]]:
         """The person id stored for each token (None: nobody linked it), one round trip."""
@@ -102,7 +103,7 @@ class IdentityStore:
                     all_tokens.add(default_token(other))
                     aliases |= {text(a) for a in pipe.smembers(person_key(p, other, "aliases"))}
                 aliases |= {text(a) for a in pipe.smembers(person_key(p, survivor, "aliases"))}
-                kept = self._bounded_aliases(pipe, aliases)
+                kept = self._bounded_aliases(aliases)
                 merged_lists = {
                     part: self._merged_list(pipe, part, people)
                     for part in ("history", "engagement")
@@ -138,17 +139,22 @@ class IdentityStore:
                 return False
         return True
 
-    def _bounded_aliases(self, reader: redis.client.Pipeline, aliases: set[str]) -> list[str]:
+    def _bounded_aliases(self, aliases: set[str]) -> list[str]:
         """At most :data:`MAX_ALIASES` of ``aliases``: those with published features in a
         kept publication first, each group in sorted order."""
         ordered = sorted(aliases)
         if len(ordered) <= MAX_ALIASES:
             return ordered
-        pubs = [text(x) for x in reader.lrange(publications_key(self.prefix), 0, -1)]
-        published = [
-            a for a in ordered if any(reader.exists(user_key(self.prefix, pub, a)) for pub in pubs)
-        ]
-        rest = [a for a in ordered if a not in set(published)]
+        # Publications are not watched: one plain pipeline asks about every alias at once.
+        pubs = self.publications()
+        published: list[str] = []
+        if pubs:
+            pipe = self.client.pipeline(transaction=False)
+            for alias in ordered:
+                pipe.exists(*(user_key(self.prefix, pub, alias) for pub in pubs))
+            published = [a for a, found in zip(ordered, pipe.execute(), strict=True) if found]
+        first = set(published)
+        rest = [a for a in ordered if a not in first]
         return (published + rest)[:MAX_ALIASES]
 
     def _merged_list(
@@ -189,7 +195,7 @@ class IdentityStore:
             keys += [person_key(p, who, "tokens"), person_key(p, who, "aliases")]
         marks = list(marks)
         with unavailable("erasing a person"):
-            pubs = [text(x) for x in self.client.lrange(publications_key(p), 0, -1)]
+            pubs = self.publications()
             for who in people:
                 keys += [user_key(p, pub, who) for pub in pubs]
             pipe = self.client.pipeline(transaction=True)

@@ -170,14 +170,7 @@ return {duplicates, gone, moved}
 _EVENT_FIELDS = (
     "erasure mark",
     "event id guard key",
-    "user_id",
-    "item_id",
-    "event_type",
-    "timestamp",
-    "channel",
-    "timezone",
-    "value",
-    "automated",
+    *COLUMNS,  # the stream entry, as the event files spell it
     "history key",
     "engagement key",
     "history entry",
