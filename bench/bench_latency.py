@@ -512,7 +512,7 @@ def in_process_rows(setup: Setup, seconds: float, redis_pid: int) -> list[Row]:
     s = setup.settings
     store = feature_store(s)
     recommender = Recommender(
-        setup.model.bundle, ServingParams(s.recency_half_life_events, s.recent_events)
+        setup.model.bundle, ServingParams(s.recency_half_life_events or None, s.recent_events)
     )
     cache = CatalogueCache(store.catalogue)
     options = RankingOptions(limit=10)

@@ -22,6 +22,11 @@ Kinds:
     the baseline every run is measured against, registered when no personalised model
     beats it on the holdout: ``item_scores`` (one per item, most popular first) and no
     users. It scores nobody personally; serving answers with trending, then popular items.
+
+Any personalised kind may also carry ``transitions`` (sparse items × items: row ``a`` is
+what tends to follow item ``a``, ``training/transitions.py``); serving blends it with the
+kind's own scores using the weights in ``metadata["serving"]``, which training chose by
+validation. A bundle without them (older runs) is served by the kind alone.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class ModelBundle:
     similarity: sp.csr_matrix | np.ndarray | None = None
     """``item_knn``: sparse; ``ease``: dense. Row ``i`` is what history item ``i`` adds
     to each item's score."""
+    transitions: sp.csr_matrix | None = None
+    """Optional, personalised kinds: row ``a`` scores what tends to come after item ``a``."""
     item_scores: np.ndarray | None = None
     """``popularity`` only: ``item_scores[j]`` is the popularity of ``item_ids[j]``."""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +99,11 @@ class ModelBundle:
             raise BundleError(f"an {self.kind} bundle needs an items × items similarity")
         elif (self.kind == EASE) == sp.issparse(self.similarity):
             raise BundleError("item_knn stores a sparse similarity, ease a dense one")
+        if self.transitions is not None:
+            if self.kind == POPULARITY:
+                raise BundleError("a popularity bundle carries no transitions")
+            if self.transitions.shape != (n_items, n_items):
+                raise BundleError("transitions must be items × items")
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle into ``folder`` (created); returns the folder."""
@@ -109,12 +121,9 @@ class ModelBundle:
         elif self.kind == EASE:
             arrays["similarity"] = np.ascontiguousarray(self.similarity, dtype=np.float32)
         else:
-            sim = sp.csr_matrix(self.similarity, dtype=np.float32)
-            arrays |= {
-                "similarity_data": sim.data,
-                "similarity_indices": sim.indices,
-                "similarity_indptr": sim.indptr,
-            }
+            arrays |= _sparse("similarity", self.similarity)
+        if self.transitions is not None:
+            arrays |= _sparse("transitions", self.transitions)
         np.savez(out / ARRAYS, **arrays)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -147,17 +156,10 @@ class ModelBundle:
         except FileNotFoundError:
             raise BundleError(f"{src}: incomplete bundle (no {ARRAYS})") from None
         kind = manifest["kind"]
+        n = len(arrays["item_ids"])
         similarity = arrays.get("similarity")  # ease: dense, as saved
         if kind == "item_knn":
-            n = len(arrays["item_ids"])
-            similarity = sp.csr_matrix(
-                (
-                    arrays["similarity_data"],
-                    arrays["similarity_indices"],
-                    arrays["similarity_indptr"],
-                ),
-                shape=(n, n),
-            )
+            similarity = _unsparse("similarity", arrays, n)
         return cls(
             kind=kind,
             user_ids=arrays["user_ids"],
@@ -165,6 +167,21 @@ class ModelBundle:
             user_factors=arrays.get("user_factors"),
             item_factors=arrays.get("item_factors"),
             similarity=similarity,
+            transitions=_unsparse("transitions", arrays, n),
             item_scores=arrays.get("item_scores"),
             metadata=manifest.get("metadata", {}),
         )
+
+
+def _sparse(name: str, matrix: sp.spmatrix) -> dict[str, np.ndarray]:
+    """A sparse matrix as three named arrays (npz holds arrays, never pickles)."""
+    csr = sp.csr_matrix(matrix, dtype=np.float32)
+    return {f"{name}_data": csr.data, f"{name}_indices": csr.indices, f"{name}_indptr": csr.indptr}
+
+
+def _unsparse(name: str, arrays: dict[str, np.ndarray], n: int) -> sp.csr_matrix | None:
+    """What :func:`_sparse` wrote as an ``n`` × ``n`` matrix, or None when absent."""
+    if f"{name}_data" not in arrays:
+        return None
+    parts = (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"])
+    return sp.csr_matrix(parts, shape=(n, n))

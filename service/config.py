@@ -90,12 +90,22 @@ class Settings:
     explore_rate: float = 0.0
     """OMNIREC_EXPLORE_RATE: share of PredictSendTime answers drawn by Thompson sampling
     instead of the best slot, so future data stops echoing past schedules (0 = never)."""
-    recency_half_life_events: float = 10.0
+    recency_half_life_events: float = 0.0
     """OMNIREC_RECENCY_HALF_LIFE_EVENTS: in a person's history, an event this many
-    positions back counts half as much as the newest when serving."""
+    positions back counts half as much as the newest when serving. 0 (the default): the
+    half-life training chose by validation for the served model (10 for models from
+    before it chose one)."""
     recent_events: int = 5
     """OMNIREC_RECENT_EVENTS: reasons call an item among the newest this many events
     ``recent: <item>`` (older ones ``similar: <item>``)."""
+    recently_seen_hours: float = 24.0
+    """OMNIREC_RECENTLY_SEEN_HOURS: Recommend leaves out items the person viewed, clicked,
+    favourited or carted this recently, unless the request sets ``exclude_seen`` (true:
+    everything in their history; false: nothing for having been seen). 0: off."""
+    repurchase_days: str = ""
+    """OMNIREC_REPURCHASE_DAYS: ``category=days,…``: bought items of these categories
+    (consumables) come back into Recommend this many days after the person last bought
+    them; other purchases stay out while ``exclude_purchased`` (default true)."""
     trending_half_life_hours: float = 6.0
     """OMNIREC_TRENDING_HALF_LIFE_HOURS: how fast live "trending" counts fade."""
     max_batch: int = 1000
@@ -207,8 +217,17 @@ def _validate(s: Settings) -> None:
     need(s.engagement_half_life_days > 0, "engagement_half_life_days", "must be positive")
     need(_zone_ok(s.default_timezone), "default_timezone", "is not a known IANA time zone")
     need(0 <= s.explore_rate <= 1, "explore_rate", "must be between 0 and 1")
-    need(s.recency_half_life_events > 0, "recency_half_life_events", "must be positive")
+    need(
+        s.recency_half_life_events >= 0,
+        "recency_half_life_events",
+        "must be positive (or 0: the model's own)",
+    )
     need(s.recent_events >= 0, "recent_events", "must not be negative")
+    need(s.recently_seen_hours >= 0, "recently_seen_hours", "must not be negative")
+    try:
+        repurchase_days(s)
+    except ValueError as exc:
+        need(False, "repurchase_days", str(exc))
     need(s.trending_half_life_hours > 0, "trending_half_life_hours", "must be positive")
     need(s.max_batch >= 1, "max_batch", "must be at least 1")
     need(s.stream_maxlen >= 1000, "stream_maxlen", "must be at least 1000")
@@ -218,6 +237,23 @@ def _validate(s: Settings) -> None:
     need(s.log_level.upper() in _LOG_LEVELS, "log_level", f"must be one of {_LOG_LEVELS}")
     for field in ("experiment", "model_name", "model_alias", "key_prefix"):
         need(bool(getattr(s, field)), field, "must not be empty")
+
+
+def repurchase_days(settings: Settings) -> dict[str, float]:
+    """``OMNIREC_REPURCHASE_DAYS`` as category → days; ValueError says what is wrong."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in settings.repurchase_days.split(","))):
+        category, sep, raw = part.rpartition("=")
+        if not sep or not category.strip():
+            raise ValueError(f"{part!r} is not category=days")
+        try:
+            days = float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number of days (for {category})") from None
+        if not days > 0 or days == float("inf"):
+            raise ValueError(f"days must be a positive number (for {category})")
+        out[category.strip()] = days
+    return out
 
 
 def identity_secret(settings: Settings) -> str:

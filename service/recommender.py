@@ -11,6 +11,14 @@ factors ("fold-in"); for item-kNN and EASE it is the weighted sum of the history
 ``similarity`` rows. A view tracked a moment ago therefore changes the very next answer,
 and people the model never saw get personalised items as soon as they have history.
 
+Order: a bundle may carry ``transitions`` (what tends to follow each item, learnt from
+the order of people's events, ``training/transitions.py``). Their scores, from the
+person's last ``transition_events`` distinct items (the newest counting fully, each one
+before it half as much), are blended with the model's own: each part is scaled to its own
+maximum, and the transition part weighs ``transition_weight``. Training chooses both
+numbers, and the recency half-life, by validation and ships them in the bundle
+(:class:`Blend`); an item the transition part put there has the reason ``after: <item>``.
+
 A ``popularity`` bundle (the baseline, registered when no personalised model beat it)
 scores nobody personally: every answer is the trending-then-popular fallback — the
 published lists first, then the bundle's own ranking, so a run that published nothing
@@ -21,7 +29,7 @@ category. The reasons say so (``trending``, ``popular``, ``bought together: …`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -71,13 +79,65 @@ class Positives:
 
 
 @dataclass(frozen=True)
+class Following:
+    """The transition part of one person's scores, kept to explain it."""
+
+    items: np.ndarray
+    """The history items whose followers were scored, newest first."""
+    rows: sp.csr_matrix
+    """Their transition rows."""
+    weight: np.ndarray
+    """Each one's weight (newest 1, then halving)."""
+    wins: np.ndarray
+    """Per item: the transition part is larger than the model's own."""
+
+    def sources(self, top: np.ndarray) -> np.ndarray:
+        """For each of ``top``: the history item whose followers scored it most where the
+        transition part won, else -1."""
+        weighted = self.rows[:, top].toarray() * self.weight[:, None]
+        best = np.argmax(weighted, axis=0)
+        won = self.wins[top] & (weighted.max(axis=0) > 0)
+        return np.where(won, self.items[best], -1)
+
+
+@dataclass(frozen=True)
 class ServingParams:
     """Request-time knobs (from settings)."""
 
-    recency_half_life_events: float = 10.0
-    """An event this many positions back in a person's history counts half."""
+    recency_half_life_events: float | None = None
+    """An event this many positions back in a person's history counts half; None: the
+    bundle's validated value (:class:`Blend`)."""
     recent_events: int = 5
     """Explanations name an item among the newest this many as ``recent: <item>``."""
+
+
+@dataclass(frozen=True)
+class Blend:
+    """How a bundle's parts are combined at request time; chosen by validation in
+    training (``training/validation.py``) and shipped as ``metadata["serving"]``."""
+
+    recency_half_life_events: float = 10.0
+    transition_weight: float = 0.0
+    """Weight of the transition part beside the model's own (each scaled to its max)."""
+    transition_events: int = 3
+    """The person's newest distinct items whose followers are scored."""
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> Blend:
+        """The bundle's blend; the defaults for bundles from before it was chosen."""
+        found = metadata.get("serving") or {}
+        return cls(
+            float(found.get("recency_half_life_events", cls.recency_half_life_events)),
+            float(found.get("transition_weight", cls.transition_weight)),
+            int(found.get("transition_events", cls.transition_events)),
+        )
+
+    def to_metadata(self) -> dict[str, float | int]:
+        return {
+            "recency_half_life_events": self.recency_half_life_events,
+            "transition_weight": self.transition_weight,
+            "transition_events": self.transition_events,
+        }
 
 
 @dataclass(frozen=True)
@@ -90,18 +150,65 @@ class RankingOptions:
     exclude_disliked: bool = True
     exclude_seen: bool = False
     context_item_id: str = ""
+    seen_since: int = 0
+    """Unless ``exclude_seen``: items the person had any event with at or after this epoch
+    second are left out too (0: none). The shop default: not what they just looked at."""
+    repurchase: RepurchasePolicy | None = None
+    """Bought consumables allowed back after a while (``exclude_purchased`` only)."""
 
-    def excluded(self, view: ServingView | None) -> set[str]:
+    def excluded(self, view: ServingView | None, catalogue: Catalogue | None = None) -> set[str]:
         excluded = set(self.item_filter.exclude_item_ids)
         if view is not None:
             user = view.user
             if self.exclude_purchased:
-                excluded |= user.purchased
+                bought = user.purchased
+                if self.repurchase is not None and catalogue is not None:
+                    bought = bought - self.repurchase.due(user.history, bought, catalogue)
+                excluded |= bought
             if self.exclude_disliked:
                 excluded |= user.disliked
             if self.exclude_seen:
                 excluded |= {item for item, _, _ in user.history}
+            elif self.seen_since:
+                # History is newest first: stop at the first older event.
+                for item, _, ts in user.history:
+                    if ts < self.seen_since:
+                        break
+                    excluded.add(item)
         return excluded
+
+
+@dataclass(frozen=True)
+class RepurchasePolicy:
+    """Categories whose bought items may be recommended again (consumables)."""
+
+    after_seconds: Mapping[str, float]
+    """Category → seconds after the person's latest purchase of an item."""
+    now: float
+    """The request's time (epoch seconds)."""
+
+    def due(self, history: list[HistoryEntry], bought: set[str], catalogue: Catalogue) -> set[str]:
+        """The items of ``bought`` that may come back: of a listed category, and last
+        bought longer ago than its period. A purchase no longer in the (bounded) history is
+        older than everything in it, so it counts as long ago."""
+        if not self.after_seconds:
+            return set()
+        candidates = {
+            item: self.after_seconds[category]
+            for item in bought
+            if (category := catalogue.category(item)) in self.after_seconds
+        }
+        if not candidates:
+            return set()
+        latest: dict[str, int] = {}
+        for item, kind, ts in history:  # newest first
+            if kind == "purchase" and item in candidates and item not in latest:
+                latest[item] = ts
+        return {
+            item
+            for item, period in candidates.items()
+            if item not in latest or latest[item] <= self.now - period
+        }
 
 
 class Recommender:
@@ -111,6 +218,12 @@ class Recommender:
         self.bundle = bundle
         self.params = params or ServingParams()
         meta = bundle.metadata
+        blend = Blend.of(meta)
+        if self.params.recency_half_life_events is not None:
+            blend = replace(blend, recency_half_life_events=self.params.recency_half_life_events)
+        self.blend = blend
+        # Without a weight the transitions would cost a sparse product for nothing.
+        self._transitions = bundle.transitions if blend.transition_weight > 0 else None
         self.weights: Mapping[str, float] = meta.get("weights") or FALLBACK_WEIGHTS
         model_params = meta.get("params", {})
         self.alpha = float(model_params.get("alpha", 1.0))
@@ -154,14 +267,14 @@ class Recommender:
     ) -> list[Recommendation]:
         """Top ``options.limit`` items for ``user_id``: personalised when there is
         anything to go on, then filled up with trending and popular items."""
-        excluded = options.excluded(view)
+        excluded = options.excluded(view, catalogue)
         # A person's features are often the same cached object call after call (nothing
         # live, one publication): their positives and user vector are worked out once.
         memo = view.user.memo.get(self)
         if memo is None:
             memo = view.user.memo[self] = {"positives": self._positives(view.user.history)}
         positives = memo["positives"]
-        scores = self._user_scores(user_id, positives, memo)
+        scores, after = self._blended(user_id, positives, memo)
         context = self.item_index.get(options.context_item_id)
         context_scores = self._item_scores(context) if context is not None else None
         ranked: list[Recommendation] = []
@@ -169,7 +282,7 @@ class Recommender:
             combined, from_context = _combine(scores, context_scores)
             blocked = excluded | ({options.context_item_id} if context is not None else set())
             top = self._top(combined, blocked, catalogue, options)
-            reasons = self._reasons(top, self._history_indices(positives))
+            reasons = self._reasons(top, self._history_indices(positives), after)
             ranked = [
                 Recommendation(
                     str(self.bundle.item_ids[j]),
@@ -196,7 +309,7 @@ class Recommender:
         bought_together_first: bool,
     ) -> list[Recommendation]:
         """Items like ``item_id`` (or bought with it, first, when asked), filtered."""
-        excluded = options.excluded(view) | {item_id}
+        excluded = options.excluded(view, catalogue) | {item_id}
         together = self._fill(
             [(bought_together, f"bought together: {item_id}")],
             options.limit,
@@ -234,6 +347,13 @@ class Recommender:
             ranked += self._fallback(view, ranked, options.limit, excluded, catalogue, narrowed)
         return ranked
 
+    def score_history(self, history: list[HistoryEntry]) -> np.ndarray | None:
+        """Every item's score for a person with ``history`` (newest first), exactly as
+        :meth:`recommend` ranks them before filters; None when nothing in it is known.
+        Training's validation ranks with this, so it measures what serving serves."""
+        scores, _ = self._blended("", self._positives(history))
+        return scores
+
     def knows_item(self, item_id: str) -> bool:
         """Whether the model can rank items like ``item_id`` (never, for popularity)."""
         return item_id in self.item_index
@@ -253,8 +373,28 @@ class Recommender:
         rank = np.cumsum(positive) - 1
         keep = positive & (item >= 0)
         rank = rank[keep]
-        weight = kind[keep] * 2.0 ** (-rank / self.params.recency_half_life_events)
+        weight = kind[keep] * 2.0 ** (-rank / self.blend.recency_half_life_events)
         return Positives(item[keep], weight, rank)
+
+    def _blended(
+        self, user_id: str, positives: Positives, memo: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray | None, Following | None]:
+        """The model's scores blended with the transition part (:class:`Blend`), and what
+        the reasons need to tell where that part won (None without one)."""
+        scores = self._user_scores(user_id, positives, memo)
+        if self._transitions is None or scores is None or not len(positives.items):
+            return scores, None
+        items, _ = self._history_indices(positives)
+        items = items[: self.blend.transition_events]
+        weight = 0.5 ** np.arange(len(items))
+        rows = self._transitions[items]
+        following = np.asarray(rows.T @ weight).ravel()
+        top = float(following.max())
+        if not top > 0:
+            return scores, None
+        own = scores / max(float(np.max(np.abs(scores))), 1e-12)
+        part = self.blend.transition_weight * following / top
+        return own + part, Following(items, rows, weight, part > own)
 
     def _user_scores(
         self, user_id: str, positives: Positives, memo: dict[str, Any] | None = None
@@ -303,7 +443,7 @@ class Recommender:
         allowed = catalogue.mask(self.bundle.item_ids, options.item_filter)
         if allowed is not None:
             scores[~allowed] = -np.inf
-        return _top_k(scores, options.limit)
+        return top_k(scores, options.limit)
 
     def _history_indices(self, positives: Positives) -> tuple[np.ndarray, np.ndarray]:
         """Distinct items among the newest :data:`EXPLAIN_HISTORY` positive events, with
@@ -313,13 +453,26 @@ class Recommender:
         first.sort()
         return items[first], positives.ranks[first]
 
-    def _reasons(self, top: np.ndarray, history: tuple[np.ndarray, np.ndarray]) -> list[str]:
-        """Why each of ``top``: the history item closest to it (``recent:`` when among the
-        newest ``recent_events``, else ``similar:``), never the item itself;
-        ``personalised`` when nothing in the history is close."""
+    def _reasons(
+        self,
+        top: np.ndarray,
+        history: tuple[np.ndarray, np.ndarray],
+        after: Following | None = None,
+    ) -> list[str]:
+        """Why each of ``top``: ``after: <item>`` where the transition part won (``after``),
+        else the history item closest to it (``recent:`` when among the newest
+        ``recent_events``, else ``similar:``), never the item itself; ``personalised``
+        when nothing in the history is close."""
         items, ranks = history
         if not len(items) or not len(top):
             return ["personalised"] * len(top)
+        if after is not None:
+            out = self._reasons(top, history)
+            source = after.sources(top)
+            return [
+                f"after: {self.bundle.item_ids[source[n]]}" if source[n] >= 0 else reason
+                for n, reason in enumerate(out)
+            ]
         if self.bundle.kind in FACTOR_KINDS:
             closeness = self._unit_items[top] @ self._unit_items[items].T
         else:
@@ -377,6 +530,30 @@ class Recommender:
         return out
 
 
+#: The sentence for each reason kind; ``{}`` is the named item's title (or its id).
+EXPLANATIONS: Mapping[str, str] = {
+    "recent": "Because you recently showed interest in {}",
+    "similar": "Similar to {}",
+    "after": "Often chosen next after {}",
+    "bought together": "Often bought with {}",
+    "personalised": "Picked for your taste",
+    "trending": "Trending now",
+    "popular": "Popular lately",
+}
+
+
+def explain(reason: str, catalogue: Catalogue) -> str:
+    """``reason`` (``after: <item_id>``, ``popular``, …) as a sentence for people, naming
+    the item by its catalogue title where it has one."""
+    kind, _, item = reason.partition(": ")
+    sentence = EXPLANATIONS.get(kind)
+    if sentence is None:
+        return reason
+    meta = catalogue.meta(item) if item else None
+    title = meta.get("title") if meta else None
+    return sentence.format(f"“{title or item}”")
+
+
 def _combine(
     user: np.ndarray | None, context: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -404,7 +581,7 @@ def _rows(similarity: sp.csr_matrix | np.ndarray, rows: np.ndarray) -> np.ndarra
     return similarity[rows]
 
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` best finite scores, best first."""
     k = min(k, int(np.isfinite(scores).sum()))
     if k <= 0:

@@ -28,15 +28,28 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from service.catalogue import MAX_CATEGORY_LENGTH, MAX_TITLE_LENGTH, CatalogueCache, ItemFilter
-from service.config import Settings, identity_secret
+from service.catalogue import (
+    MAX_CATEGORY_LENGTH,
+    MAX_TITLE_LENGTH,
+    Catalogue,
+    CatalogueCache,
+    ItemFilter,
+)
+from service.config import Settings, identity_secret, repurchase_days
 from service.engagement import EngagementService, priors_of
 from service.errors import BadInput, DeadlineExpired, NotFound, StoreUnavailable, quote
 from service.events import MAX_ID_LENGTH, id_problem, validate_event
 from service.identity import Identities
 from service.interceptors import Guard
 from service.profiles import ProfilesService
-from service.recommender import RankingOptions, Recommendation, Recommender, ServingParams
+from service.recommender import (
+    RankingOptions,
+    Recommendation,
+    Recommender,
+    RepurchasePolicy,
+    ServingParams,
+    explain,
+)
 from service.registry import ServedModel
 from service.rpc import check_id, check_limit, check_timestamp, rpc
 from service.security import ServerSecurity, server_security
@@ -171,6 +184,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.identities = identities
         self.reader = reader
         self.catalogue = CatalogueCache(store.catalogue)
+        self.repurchase_after = {
+            category: days * 86_400 for category, days in repurchase_days(settings).items()
+        }
 
     @rpc
     async def Recommend(  # noqa: N802 (gRPC method name)
@@ -179,6 +195,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         token = self.identities.request_token(request)
         if token is None:
             raise BadInput("user_id", "is required (or give an identifier)")
+        now = time.time()
+        # exclude_seen left unset: the shop default, not what was seen in the last hours.
+        recent = self.settings.recently_seen_hours
+        seen_since = (
+            int(now - recent * 3600) if recent and not request.HasField("exclude_seen") else 0
+        )
         options = RankingOptions(
             limit=check_limit(request.limit, self.settings),
             item_filter=ItemFilter.from_request(request),
@@ -186,6 +208,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             exclude_disliked=_flag(request, "exclude_disliked", True),
             exclude_seen=_flag(request, "exclude_seen", False),
             context_item_id=request.context_item_id,
+            seen_since=seen_since,
+            repurchase=RepurchasePolicy(self.repurchase_after, now)
+            if self.repurchase_after
+            else None,
         )
         if len(request.context_item_id) > MAX_ID_LENGTH:
             raise BadInput("context_item_id", f"is longer than {MAX_ID_LENGTH} characters")
@@ -201,7 +227,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         catalogue = await self.catalogue.get_async(view.catalogue_version)
         ranked = engine.recommender.recommend(found.scored_as, view, catalogue, options)
         return pb.RecommendResponse(
-            items=_items(ranked),
+            items=_items(ranked, catalogue),
             model_version=engine.model.label,
             recommendation_id=uuid.uuid4().hex,
         )
@@ -243,7 +269,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             item_id, catalogue, options, view, together, mode == "bought_together"
         )
         return pb.SimilarItemsResponse(
-            items=_items(ranked),
+            items=_items(ranked, catalogue),
             model_version=engine.model.label,
             recommendation_id=uuid.uuid4().hex,
         )
@@ -337,8 +363,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         return pb.UpsertItemsResponse(upserted=len(items), created=created)
 
 
-def _items(ranked: list[Recommendation]) -> list[pb.RecommendedItem]:
-    return [pb.RecommendedItem(item_id=r.item_id, score=r.score, reason=r.reason) for r in ranked]
+def _items(ranked: list[Recommendation], catalogue: Catalogue) -> list[pb.RecommendedItem]:
+    return [
+        pb.RecommendedItem(
+            item_id=r.item_id,
+            score=r.score,
+            reason=r.reason,
+            explanation=explain(r.reason, catalogue),
+        )
+        for r in ranked
+    ]
 
 
 # --- building and running -------------------------------------------------------------
@@ -520,7 +554,7 @@ async def _start(
 ) -> RunningServer:
     models = ModelHolder(
         model,
-        ServingParams(settings.recency_half_life_events, settings.recent_events),
+        ServingParams(settings.recency_half_life_events or None, settings.recent_events),
     )
     server = grpc.aio.server(
         interceptors=[Guard(security.keys, settings.max_concurrent_calls)],

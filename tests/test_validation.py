@@ -1,17 +1,35 @@
-"""`train --model auto`: the kind and EASE's λ chosen by validation inside the training
-part, logged and tagged, and never looking at the final holdout."""
+"""`train --model auto`: the kind, EASE's λ, the recency half-life and the transitions'
+blend chosen by validation inside the training part, ranked as serving ranks, logged,
+tagged, shipped in the bundle, and never looking at the final holdout."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
+from service.catalogue import Catalogue
+from service.recommender import Blend, RankingOptions, Recommender
 from service.registry import ModelRegistry
+from service.store.codecs import UserFeatures
+from service.store.reads import ServingView
 from tests.conftest import deployment_env, make_settings
 from training import ease, evaluation, validation
 from training.__main__ import main as training_main
-from training.models import ModelParams
+from training.event_log import load_events
+from training.matrix import DEFAULT_WEIGHTS
+from training.models import ModelParams, fit, to_bundle
+from training.transitions import fit_transitions
 
-ALL = ["als", "item_knn", "ease_lambda_100", "ease_lambda_300", "ease_lambda_1000"]
+ALL = [
+    "als",
+    "item_knn",
+    "ease_lambda_100",
+    "ease_lambda_300",
+    "ease_lambda_1000",
+    "ease_lambda_3000",
+]
 
 
 def test_candidates_leave_ease_out_above_its_size_limit(monkeypatch):
@@ -23,17 +41,37 @@ def test_candidates_leave_ease_out_above_its_size_limit(monkeypatch):
     assert [p.kind for p in validation.candidates(base, 150)] == ["als", "item_knn"]
 
 
-def test_choice_ranks_best_first_and_a_tie_keeps_candidate_order():
+def test_choice_keeps_the_best_trial_and_a_tie_keeps_the_earlier():
     als, knn, strong = (
         ModelParams(),
         ModelParams(kind="item_knn"),
         ModelParams(kind="ease", regularization=300.0),
     )
-    choice = validation.Choice([(als, 0.2), (knn, 0.2), (strong, 0.25)], 10, 40, 10)
-    assert choice.best == strong
-    assert choice.text == "validation: ease λ=300 0.2500 > als 0.2000 = item_knn 0.2000"
-    assert choice.flat()["validation_ndcg_at_10_ease_lambda_300"] == 0.25
-    assert validation.Choice([(als, 0.2), (knn, 0.2)], 10, 40, 10).best == als
+    plain, short = Blend(), Blend(recency_half_life_events=3.0)
+    after = replace(short, transition_weight=0.2, transition_events=3)
+    trials = [
+        validation.Trial("model", als, plain, 0, 0.2),
+        validation.Trial("model", knn, plain, 0, 0.2),
+        validation.Trial("model", strong, plain, 0, 0.25),
+        validation.Trial("recency", strong, short, 0, 0.26),
+        validation.Trial("transitions", strong, after, 5, 0.27),
+        validation.Trial("transitions", strong, replace(after, transition_weight=1.0), 5, 0.27),
+    ]
+    choice = validation.Choice(trials, 10, 40, 10)
+    assert choice.params == strong and choice.blend == after and choice.window == 5
+    assert choice.text == (
+        "validation: ease λ=300, half-life 3 events, transitions: window 5, newest 3, "
+        "weight 0.2: ndcg@10 0.2700 (without transitions 0.2600)"
+    )
+    flat = choice.flat()
+    assert flat["validation_ndcg_at_10_ease_lambda_300"] == 0.25
+    assert flat["validation_ndcg_at_10_half_life_3"] == 0.26
+    assert flat["validation_ndcg_at_10_chosen"] == 0.27
+    assert choice.params_logged()["serving.transition_window"] == 5
+    assert len(choice.rows()["candidate"]) == len(trials)
+    # Nothing beats the first candidate: it stays, without transitions.
+    tie = validation.Choice([replace(t, ndcg=0.0) for t in trials], 0, 0, 10)
+    assert tie.params == als and tie.blend == plain and tie.window == 0
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +109,21 @@ def test_auto_logs_every_candidate_and_registers_the_best(auto_run):
     assert tags["omnirec.kind"] == params["kind"] == best.split("_lambda_")[0]
     if params["kind"] == "ease":
         assert best == f"ease_lambda_{params['regularization']:g}"
-    assert tags["omnirec.chosen_by"].startswith(f"validation: {best.replace('_lambda_', ' λ=')} ")
+    assert tags["omnirec.chosen_by"].startswith(f"validation: {best.replace('_lambda_', ' λ=')},")
     assert metrics["validation_users"] > 0
+    # The chosen blend travels in the bundle and in the run's params.
+    serving = registry.load_version("1").bundle.metadata["serving"]
+    run_id = registry.client.get_model_version(registry.name, "1").run_id
+    logged_params = registry.client.get_run(run_id).data.params
+    assert (
+        float(logged_params["serving.recency_half_life_events"])
+        == (serving["recency_half_life_events"])
+    )
+    assert float(logged_params["serving.transition_weight"]) == serving["transition_weight"]
+    assert (
+        metrics["validation_ndcg_at_10_chosen"]
+        >= metrics["validation_ndcg_at_10_without_transitions"]
+    )
 
 
 @pytest.mark.integration
@@ -87,3 +138,40 @@ def test_auto_validates_inside_the_training_part_only(auto_run):
     for frame, test in inner:
         assert frame == everything - final_test
         assert test and test <= frame
+
+
+def test_validation_ranks_people_exactly_as_recommend_does(synthetic):
+    """The served ranker validation uses gives each person the same top items, in the
+    same order, as ``Recommend(exclude_seen=true)`` with the same bundle and history."""
+    frame = load_events(synthetic.events).frame
+    prepared = evaluation.prepare(frame, DEFAULT_WEIGHTS)
+    train = prepared.train
+    model = fit(ModelParams(factors=8, iterations=3), train.matrix)
+    bundle = to_bundle(
+        model,
+        ModelParams(factors=8, iterations=3),
+        train.user_ids,
+        train.item_ids,
+        {"weights": dict(DEFAULT_WEIGHTS), "serving": Blend(3.0, 0.5, 3).to_metadata()},
+    )
+    bundle.transitions = fit_transitions(prepared.split.train, DEFAULT_WEIGHTS, train.item_ids)
+    recommender = Recommender(bundle)
+    history = evaluation.histories(prepared.split.train, train.user_ids, 200)
+    rank = evaluation.served_ranker(recommender, history, train.matrix)
+    # Whole histories without dislikes: then exclude_seen leaves out exactly the items of
+    # their training row, as validation does.
+    people = [
+        u for u in sorted(prepared.relevant) if len(history[u]) < 200 and not _disliked(history[u])
+    ][:25]
+    assert len(people) == 25
+    ranked = rank(np.array(people), 10)
+    for row, u in zip(ranked, people, strict=True):
+        view = ServingView(None, UserFeatures(history=history[u]), [])
+        served = recommender.recommend(
+            str(train.user_ids[u]), view, Catalogue(0, {}), RankingOptions(10, exclude_seen=True)
+        )
+        assert [str(train.item_ids[j]) for j in row] == [r.item_id for r in served]
+
+
+def _disliked(history):
+    return any(kind == "dislike" for _, kind, _ in history)

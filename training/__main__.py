@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--model",
         choices=(*PERSONALISED_KINDS, AUTO),
-        default="als",
+        default=AUTO,
         help="registered only if it beats the popularity baseline on the holdout; "
-        "auto: the best of als, item_knn and ease (λ "
+        "auto (default): the best of als, item_knn and ease (λ "
         + "/".join(f"{lam:g}" for lam in EASE_LAMBDAS)
         + ") by validation on the latest part of the training part",
     )
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--promote", action="store_true", help="move the alias to this run's version regardless"
     )
     tr.add_argument("--no-publish", action="store_true", help="do not write features to Redis")
+    tr.add_argument(
+        "--no-transitions",
+        action="store_true",
+        help="leave out the order-aware part (what follows what); e.g. to measure its worth "
+        "or where the order of events means nothing",
+    )
     tr.add_argument("--popularity-half-life-days", type=float, default=30.0)
 
     ex = sub.add_parser("export-events", help="write live events (TrackEvents) to Parquet")
@@ -202,6 +208,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         skip_bad_rows=args.skip_bad_rows,
         promote=args.promote,
         publish=not args.no_publish,
+        transitions=not args.no_transitions,
         popularity_half_life_days=args.popularity_half_life_days,
         choose_model=args.model == AUTO,
     )

@@ -63,8 +63,9 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
     data = generate(args.users, args.items, args.days, args.seed, work / "data", end=today)
     print(f"wrote {data.events}, {data.items}, {data.truth}")
 
-    print("\n== 2. train (ALS) → MLflow → Redis")
-    result = train(settings, TrainConfig(events=data.events, items=data.items))
+    print("\n== 2. train (model chosen by validation) → MLflow → Redis")
+    # As `train` with default flags: the model kind chosen by validation.
+    result = train(settings, TrainConfig(events=data.events, items=data.items, choose_model=True))
     print(f"registered {settings.model_name}/{result.version} ({result.selection})")
     print(f"{settings.model_alias}: {result.decision}")
 

@@ -24,7 +24,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.events import ITEM_EVENT_TYPES
+from service.recommender import Recommender, top_k
+from service.store.codecs import HistoryEntry
 from training.matrix import Interactions, build_interactions, index_of
+from training.publish import user_features
 
 METRICS = ("recall", "ndcg", "map", "coverage")
 
@@ -181,5 +184,44 @@ def model_ranker(model: object, train_matrix: sp.csr_matrix) -> Ranker:
         if ids.shape[1] < k:
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
         return ids
+
+    return rank
+
+
+def histories(
+    train: pd.DataFrame, user_ids: np.ndarray, history_length: int
+) -> dict[int, list[HistoryEntry]]:
+    """Row index → the history serving would hold for each person after ``train`` (the
+    publisher's own rule: newest ``history_length`` item events, newest first)."""
+    rows = {str(user): n for n, user in enumerate(user_ids)}
+    return {
+        rows[user]: features.history
+        for user, features in user_features(train, history_length)
+        if user in rows and features.history
+    }
+
+
+def served_ranker(
+    recommender: Recommender,
+    history: Mapping[int, list[HistoryEntry]],
+    train_matrix: sp.csr_matrix,
+) -> Ranker:
+    """Rank as ``Recommend`` does (``Recommender.score_history``: the model, recency
+    weighting and transitions of its bundle) from each person's ``history``, minus the
+    items in their training row. The bundle's items must be ``train_matrix``'s columns."""
+
+    def rank(users: np.ndarray, k: int) -> np.ndarray:
+        out = np.full((len(users), k), -1, dtype=np.int64)
+        for n, u in enumerate(users):
+            scores = recommender.score_history(history.get(int(u), []))
+            if scores is None:
+                continue
+            scores = np.array(scores, dtype=np.float32, copy=True)
+            scores[
+                train_matrix.indices[train_matrix.indptr[u] : train_matrix.indptr[u + 1]]
+            ] = -np.inf
+            top = top_k(scores, k)
+            out[n, : len(top)] = top
+        return out
 
     return rank

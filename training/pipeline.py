@@ -15,6 +15,7 @@ import pandas as pd
 from service.bundle import POPULARITY
 from service.config import Settings, feature_store, identity_secret
 from service.identity import Identities
+from service.recommender import Blend, Recommender
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
 from training import evaluation, validation
 from training.catalogue import load_catalogue
@@ -23,6 +24,7 @@ from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions
 from training.models import ModelParams, fit, popularity_bundle, to_bundle
 from training.publish import popularity, publish
+from training.transitions import fit_transitions
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,12 @@ class TrainConfig:
     """Move the alias to the new version whatever the holdout says."""
     publish: bool = True
     popularity_half_life_days: float = 30.0
+    transitions: bool = True
+    """Let validation weigh in item transitions (``--no-transitions``: never)."""
     choose_model: bool = False
     """``--model auto``: choose the kind (and EASE's λ) by validation inside the training
-    part (:mod:`training.validation`); ``params`` gives the candidates' other settings."""
+    part (:mod:`training.validation`); ``params`` gives the candidates' other settings.
+    The recency half-life and the transitions' blend are chosen there in every run."""
 
 
 @dataclass
@@ -102,6 +107,8 @@ class TrainResult:
     decision: str
     holdout: HoldoutResult
     publication: str | None
+    validation: str = ""
+    """What validation chose, in words (``Choice.text``)."""
 
 
 def one_person_each(frame: pd.DataFrame, identities: Identities) -> pd.DataFrame:
@@ -127,8 +134,15 @@ def evaluate_holdout(
     test_fraction: float = 0.2,
     min_user_events: int = 5,
     k: int = 10,
+    blend: Blend | None = None,
+    window: int = 0,
+    history_length: int = 200,
 ) -> HoldoutResult:
-    """Fit on the past of each person, score the latest part: model vs popularity."""
+    """Fit on the past of each person, score the latest part: model vs popularity.
+
+    With a ``blend``, the model is ranked as serving ranks (``evaluation.served_ranker``:
+    recency-weighted history, and transitions of ``window`` steps when it is > 0);
+    without one, by the model's own ``recommend`` (how the bench scores its peers)."""
     prepared = evaluation.prepare(
         frame,
         weights,
@@ -144,10 +158,25 @@ def evaluate_holdout(
     )
     model = fit(params, train.matrix)
     n_items = train.matrix.shape[1]
+    ranker = evaluation.model_ranker(model, train.matrix)
+    if blend is not None:
+        transitions = (
+            fit_transitions(prepared.split.train, weights, train.item_ids, window=window)
+            if window
+            else None
+        )
+        bundle = to_bundle(
+            model,
+            params,
+            train.user_ids,
+            train.item_ids,
+            {"weights": dict(weights), "serving": blend.to_metadata()},
+        )
+        bundle.transitions = transitions
+        history = evaluation.histories(prepared.split.train, train.user_ids, history_length)
+        ranker = evaluation.served_ranker(Recommender(bundle), history, train.matrix)
     metrics = {
-        params.kind: evaluation.evaluate(
-            evaluation.model_ranker(model, train.matrix), relevant, n_items, k
-        ),
+        params.kind: evaluation.evaluate(ranker, relevant, n_items, k),
         "popularity": evaluation.evaluate(
             evaluation.popularity_ranker(train.matrix), relevant, n_items, k
         ),
@@ -169,12 +198,11 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     catalogue = load_catalogue(cfg.items) if cfg.items else {}
     full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
 
-    choice = None
-    if cfg.choose_model:
-        choice = _choose(frame, cfg, n_items=full.matrix.shape[1])
-        print(choice.table(), flush=True)
-        print(f"chosen by {choice.text}", flush=True)
-        cfg = replace(cfg, params=choice.best)
+    # Validation and the holdout rank from the history serving will hold.
+    choice = _choose(frame, cfg, full.matrix.shape[1], settings.history_length)
+    print(choice.table(), flush=True)
+    print(f"chosen by {choice.text}", flush=True)
+    cfg = replace(cfg, params=choice.params)
 
     holdout = evaluate_holdout(
         frame,
@@ -184,6 +212,9 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         test_fraction=cfg.test_fraction,
         min_user_events=cfg.min_user_events,
         k=cfg.k,
+        blend=choice.blend,
+        window=choice.window,
+        history_length=settings.history_length,
     )
     print(holdout.table(), flush=True)
     sendtime = evaluate_send_time(
@@ -211,13 +242,14 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     experiment_id = _experiment(settings)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(_params(cfg, sources, frame, bad_rows))
+        mlflow.log_params(choice.params_logged())
         mlflow.log_metrics(holdout.flat())
         mlflow.log_metrics(sendtime.flat())
         mlflow.log_metrics(tuning.flat())
         mlflow.log_metric("holdout_users", holdout.users_evaluated)
-        if choice is not None:
-            mlflow.log_metrics(choice.flat())
-            mlflow.log_metric("validation_users", choice.people)
+        mlflow.log_metrics(choice.flat())
+        mlflow.log_metric("validation_users", choice.people)
+        mlflow.log_table(choice.rows(), "validation.json")
 
         meta = {
             **_bundle_meta(cfg, full, frame, holdout, run.info.run_id),
@@ -235,7 +267,13 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
                 full.matrix,
                 on_iteration=lambda it, _s, name, value: mlflow.log_metric(name, value, step=it),
             )
+            meta["serving"] = choice.blend.to_metadata()
+            meta["transition_window"] = choice.window
             bundle = to_bundle(model, cfg.params, full.user_ids, full.item_ids, meta)
+            if choice.window:
+                bundle.transitions = fit_transitions(
+                    frame, cfg.weights, full.item_ids, window=choice.window
+                )
         with tempfile.TemporaryDirectory(prefix="omnirec-bundle-") as tmp:
             bundle.save(tmp)
             mlflow.log_artifacts(tmp, artifact_path=BUNDLE_ARTIFACT_PATH)
@@ -247,8 +285,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             "omnirec.promoted": str(promoted).lower(),
             "omnirec.decision": decision,
         }
-        if choice is not None:
-            tags["omnirec.chosen_by"] = choice.text
+        tags["omnirec.chosen_by"] = choice.text
         version = registry.register(
             run.info.run_id,
             source,
@@ -280,17 +317,30 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
     log.info("done in %.1f s", time.perf_counter() - started)
     return TrainResult(
-        run.info.run_id, version, chosen.kind, chosen.text, promoted, decision, holdout, publication
+        run.info.run_id,
+        version,
+        chosen.kind,
+        chosen.text,
+        promoted,
+        decision,
+        holdout,
+        publication,
+        choice.text,
     )
 
 
-def _choose(frame: pd.DataFrame, cfg: TrainConfig, n_items: int) -> validation.Choice:
-    """Validate the candidates on the final holdout's training part only."""
+def _choose(
+    frame: pd.DataFrame, cfg: TrainConfig, n_items: int, history_length: int
+) -> validation.Choice:
+    """Validate the candidates (``--model auto``; else the named kind) and the serving
+    blend on the final holdout's training part only."""
     training_part = evaluation.time_split(frame, cfg.test_fraction, cfg.min_user_events).train
     return validation.choose(
         training_part,
-        validation.candidates(cfg.params, n_items),
+        validation.candidates(cfg.params, n_items) if cfg.choose_model else [cfg.params],
         cfg.weights,
+        history_length=history_length,
+        transitions=cfg.transitions,
         half_life_days=cfg.half_life_days,
         test_fraction=cfg.test_fraction,
         min_user_events=cfg.min_user_events,

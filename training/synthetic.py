@@ -11,12 +11,33 @@
     the catalogue: ``item_id``, ``category``, ``title``, ``price``, ``in_stock``.
 ``truth.json``
     what was planted per user (taste categories, time zone, active local hour, preferred
-    message channel, open rates and whether a mail privacy proxy opens their email), so
-    tests can check that models recover it.
+    message channel, open rates and whether a mail privacy proxy opens their email) and
+    in what order items are seen (``sequences``), so tests can check that models recover it.
 
 The log is a window export: only events in ``[end - days, end)`` are kept. Sessions and
 messages are kept whole when they start in the window, except that events after ``end``
-have not happened yet, so every open has its delivery and every purchase its cart and view.
+have not happened yet, so every open has its delivery, every purchase its cart and view,
+and every planted view (below) what caused it.
+
+Some order is planted too, for models that learn what follows what. A planted view comes
+shortly after its cause: later in the same session or, as often, first thing in the
+person's next session. It has the usual chances of a click, favourite, cart and purchase,
+times 1.5.
+
+* **Accessories.** A fifth of the items are *leads*, each with one *follower*: an item of
+  another category (so tastes do not explain it), not among the most popular tenth, that
+  is neither a lead nor another lead's follower. A person who carts a lead views its
+  follower after it with probability 0.6; one who only views the lead, with 0.2 (carts
+  alone, about one view in eight, would leave the follower lost among the popular items
+  that follow any view). ``sequences.followers`` maps lead ids to follower ids.
+* **Series** (next episode, next size, a journey through a category): one per 40 items,
+  each 3 to 5 items of one category: a first item not among the most popular tenth, then
+  items from the less popular half (seen mostly by the people going through the series).
+  Half the people who view a first item go through its series in order, each step caused
+  by the one before, the next reached with probability 0.8. ``sequences.series`` lists
+  each series' item ids in order.
+
+Leads, followers and series share no item, so nothing planted starts another sequence.
 
 The brand's historical send schedule is deliberately biased: most deliveries go out at
 :data:`SEND_HOURS_UTC`, and opens follow deliveries within about half an hour. A histogram
@@ -30,6 +51,8 @@ as for everyone else. Every other event has ``automated=False``.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` and vectorised, so the
 same arguments give byte-identical files; it runs at roughly a second per million events.
+The planted order is drawn last, so without it (``sequences=False``) every other event is
+the same.
 """
 
 from __future__ import annotations
@@ -119,6 +142,21 @@ _P_CART = (0.13, 0.05)
 _P_PURCHASE_GIVEN_CART = (0.45, 0.25)
 _P_DISLIKE_OFF_TASTE = 0.02
 
+# Planted order.
+_LEAD_SHARE = 0.2  # items with a planted follower
+_POPULAR_SHARE = 0.1  # the most popular items are never followers nor in a series
+_P_FOLLOW_CART = 0.6  # a cart of a lead is followed by a view of its follower
+_P_FOLLOW_VIEW = 0.2  # ... and a view of a lead that was not carted
+_NEXT_SESSION = 0.5  # planted views first thing in the next session, else later in this one
+_FOLLOW_GAP_S = (10, 120)  # after the cause's last event, when in the same session
+_FIRST_THING_S = (4, 6)  # after a session's start: before its first drawn view
+_ITEMS_PER_SERIES = 40
+_SERIES_LENGTH = (3, 5)  # inclusive
+_SERIES_TAIL = 0.5  # share of items, the most popular, never a later step of a series
+_P_SERIES_START = 0.5  # a person's first view of a series' first item starts it
+_P_SERIES_NEXT = 0.8  # each further step, given the one before
+_PLANTED_BOOST = 1.5  # click, favourite, cart and purchase chances on a planted view
+
 # Messages.
 _MESSAGES_PER_WEEK = {"email": 4.0, "push": 2.5, "messenger": 1.5, "sms": 1.0}
 _SCHEDULED_SHARE = 0.75
@@ -144,7 +182,8 @@ class GeneratedData:
     """Item catalogue: ``item_id``, ``category``, ``title``, ``price``, ``in_stock``."""
     truth: Path
     """Planted truth (JSON): ``seed``, ``categories``, ``send_hours_utc``, ``start`` and
-    ``end`` (epoch seconds of the window), and ``users`` keyed by user id."""
+    ``end`` (epoch seconds of the window), ``users`` keyed by user id, and ``sequences``
+    (``followers``: lead id → follower id; ``series``: lists of item ids in order)."""
 
 
 def generate(
@@ -155,6 +194,7 @@ def generate(
     out_dir: Path | str,
     fmt: str = "parquet",
     end: datetime | None = None,
+    sequences: bool = True,
 ) -> GeneratedData:
     """Write a synthetic event log, item catalogue and planted truth into ``out_dir``.
 
@@ -172,6 +212,10 @@ def generate(
     end
         End of the window (exclusive); naive datetimes are taken as UTC. Defaults to
         :data:`DEFAULT_END`.
+    sequences
+        Plant the order described in the module docstring (leads and their followers,
+        series). Without it, the events are those of a log without planted order (every
+        other event the same as with it) and ``truth.json`` lists no sequences.
 
     Raises
     ------
@@ -194,8 +238,13 @@ def generate(
     catalogue = _make_catalogue(rng, items)
     people = _make_people(rng, users, catalogue)
     log = _EventLog()
-    _add_sessions(rng, people, catalogue, clock, log)
+    visits = _add_sessions(rng, people, catalogue, clock, log)
     proxy_opens = _add_messages(rng, people, clock, log)
+    # Drawn last, so that planting order leaves every other event as it was.
+    if sequences:
+        planted = _plant_sequences(rng, people, catalogue, visits, log)
+    else:
+        planted = _Sequences(follower=np.full(len(catalogue.ids), -1, np.int32), series=[])
     events = log.to_table(people, catalogue, clock.end)
     logger.info("generated %d events for %d users", events.num_rows, users)
 
@@ -206,7 +255,7 @@ def generate(
     )
     _write(events, data.events, fmt)
     _write(catalogue.to_table(), data.items, fmt)
-    truth = _truth(seed, clock, people, catalogue, proxy_opens)
+    truth = _truth(seed, clock, people, catalogue, proxy_opens, planted)
     data.truth.write_text(json.dumps(truth) + "\n", encoding="utf-8")
     logger.info("wrote %s, %s and %s", data.events, data.items, data.truth)
     return data
@@ -455,6 +504,20 @@ def _stable_order(ts: np.ndarray) -> np.ndarray:
     return offset
 
 
+@dataclass(frozen=True)
+class _Visits:
+    """Site sessions and the views drawn in them (not planted ones)."""
+
+    user: np.ndarray  # per session
+    start: np.ndarray
+    channel: np.ndarray
+    view_session: np.ndarray  # per view: index of its session
+    view_item: np.ndarray
+    view_ts: np.ndarray
+    carted: np.ndarray  # per view: whether it was carted
+    done: np.ndarray  # per view: timestamp of its purchase, else of its cart, else its own
+
+
 def _by_taste(in_taste: np.ndarray, p: tuple[float, float]) -> np.ndarray:
     return np.where(in_taste, p[0], p[1])
 
@@ -465,7 +528,8 @@ def _add_sessions(
     catalogue: _Catalogue,
     clock: _Clock,
     log: _EventLog,
-) -> None:
+) -> _Visits:
+    """Sessions, their views and what the views lead to; returns them for planting."""
     # Draw over every table day, then keep what starts inside the window: that leaves the
     # density flat across the window whatever each zone's offset.
     counts = rng.poisson(people.sessions_per_day * clock.n_days)
@@ -491,29 +555,66 @@ def _add_sessions(
     first = np.cumsum(n_views) - n_views
     elapsed -= (elapsed[first] - gaps[first])[session]
     view_ts = start[session] + elapsed.astype(np.int64)
-    user, channel = user[session], channel[session]
-    item = _draw_items(rng, people, catalogue, user)
-    in_taste = people.taste_mask[user, catalogue.category[item]]
+    view_user = user[session]
+    item = _draw_items(rng, people, catalogue, view_user)
+    in_taste = people.taste_mask[view_user, catalogue.category[item]]
+    carted, done = _funnel(
+        rng, log, view_user, channel[session], item, view_ts, in_taste, boost=1.0
+    )
+    return _Visits(
+        user=user,
+        start=start,
+        channel=channel,
+        view_session=session,
+        view_item=item,
+        view_ts=view_ts,
+        carted=carted,
+        done=done,
+    )
+
+
+def _funnel(
+    rng: np.random.Generator,
+    log: _EventLog,
+    user: np.ndarray,
+    channel: np.ndarray,
+    item: np.ndarray,
+    view_ts: np.ndarray,
+    in_taste: np.ndarray,
+    boost: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log one view per entry, with what it leads to: a click before it, a favourite, a
+    cart and purchase or a dislike after it. ``boost`` multiplies the chances of all but
+    the dislike. Returns which views were carted and, per view, the timestamp of its
+    last event (the purchase if bought, else the cart if carted, else the view)."""
     n = len(item)
 
     def emit(event_type: str, mask: np.ndarray, ts: np.ndarray) -> None:
         log.add(event_type, user[mask], ts, channel[mask], item[mask])
 
+    def chance(p: tuple[float, float]) -> np.ndarray:
+        return np.minimum(_by_taste(in_taste, p) * boost, 1.0)
+
     # Recommendation-widget clicks lead to the view a moment later.
-    clicked = rng.random(n) < _by_taste(in_taste, _P_CLICK)
+    clicked = rng.random(n) < chance(_P_CLICK)
     emit("click", clicked, view_ts[clicked] - rng.integers(1, 4, clicked.sum()))
     log.add("view", user, view_ts, channel, item)
 
-    favourite = rng.random(n) < _by_taste(in_taste, _P_FAVOURITE)
-    carted = rng.random(n) < _by_taste(in_taste, _P_CART)
-    bought = carted & (rng.random(n) < _by_taste(in_taste, _P_PURCHASE_GIVEN_CART))
+    favourite = rng.random(n) < chance(_P_FAVOURITE)
+    carted = rng.random(n) < chance(_P_CART)
+    bought = carted & (rng.random(n) < chance(_P_PURCHASE_GIVEN_CART))
     disliked = ~in_taste & ~favourite & ~carted & (rng.random(n) < _P_DISLIKE_OFF_TASTE)
     emit("favourite", favourite, view_ts[favourite] + rng.integers(5, 60, favourite.sum()))
     cart_ts = view_ts[carted] + rng.integers(10, 120, carted.sum())
     emit("add_to_cart", carted, cart_ts)
     checkout = 30 + rng.exponential(120.0, bought.sum()).astype(np.int64)
-    emit("purchase", bought, cart_ts[bought[carted]] + checkout)
+    purchase_ts = cart_ts[bought[carted]] + checkout
+    emit("purchase", bought, purchase_ts)
     emit("dislike", disliked, view_ts[disliked] + rng.integers(2, 20, disliked.sum()))
+    done = view_ts.copy()
+    done[carted] = cart_ts
+    done[bought] = purchase_ts
+    return carted, done
 
 
 def _draw_items(
@@ -584,6 +685,151 @@ def _add_messages(
     return proxy
 
 
+@dataclass(frozen=True)
+class _Sequences:
+    """The planted order: per item its follower (-1 for none), and the series."""
+
+    follower: np.ndarray
+    series: list[np.ndarray]
+
+
+def _choose_sequences(rng: np.random.Generator, catalogue: _Catalogue) -> _Sequences:
+    n = len(catalogue.ids)
+    # A popular follower or series step would be found by popularity alone.
+    by_popularity = np.argsort(-catalogue.popularity, kind="stable")
+    free = np.ones(n, dtype=bool)
+    free[by_popularity[: int(np.ceil(n * _POPULAR_SHARE))]] = False
+    # Later steps of a series come from the long tail: they are seen mostly by the
+    # people going through the series, so their own views do not drown its order.
+    tail = np.zeros(n, dtype=bool)
+    tail[by_popularity[int(np.ceil(n * _SERIES_TAIL)) :]] = True
+
+    series = []
+    for _ in range(n // _ITEMS_PER_SERIES):
+        length = int(rng.integers(_SERIES_LENGTH[0], _SERIES_LENGTH[1] + 1))
+        heads = np.bincount(catalogue.category[free & ~tail], minlength=len(CATEGORIES))
+        rests = np.bincount(catalogue.category[free & tail], minlength=len(CATEGORIES))
+        fits = np.flatnonzero((heads >= 1) & (rests >= length - 1))
+        if not len(fits):
+            break
+        in_category = free & (catalogue.category == fits[rng.integers(0, len(fits))])
+        head = rng.choice(np.flatnonzero(in_category & ~tail), 1)
+        rest = rng.choice(np.flatnonzero(in_category & tail), length - 1, replace=False)
+        steps = np.concatenate([head, rest]).astype(np.int32)
+        free[steps] = False
+        series.append(steps)
+
+    in_series = np.zeros(n, dtype=bool)
+    for steps in series:
+        in_series[steps] = True
+    leads = rng.choice(np.flatnonzero(~in_series), int(round(n * _LEAD_SHARE)), replace=False)
+    free[leads] = False
+    # Followers are distinct, from another category than their lead (so a person's
+    # tastes cannot explain them) and never leads themselves (so nothing chains).
+    pool = list(rng.permutation(np.flatnonzero(free)))
+    follower = np.full(n, -1, dtype=np.int32)
+    for lead in leads:
+        for k in range(len(pool) - 1, -1, -1):
+            if catalogue.category[pool[k]] != catalogue.category[lead]:
+                follower[lead] = pool.pop(k)
+                break
+    return _Sequences(follower=follower, series=series)
+
+
+def _plant_sequences(
+    rng: np.random.Generator,
+    people: _People,
+    catalogue: _Catalogue,
+    visits: _Visits,
+    log: _EventLog,
+) -> _Sequences:
+    """Choose leads, followers and series, and log the views they cause (with their
+    clicks, carts and purchases)."""
+    planted = _choose_sequences(rng, catalogue)
+    planter = _Planter(rng, people, catalogue, visits, log)
+
+    # Accessories: a viewed or carted lead, then its follower.
+    lead = np.flatnonzero(planted.follower[visits.view_item] >= 0)
+    chance = np.where(visits.carted[lead], _P_FOLLOW_CART, _P_FOLLOW_VIEW)
+    lead = lead[rng.random(len(lead)) < chance]
+    planter.view_after(
+        visits.view_session[lead], visits.done[lead], planted.follower[visits.view_item[lead]]
+    )
+
+    # Series: a person's first view of a first step, then the steps in order.
+    series_of = np.full(len(catalogue.ids), -1, dtype=np.int32)
+    for s, steps in enumerate(planted.series):
+        series_of[steps[0]] = s
+    seen = np.flatnonzero(series_of[visits.view_item] >= 0)
+    viewer = visits.user[visits.view_session[seen]]
+    order = np.lexsort((visits.view_ts[seen], visits.view_item[seen], viewer))
+    seen, viewer = seen[order], viewer[order]
+    pair = viewer.astype(np.int64) * len(catalogue.ids) + visits.view_item[seen]
+    first = np.ones(len(seen), dtype=bool)
+    first[1:] = pair[1:] != pair[:-1]
+    seen = seen[first]
+    seen = seen[rng.random(len(seen)) < _P_SERIES_START]
+    which = series_of[visits.view_item[seen]]
+    session, done = visits.view_session[seen], visits.done[seen]
+    for k in range(1, _SERIES_LENGTH[1]):
+        going = np.array([len(steps) > k for steps in planted.series], dtype=bool)[which]
+        if k > 1:
+            going &= rng.random(len(which)) < _P_SERIES_NEXT
+        which, session, done = which[going], session[going], done[going]
+        # Step k of each series (shorter ones have stopped: their entry is never used).
+        step = np.array([steps[min(k, len(steps) - 1)] for steps in planted.series], np.int32)
+        session, done = planter.view_after(session, done, step[which])
+    return planted
+
+
+class _Planter:
+    """Logs planted views into people's sessions, each shortly after what causes it:
+    later in the same session or, as often, first thing in the person's next session."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        people: _People,
+        catalogue: _Catalogue,
+        visits: _Visits,
+        log: _EventLog,
+    ) -> None:
+        self.rng, self.people, self.catalogue = rng, people, catalogue
+        self.visits, self.log = visits, log
+        # Each person's sessions in time order, to find the one after a given one.
+        self.order = np.lexsort((visits.start, visits.user))
+        self.position = np.empty(len(self.order), dtype=np.int64)
+        self.position[self.order] = np.arange(len(self.order))
+
+    def view_after(
+        self, session: np.ndarray, done: np.ndarray, item: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Log a view of ``item`` after the event at ``done`` in ``session``, with its
+        funnel; returns the session of each view and its ``done`` (see :func:`_funnel`)."""
+        rng, visits = self.rng, self.visits
+        n = len(session)
+        target = self.position[session] + 1
+        following = self.order[np.minimum(target, len(self.order) - 1)]
+        low, high = _FIRST_THING_S
+        first_thing = visits.start[following] + rng.integers(low, high + 1, n)
+        # Only a next session that starts after the cause: effects never come first.
+        to_next = (
+            (rng.random(n) < _NEXT_SESSION)
+            & (target < len(self.order))
+            & (visits.user[following] == visits.user[session])
+            & (first_thing > done)
+        )
+        gap = rng.integers(_FOLLOW_GAP_S[0], _FOLLOW_GAP_S[1] + 1, n)
+        session = np.where(to_next, following, session)
+        ts = np.where(to_next, first_thing, done + gap)
+        user = visits.user[session]
+        in_taste = self.people.taste_mask[user, self.catalogue.category[item]]
+        _, done = _funnel(
+            rng, self.log, user, visits.channel[session], item, ts, in_taste, boost=_PLANTED_BOOST
+        )
+        return session, done
+
+
 def _write(table: pa.Table, path: Path, fmt: str) -> None:
     if fmt == "parquet":
         pq.write_table(table, path)
@@ -592,7 +838,12 @@ def _write(table: pa.Table, path: Path, fmt: str) -> None:
 
 
 def _truth(
-    seed: int, clock: _Clock, people: _People, catalogue: _Catalogue, proxy_opens: np.ndarray
+    seed: int,
+    clock: _Clock,
+    people: _People,
+    catalogue: _Catalogue,
+    proxy_opens: np.ndarray,
+    planted: _Sequences,
 ) -> dict:
     users = {}
     for i, user_id in enumerate(people.ids):
@@ -614,4 +865,11 @@ def _truth(
         "start": clock.start,
         "end": clock.end,
         "users": users,
+        "sequences": {
+            "followers": {
+                catalogue.ids[lead]: catalogue.ids[planted.follower[lead]]
+                for lead in np.flatnonzero(planted.follower >= 0)
+            },
+            "series": [[catalogue.ids[i] for i in steps] for steps in planted.series],
+        },
     }
