@@ -13,6 +13,8 @@ latest 20 % of each person's ratings are held out by time (the split of
   blend are chosen by validation on the latest part of the training part (never this
   holdout); the chosen blend is printed beside the row.
 * **served ALS**: the same with `--model als` (the blend still chosen by validation).
+* **served, no order**: default flags plus `--no-transitions`: what the order-aware part
+  is worth, on the same path.
 * **peers**, in-process on the same split, each ranked by its own ``recommend`` from the
   event-weighted history without recency or order: popularity; implicit ALS tuned over
   a small grid; item-kNN (cosine, best K of a small grid); BPR; EASE (best λ of a small
@@ -58,7 +60,12 @@ EASE_GRID = (100, 200, 300, 500, 800)
 
 
 def served_metrics(
-    frame, split, workdir: Path, params: ModelParams, choose_model: bool = False
+    frame,
+    split,
+    workdir: Path,
+    params: ModelParams,
+    choose_model: bool = False,
+    transitions: bool = True,
 ) -> tuple[dict[str, float], float, str]:
     """Train on the training part with the real job, then ask the real gRPC server."""
     redis_server = LocalRedis(workdir / "redis")
@@ -74,7 +81,10 @@ def served_metrics(
         events = workdir / "train.parquet"
         write_events(split.train, events)
         result = train(
-            settings, TrainConfig(events=events, params=params, choose_model=choose_model)
+            settings,
+            TrainConfig(
+                events=events, params=params, choose_model=choose_model, transitions=transitions
+            ),
         )
         model = ModelRegistry(settings).load_alias("champion")
         running = build_server(
@@ -130,11 +140,15 @@ def main() -> int:
     )
     rows: list[tuple[str, dict[str, float], str]] = []
 
-    for name, choose in (("served", True), ("served ALS", False)):
+    for name, choose, order in (
+        ("served", True, True),
+        ("served ALS", False, True),
+        ("served, no order", True, False),
+    ):
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="omnirec-bench-") as tmp:
             served, per_call, chosen = served_metrics(
-                frame, split, Path(tmp), ModelParams(), choose_model=choose
+                frame, split, Path(tmp), ModelParams(), choose_model=choose, transitions=order
             )
         rows.append(
             (
@@ -179,12 +193,12 @@ def main() -> int:
 
     pop, tuned = best["popularity"]["ndcg"], best["als"]["ndcg"]
     print(
-        f"\n{'model':<15}{'recall@10':>10}{'ndcg@10':>9}{'map@10':>8}{'coverage':>9}"
+        f"\n{'model':<17}{'recall@10':>10}{'ndcg@10':>9}{'map@10':>8}{'coverage':>9}"
         f"{'vs pop':>8}{'vs ALS':>8}  notes"
     )
     for name, m, note in rows:
         print(
-            f"{name:<15}{m['recall']:>10.4f}{m['ndcg']:>9.4f}{m['map']:>8.4f}"
+            f"{name:<17}{m['recall']:>10.4f}{m['ndcg']:>9.4f}{m['map']:>8.4f}"
             f"{m['coverage']:>9.4f}{m['ndcg'] / pop:>7.2f}x{m['ndcg'] / tuned:>7.2f}x  {note}"
         )
     return 0

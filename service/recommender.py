@@ -84,20 +84,38 @@ class Following:
 
     items: np.ndarray
     """The history items whose followers were scored, newest first."""
-    rows: sp.csr_matrix
-    """Their transition rows."""
+    rows: list[tuple[np.ndarray, np.ndarray]]
+    """Their transition rows: (columns, sorted; values)."""
     weight: np.ndarray
     """Each one's weight (newest 1, then halving)."""
-    wins: np.ndarray
-    """Per item: the transition part is larger than the model's own."""
+    columns: np.ndarray
+    """The items the transition part scored (sorted)."""
+    part: np.ndarray
+    """Its score for each of ``columns``."""
+    blended: np.ndarray
+    """Every item's blended score (the model's own part plus ``part``)."""
 
     def sources(self, top: np.ndarray) -> np.ndarray:
         """For each of ``top``: the history item whose followers scored it most where the
-        transition part won, else -1."""
-        weighted = self.rows[:, top].toarray() * self.weight[:, None]
+        transition part is larger than the model's own, else -1."""
+        part = np.zeros(len(top))
+        found = _lookup(self.columns, top)
+        part[found >= 0] = self.part[found[found >= 0]]
+        won = part > self.blended[top] - part
+        weighted = np.zeros((len(self.rows), len(top)))
+        for r, (columns, values) in enumerate(self.rows):
+            at = _lookup(columns, top)
+            weighted[r, at >= 0] = values[at[at >= 0]] * self.weight[r]
         best = np.argmax(weighted, axis=0)
-        won = self.wins[top] & (weighted.max(axis=0) > 0)
-        return np.where(won, self.items[best], -1)
+        return np.where(won & (weighted.max(axis=0) > 0), self.items[best], -1)
+
+
+def _lookup(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each of ``wanted`` in ``sorted_keys``, or -1."""
+    if not len(sorted_keys):
+        return np.full(len(wanted), -1)
+    at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
+    return np.where(sorted_keys[at] == wanted, at, -1)
 
 
 @dataclass(frozen=True)
@@ -222,8 +240,12 @@ class Recommender:
         if self.params.recency_half_life_events is not None:
             blend = replace(blend, recency_half_life_events=self.params.recency_half_life_events)
         self.blend = blend
-        # Without a weight the transitions would cost a sparse product for nothing.
-        self._transitions = bundle.transitions if blend.transition_weight > 0 else None
+        # Without a weight the transitions would cost work for nothing. Rows are read
+        # by binary search (reasons), so their columns must be sorted.
+        transitions = bundle.transitions if blend.transition_weight > 0 else None
+        if transitions is not None and not transitions.has_sorted_indices:
+            transitions = transitions.sorted_indices()
+        self._transitions = transitions
         self.weights: Mapping[str, float] = meta.get("weights") or FALLBACK_WEIGHTS
         model_params = meta.get("params", {})
         self.alpha = float(model_params.get("alpha", 1.0))
@@ -272,7 +294,11 @@ class Recommender:
         # live, one publication): their positives and user vector are worked out once.
         memo = view.user.memo.get(self)
         if memo is None:
-            memo = view.user.memo[self] = {"positives": self._positives(view.user.history)}
+            positives = self._positives(view.user.history)
+            memo = view.user.memo[self] = {
+                "positives": positives,
+                "history": self._history_indices(positives),
+            }
         positives = memo["positives"]
         scores, after = self._blended(user_id, positives, memo)
         context = self.item_index.get(options.context_item_id)
@@ -282,7 +308,7 @@ class Recommender:
             combined, from_context = _combine(scores, context_scores)
             blocked = excluded | ({options.context_item_id} if context is not None else set())
             top = self._top(combined, blocked, catalogue, options)
-            reasons = self._reasons(top, self._history_indices(positives), after)
+            reasons = self._reasons(top, memo["history"], after)
             ranked = [
                 Recommendation(
                     str(self.bundle.item_ids[j]),
@@ -384,17 +410,27 @@ class Recommender:
         scores = self._user_scores(user_id, positives, memo)
         if self._transitions is None or scores is None or not len(positives.items):
             return scores, None
-        items, _ = self._history_indices(positives)
+        items, _ = memo["history"] if memo else self._history_indices(positives)
         items = items[: self.blend.transition_events]
         weight = 0.5 ** np.arange(len(items))
-        rows = self._transitions[items]
-        following = np.asarray(rows.T @ weight).ravel()
-        top = float(following.max())
+        # Straight from the CSR arrays: a handful of short rows, where scipy's slicing
+        # and products cost more than the arithmetic.
+        t = self._transitions
+        rows = [
+            (t.indices[t.indptr[j] : t.indptr[j + 1]], t.data[t.indptr[j] : t.indptr[j + 1]])
+            for j in items.tolist()
+        ]
+        # The transition part is sparse (a few hundred items): add it where it is.
+        columns, inverse = np.unique(np.concatenate([c for c, _ in rows]), return_inverse=True)
+        values = [w * v for (_, v), w in zip(rows, weight.tolist(), strict=True)]
+        summed = np.bincount(inverse, weights=np.concatenate(values))
+        top = float(summed.max()) if len(summed) else 0.0
         if not top > 0:
             return scores, None
-        own = scores / max(float(np.max(np.abs(scores))), 1e-12)
-        part = self.blend.transition_weight * following / top
-        return own + part, Following(items, rows, weight, part > own)
+        part = self.blend.transition_weight * summed / top
+        blended = scores / max(float(np.max(np.abs(scores))), 1e-12)
+        blended[columns] += part
+        return blended, Following(items, rows, weight, columns, part, blended)
 
     def _user_scores(
         self, user_id: str, positives: Positives, memo: dict[str, Any] | None = None

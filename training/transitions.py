@@ -60,17 +60,14 @@ def fit_transitions(
     new_step = np.ones(len(items), dtype=bool)
     new_step[1:] = (items[1:] != items[:-1]) | (users[1:] != users[:-1])
     users, items = users[new_step], items[new_step]
-    rows, cols, vals = [], [], []
+    # One distance at a time, summed as sparse matrices: memory stays at one pass's
+    # pairs (about the number of steps), not window × steps.
+    counts = sp.csr_matrix((n, n), dtype=np.float64)
     for d in range(1, window + 1):
         a, b = items[:-d], items[d:]
         keep = (users[:-d] == users[d:]) & (a != b)
-        rows.append(a[keep])
-        cols.append(b[keep])
-        vals.append(np.full(int(keep.sum()), 1.0 / d))
-    counts = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    )
-    counts.sum_duplicates()
+        pairs = np.full(int(keep.sum()), 1.0 / d)
+        counts = counts + sp.csr_matrix((pairs, (a[keep], b[keep])), shape=(n, n))
     totals = np.asarray(counts.sum(axis=1)).ravel()
     scaled = sp.diags(1.0 / (totals + shrinkage)) @ counts
     return _top_per_row(sp.csr_matrix(scaled, dtype=np.float32), max_next)
