@@ -6,13 +6,19 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/omnirec/v1/*.proto)
 GEN    := omnirec/v1
 
-.PHONY: help venv system-deps proto proto-check lint test test-unit demo serve bench clean
+.PHONY: help venv system-deps proto proto-check lint test test-unit demo up down serve bench clean
+
+# What `make up` made (settings with the identity secret, Redis, MLflow): `make serve`
+# serves it too. Where it is absent, `serve` reads the environment alone.
+STACK_ENV := $(or $(OMNIREC_STACK_DIR),.omnirec/stack)/env
 
 help:
 	@echo "make demo         synthetic data -> train -> serve -> print recommendations"
 	@echo "make test         lint, generated-code check, unit + integration tests"
 	@echo "make test-unit    the tests that need no servers"
-	@echo "make serve        serve the champion model (python -m service serve)"
+	@echo "make up           leave Redis, a trained demo model and the service running"
+	@echo "make down         stop what make up started (its data stays)"
+	@echo "make serve        serve the champion model in the foreground (python -m service serve)"
 	@echo "make bench        quality and speed benchmarks (reads ../shared/datasets if present)"
 	@echo "make proto        regenerate $(GEN) from protos/"
 
@@ -52,8 +58,14 @@ test-unit: system-deps $(STAMP)
 demo: system-deps $(STAMP)
 	$(PY) -m training demo
 
+up: system-deps $(STAMP)
+	$(PY) -m training up
+
+down: $(STAMP)
+	$(PY) -m training down
+
 serve: $(STAMP)
-	$(PY) -m service serve
+	$(PY) -m service serve $(if $(wildcard $(STACK_ENV)),--env-file $(STACK_ENV))
 
 bench: system-deps $(STAMP)
 	$(PY) bench/run.py

@@ -6,12 +6,16 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
+from service import metrics
 from service.access import ROLES, add_entry, key_entry, new_key, valid_name
 from service.config import Settings, feature_store, identity_secret, load_settings
 from service.errors import ConfigError, OmnirecError
@@ -36,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     serve.add_argument("--alias", help="model alias to serve (OMNIREC_MODEL_ALIAS)")
     serve.add_argument(
+        "--env-file",
+        help="NAME=value lines (as `make up` writes) for variables the environment leaves unset",
+    )
+    serve.add_argument(
         "--workers", type=int, help="worker threads for blocking work (OMNIREC_WORKERS)"
     )
     serve.add_argument(
@@ -57,6 +65,13 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     """Run ``settings.processes`` copies of ``serve`` on one port; forward SIGTERM and
     SIGINT to them; if one exits, stop the others. Returns the first failure's code."""
     command = [sys.executable, "-m", "service", *argv, "--processes", "1", "--reuse-port"]
+    host = server_security(settings).host  # checked here, before any child starts
+    folder = None
+    if settings.metrics_port:
+        # The children write their series to files here; this process serves the sum.
+        folder = tempfile.TemporaryDirectory(prefix="omnirec-metrics-")
+        metrics.prepare_multiprocess(Path(folder.name))
+        metrics.serve_metrics(settings.metrics_port, _bare(host))
     children = [subprocess.Popen(command) for _ in range(settings.processes)]
     log.info("started %d server processes on port %d", len(children), settings.port)
 
@@ -68,19 +83,53 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = 0
+    gone: set[int] = set()
     while any(child.poll() is None for child in children):
         for child in children:
+            if child.poll() is not None and child.pid not in gone:
+                gone.add(child.pid)
+                metrics.process_gone(child.pid)
             if child.poll() is not None and child.returncode != 0 and code == 0:
                 code = child.returncode
                 forward(signal.SIGTERM, None)
         time.sleep(0.2)
+    if folder is not None:
+        folder.cleanup()
     return code or max(child.returncode for child in children)
+
+
+def _with_env_file(path: str) -> dict[str, str]:
+    """The environment, with ``path``'s ``NAME=value`` lines beneath it: a variable set
+    in the environment wins, so one setting can be changed for one run."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: cannot read it ({exc.strerror})") from None
+    values = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--env-file {path}, line {n}: not NAME=value")
+        values[name.strip()] = value.strip()
+    return {**values, **os.environ}
+
+
+def _bare(host: str) -> str:
+    """``[::]`` → ``::``: the HTTP server takes addresses without brackets."""
+    return host.removeprefix("[").removesuffix("]")
 
 
 def serve(settings: Settings, reuse_port: bool = False) -> None:
     identity_secret(settings)
     # Keys, certificates and the bind address are checked before the slow model load.
     security = server_security(settings)
+    # A child of the supervisor (reuse_port) writes its series for the supervisor's
+    # endpoint; a single process serves its own (a busy port fails here, before the load).
+    if settings.metrics_port and not reuse_port:
+        metrics.serve_metrics(settings.metrics_port, _bare(security.host))
     registry = ModelRegistry(settings)
     model = registry.load_alias(settings.model_alias)
     store = feature_store(settings)
@@ -158,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         settings = load_settings(
+            _with_env_file(args.env_file) if args.env_file else None,
             port=args.port,
             host=args.host,
             model_alias=args.alias,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from service import metrics
 from service.errors import BadInput
 from service.events import MAX_ID_LENGTH
 
@@ -122,6 +123,10 @@ class Catalogue:
         return cached[1], cached[2]
 
 
+_CATALOGUE_HIT = metrics.CACHE.labels("catalogue", "hit")
+_CATALOGUE_MISS = metrics.CACHE.labels("catalogue", "miss")
+
+
 class CatalogueCache:
     """Holds the current :class:`Catalogue`, reloading it when the version moves."""
 
@@ -143,5 +148,7 @@ class CatalogueCache:
         on a worker thread so the loop keeps answering meanwhile."""
         current = self.current
         if version == current.version:
+            _CATALOGUE_HIT.inc()
             return current
+        _CATALOGUE_MISS.inc()
         return await asyncio.to_thread(self.get, version)

@@ -42,6 +42,9 @@ class Settings:
     """OMNIREC_KEY_PREFIX: prefix of every Redis key, so several deployments share a Redis."""
     port: int = 50051
     """OMNIREC_PORT: gRPC port of ``serve`` (0 picks a free one)."""
+    metrics_port: int = 0
+    """OMNIREC_METRICS_PORT: Prometheus ``/metrics`` over HTTP on this port, bound to the
+    gRPC server's address (0: off). With several processes, one endpoint sums them."""
     host: str = ""
     """OMNIREC_HOST: address the gRPC server binds. Unset: every interface (``[::]``) when
     API keys are configured, ``127.0.0.1`` without them. A non-loopback address without
@@ -193,6 +196,12 @@ def _validate(s: Settings) -> None:
     )
     need(bool(s.mlflow_tracking_uri), "mlflow_tracking_uri", "must not be empty")
     need(0 <= s.port <= 65535, "port", "must be 0..65535")
+    need(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0..65535 (0: off)")
+    need(
+        s.metrics_port == 0 or s.metrics_port != s.port,
+        "metrics_port",
+        "must differ from OMNIREC_PORT",
+    )
     need(s.workers >= 1, "workers", "must be at least 1")
     need(s.processes >= 1, "processes", "must be at least 1")
     need(s.processes == 1 or s.port != 0, "processes", "several processes need a fixed port")

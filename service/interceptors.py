@@ -1,4 +1,8 @@
-"""What every call passes before a servicer sees it: one ``grpc.aio`` interceptor.
+"""What every call passes before a servicer sees it: two ``grpc.aio`` interceptors.
+
+:class:`Measure`, outermost, counts and times every unary call whatever becomes of it
+(the standard ``grpc_server_*`` series of :mod:`service.metrics`), refusals included.
+Then :class:`Guard`:
 
 In order, for every method except health checking (answered before anything else, so
 a flood of heavy calls or a missing key never makes a load balancer think we are down):
@@ -23,15 +27,74 @@ The name of the key stays in :data:`service.access.caller` for the call, so audi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from service import metrics
 from service.access import OPEN_PREFIXES, KeyRing, caller
 
 log = logging.getLogger(__name__)
+
+
+class Measure(grpc.aio.ServerInterceptor):
+    """``grpc_server_started_total``, ``grpc_server_handled_total{grpc_code}`` and
+    ``grpc_server_handling_seconds`` for every unary call (streams: reflection only,
+    which is not measured)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:
+            wrapped = handler._replace(unary_unary=_measured(details.method, handler.unary_unary))
+            # Guard hands out one handler per method and key: keep the newest.
+            cached = self._wrapped[details.method] = (handler, wrapped)
+        return cached[1]
+
+
+def _measured(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """``behavior`` counted and timed; the label children are looked up once."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    labels = ("unary", service, name)
+    started = metrics.STARTED.labels(*labels)
+    handling = metrics.HANDLING.labels(*labels)
+    handled: dict[grpc.StatusCode, Any] = {}
+
+    def done(code: grpc.StatusCode) -> None:
+        counter = handled.get(code)
+        if counter is None:
+            counter = handled[code] = metrics.HANDLED.labels(*labels, code.name)
+        counter.inc()
+
+    async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started.inc()
+        begun = time.perf_counter()
+        try:
+            reply = await behavior(request, context)
+        except BaseException:
+            # An abort carries its code on the context; anything else is gRPC's UNKNOWN
+            # (or CANCELLED when the caller went away).
+            code = context.code() if hasattr(context, "code") else None
+            done(code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            handling.observe(time.perf_counter() - begun)
+        done(grpc.StatusCode.OK)
+        return reply
+
+    return measured
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import math
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service import metrics
 from service.catalogue import (
     MAX_CATEGORY_LENGTH,
     MAX_TITLE_LENGTH,
@@ -38,9 +40,9 @@ from service.catalogue import (
 from service.config import Settings, identity_secret, repurchase_days
 from service.engagement import EngagementService, priors_of
 from service.errors import BadInput, DeadlineExpired, NotFound, StoreUnavailable, quote
-from service.events import MAX_ID_LENGTH, id_problem, validate_event
+from service.events import EVENT_TYPES, MAX_ID_LENGTH, id_problem, validate_event
 from service.identity import Identities
-from service.interceptors import Guard
+from service.interceptors import Guard, Measure
 from service.profiles import ProfilesService
 from service.recommender import (
     RankingOptions,
@@ -90,11 +92,14 @@ class ModelHolder:
     def __init__(self, model: ServedModel, params: ServingParams) -> None:
         self.params = params
         self.engine = Engine.of(model, params)
+        metrics.show_model(model.label)
 
     def swap(self, model: ServedModel) -> None:
         engine = Engine.of(model, self.params)
+        previous = self.engine.model.label
         # One reference assignment: a request sees the old engine or the new one.
         self.engine = engine
+        metrics.show_model(model.label, previous)
         log.info("now serving %s", model.label)
 
 
@@ -298,7 +303,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if remaining is not None and remaining <= 0:
             # The caller gave up: write nothing it would not know about.
             raise DeadlineExpired("the deadline expired before the events were written")
-        erased = await self._record(accepted)
+        erased, duplicates = await self._record(accepted)
+        _count_events(request.events, rejections, erased, accepted, duplicates)
         for event in erased:
             rejections.append(
                 pb.RejectedEvent(
@@ -314,9 +320,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             rejections=rejections,
         )
 
-    async def _record(self, events: list[TrackedEvent]) -> list[TrackedEvent]:
+    async def _record(self, events: list[TrackedEvent]) -> tuple[list[TrackedEvent], int]:
         """Write ``events`` (each naming an identifier token in ``user_id``) under their
-        people; returns those refused because their person was erased. Usually two round
+        people; returns those refused because their person was erased, and how many were
+        retries of events already recorded. Usually two round
         trips: resolve, then one script call on the loop, like every read (a worker
         thread costs a hand-off each way and fights the loop for the GIL). Events whose
         token a concurrent link moved to another person are resolved and written again."""
@@ -324,6 +331,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             event.token = event.user_id
         weights = self.models.engine.recommender.weights
         erased: list[TrackedEvent] = []
+        duplicates = 0
         pending = events
         for _ in range(MAX_RECORD_ATTEMPTS):
             tokens = sorted({e.token for e in pending})
@@ -338,8 +346,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 self.store.record_plan(pending, weights, marks), "recording events"
             )
             erased += [pending[n] for n in recorded.erased]
+            duplicates += recorded.duplicates
             if not recorded.moved:
-                return erased
+                return erased, duplicates
             pending = [pending[n] for n in recorded.moved]
         raise StoreUnavailable("events kept racing identity links; retry them")
 
@@ -361,6 +370,29 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         # Rare and batched: the sync client on a worker thread.
         created = await asyncio.to_thread(self.store.upsert_items, items)
         return pb.UpsertItemsResponse(upserted=len(items), created=created)
+
+
+def _count_events(
+    events: Any,
+    rejections: list[pb.RejectedEvent],
+    erased: list[TrackedEvent],
+    accepted: list[TrackedEvent],
+    duplicates: int,
+) -> None:
+    """``omnirec_events_total`` by type and outcome for one batch (a few increments per
+    batch, not one per event)."""
+    outcome = Counter(
+        (kind if kind in EVENT_TYPES else "other", "rejected")
+        for kind in (events[r.index].event_type for r in rejections)
+    )
+    outcome.update((e.event_type, "erased") for e in erased)
+    outcome.update((e.event_type, "accepted") for e in accepted)
+    outcome.subtract((e.event_type, "accepted") for e in erased)
+    for (kind, result), count in outcome.items():
+        if count:
+            metrics.EVENTS.labels(kind, result).inc(count)
+    if duplicates:
+        metrics.DUPLICATES.inc(duplicates)
 
 
 def _items(ranked: list[Recommendation], catalogue: Catalogue) -> list[pb.RecommendedItem]:
@@ -557,7 +589,7 @@ async def _start(
         ServingParams(settings.recency_half_life_events or None, settings.recent_events),
     )
     server = grpc.aio.server(
-        interceptors=[Guard(security.keys, settings.max_concurrent_calls)],
+        interceptors=[Measure(), Guard(security.keys, settings.max_concurrent_calls)],
         options=[
             # Off unless asked: a second server on a busy port must fail, not share it.
             ("grpc.so_reuseport", 1 if reuse_port else 0),

@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered versions and their aliases")
 
+    up = sub.add_parser(
+        "up", help="leave redis-server, a trained demo model and the service running (make up)"
+    )
+    up.add_argument("--users", type=_positive_int, default=2000)
+    up.add_argument("--items", type=_positive_int, default=500)
+    up.add_argument("--days", type=_positive_int, default=60)
+    up.add_argument("--seed", type=int, default=7)
+    sub.add_parser("down", help="stop what `up` started (make down); its data stays")
+
     demo = sub.add_parser("demo", help="generate → train → serve → print recommendations")
     demo.add_argument("--users", type=_positive_int, default=2000)
     demo.add_argument("--items", type=_positive_int, default=500)
@@ -126,6 +135,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "train":
         return _train(args, settings)
+    if args.command == "up":
+        from training.stack import up
+
+        return up(args.users, args.items, args.days, args.seed)
+    if args.command == "down":
+        from training.stack import down
+
+        return down()
     if args.command == "export-events":
         from service.config import feature_store
         from training.export import export_events

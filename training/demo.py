@@ -113,15 +113,10 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
         f"\nMLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
         "  (then open http://127.0.0.1:5000)"
     )
-    print("Serve for real: make serve   (python -m service serve --port 50051)")
+    # This demo's Redis and key go with it; `make up` keeps a stack running to call.
     print(
-        f"With this run's key (admin role; make your own: python -m service make-key --name "
-        f"web --roles recommend --file {keys_file}):\n"
-        f"  export KEY={key}\n"
-        f"  OMNIREC_API_KEYS_FILE={keys_file} make serve\n"
-        '  grpcurl -plaintext -H "authorization: Bearer $KEY" '
-        '-d \'{"user_id": "u00001", "limit": 5}\' localhost:50051 '
-        "omnirec.v1.Recommender/Recommend"
+        "Keep one running to call yourself: make up   (grpcurl lines, metrics; make down "
+        "stops it)"
     )
     return 0
 

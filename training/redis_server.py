@@ -24,19 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def find_redis_server() -> str:
+    """The ``redis-server`` binary, or :class:`OmnirecError` saying how to get one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise OmnirecError(
+            "redis-server not found: install it (Debian: apt-get install redis-server; "
+            "`make` does it for you as root) or set REDIS_URL to a running Redis"
+        )
+    return binary
+
+
 class LocalRedis:
     """Starts at construction; ``url`` points at it."""
 
     def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         """``extra_args`` override the defaults (no persistence), e.g. ``("--appendonly",
         "yes", "--appendfsync", "always")``."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise OmnirecError(
-                "redis-server not found: install it (Debian: apt-get install redis-server; "
-                "`make` does it for you as root) or set REDIS_URL to a running Redis"
-            )
-        self.binary = binary
+        self.binary = find_redis_server()
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()

@@ -5,6 +5,7 @@ mapping of connection trouble to :class:`~service.errors.StoreUnavailable`."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
+from service import metrics
 from service.errors import StoreUnavailable
 
 
@@ -118,10 +120,12 @@ class AsyncReader:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 pipe = _pipeline(self.client, (c for commands, _, _ in batch for c in commands))
+                begun = time.perf_counter()
                 try:
                     async with asyncio.timeout(self.timeout_seconds):
                         replies = await pipe.execute(raise_on_error=False)
                 except (redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
+                    metrics.REDIS_ERRORS.labels("unreachable").inc()
                     for _, doing, future in batch:
                         if not future.done():
                             future.set_exception(
@@ -129,10 +133,12 @@ class AsyncReader:
                             )
                     continue
                 except Exception as exc:
+                    metrics.REDIS_ERRORS.labels("error").inc()
                     for _, _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                metrics.REDIS_ROUND_TRIPS.observe(time.perf_counter() - begun)
                 at = 0
                 for commands, _, future in batch:
                     part = replies[at : at + len(commands)]
@@ -141,6 +147,7 @@ class AsyncReader:
                         continue
                     failed = next((r for r in part if isinstance(r, Exception)), None)
                     if failed is not None:
+                        metrics.REDIS_ERRORS.labels("reply").inc()
                         future.set_exception(failed)
                     else:
                         future.set_result(part)

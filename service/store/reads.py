@@ -20,6 +20,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from service import metrics
 from service.store.codecs import (
     EngagementEvent,
     UserFeatures,
@@ -46,6 +47,10 @@ from service.store.keys import (
 from service.store.live import SECONDS_PER_DAY, combine_trending
 from service.store.plans import Command, Plan, command, run_plan
 from service.store.publications import POINTER_TTL_SECONDS
+
+# Label children looked up once: every request counts one of them.
+_PUBLISHED_HIT = metrics.CACHE.labels("published_features", "hit")
+_PUBLISHED_MISS = metrics.CACHE.labels("published_features", "miss")
 
 #: The person id of a request that names nobody (or an erased person): never a valid id
 #: (ids have no control characters), so it reads no one's features and has no row in any
@@ -402,11 +407,12 @@ class ServingReads:
 
     def _published_of(self, pub: str, person: str) -> UserFeatures | None:
         cache = self._published.get(pub)
-        if cache is None:
-            return None
-        found = cache.get(person)
+        found = None if cache is None else cache.get(person)
         if found is not None:
-            cache.move_to_end(person)
+            cache.move_to_end(person)  # type: ignore[union-attr]
+            _PUBLISHED_HIT.inc()
+        else:
+            _PUBLISHED_MISS.inc()
         return found
 
     def _remember(self, pub: str, person: str, features: UserFeatures) -> None:
