@@ -139,3 +139,18 @@ def test_a_broken_env_file_is_one_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"omnirec serve: error: --env-file {bad}, line 2: not NAME=value"
+
+
+def test_the_readmes_python_client_works(stack):
+    """The README's client, as printed, against the stack (its port swapped in)."""
+    folder, env = stack
+    assert training(env, "up").returncode == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("127.0.0.1:50051", f"127.0.0.1:{env['OMNIREC_PORT']}")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 10 and all(len(line.split(" ", 2)) == 3 for line in lines)
