@@ -150,6 +150,7 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
         current_version=lambda: registry.version_behind(settings.model_alias),
         reuse_port=reuse_port,
         security=security,
+        version_of=registry.version_behind,
     )
     # What is loaded now (the model, MLflow, grpc) lives as long as the process: out of
     # the cyclic collector's sight, so its full collections stop walking it while a call

@@ -49,6 +49,10 @@ class Settings:
     """OMNIREC_HOST: address the gRPC server binds. Unset: every interface (``[::]``) when
     API keys are configured, ``127.0.0.1`` without them. A non-loopback address without
     keys refuses to start unless ``OMNIREC_ALLOW_ANONYMOUS=true``."""
+    experiments_file: str = ""
+    """OMNIREC_EXPERIMENTS_FILE: A/B experiments (JSON, see README "A/B experiments"):
+    which people get which model or serving options; answers say their experiment and
+    arm. Read at start; restart (or roll the replicas) to change it."""
     api_keys_file: str = ""
     """OMNIREC_API_KEYS_FILE: JSON file of API keys (SHA-256 hashes) and their roles; see
     "Security" in README.md. Unset: no authentication, loopback only."""

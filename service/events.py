@@ -27,7 +27,16 @@ ENGAGEMENT_EVENT_TYPES: tuple[str, ...] = (
     "message_click",
     "session_start",
 )
-EVENT_TYPES: tuple[str, ...] = ITEM_EVENT_TYPES + ENGAGEMENT_EVENT_TYPES
+#: What clients send (TrackEvents, event files).
+CLIENT_EVENT_TYPES: tuple[str, ...] = ITEM_EVENT_TYPES + ENGAGEMENT_EVENT_TYPES
+#: Written by the server only: ``exposure``, a Recommend answer given under an A/B
+#: experiment (its ``recommendation_id`` names the experiment and arm). Exports carry
+#: them, so ``python -m training experiment-report`` counts what each arm was shown;
+#: TrackEvents refuses them (a client could otherwise invent exposures).
+SERVER_EVENT_TYPES: tuple[str, ...] = ("exposure",)
+EXPOSURE = SERVER_EVENT_TYPES[0]
+#: Every type an event file may hold.
+EVENT_TYPES: tuple[str, ...] = CLIENT_EVENT_TYPES + SERVER_EVENT_TYPES
 
 CHANNELS: tuple[str, ...] = (
     "web",
@@ -53,12 +62,18 @@ COLUMNS: tuple[str, ...] = (
     "value",
     "automated",
 )
+#: Optional columns beyond the contract's: files and the live stream may carry them;
+#: frames and exports have them only when some event does.
+EXTRA_COLUMNS: tuple[str, ...] = ("recommendation_id",)
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "event_type", "timestamp")
 #: ``automated`` (optional, boolean): the open or click came from a mail privacy proxy or a
 #: link scanner, not the person. Such events say nothing about when the person reads, so
 #: engagement models ignore them. In text files these spellings are accepted (any case);
 #: an empty field is false.
 AUTOMATED_TRUE: tuple[str, ...] = ("true", "1", "yes", "t")
+#: ``recommendation_id`` (optional): the Recommend answer the event came from (the
+#: person clicked it, then carted or bought), for A/B attribution; empty when none.
+MAX_RECOMMENDATION_ID_LENGTH = 128
 AUTOMATED_FALSE: tuple[str, ...] = ("false", "0", "no", "f", "")
 
 #: Longest id accepted; longer ones are almost always a column mix-up.
@@ -107,9 +122,9 @@ def validate_event(
     problem = id_problem(user_id)
     if problem is not None:
         raise InvalidEvent("user_id", problem)
-    if event_type not in EVENT_TYPES:
+    if event_type not in CLIENT_EVENT_TYPES:
         raise InvalidEvent(
-            "event_type", f"{quote(event_type)} is not one of {', '.join(EVENT_TYPES)}"
+            "event_type", f"{quote(event_type)} is not one of {', '.join(CLIENT_EVENT_TYPES)}"
         )
     if event_type in ITEM_EVENT_TYPES and not item_id:
         raise InvalidEvent("item_id", f"is required for a {event_type!r} event")

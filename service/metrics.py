@@ -101,6 +101,13 @@ CACHE = Counter(
 )
 
 
+EXPOSURES = Counter(
+    "omnirec_experiment_exposures_total",
+    "Recommend answers given under an A/B experiment, by experiment and arm.",
+    ("experiment", "arm"),
+)
+
+
 def show_model(label: str, previous: str | None = None) -> None:
     """Say that this process serves ``label`` (and no longer ``previous``)."""
     if previous is not None and previous != label:

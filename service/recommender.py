@@ -127,6 +127,9 @@ class ServingParams:
     bundle's validated value (:class:`Blend`)."""
     recent_events: int = 5
     """Explanations name an item among the newest this many as ``recent: <item>``."""
+    transition_weight: float | None = None
+    """Overrides the bundle's transition weight (an experiment arm's option); None: the
+    bundle's."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ class Recommender:
         blend = Blend.of(meta)
         if self.params.recency_half_life_events is not None:
             blend = replace(blend, recency_half_life_events=self.params.recency_half_life_events)
+        if self.params.transition_weight is not None:
+            blend = replace(blend, transition_weight=self.params.transition_weight)
         self.blend = blend
         # Without a weight the transitions would cost work for nothing. Rows are read
         # by binary search (reasons), so their columns must be sorted.

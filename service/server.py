@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -39,8 +39,22 @@ from service.catalogue import (
 )
 from service.config import Settings, identity_secret, repurchase_days
 from service.engagement import EngagementService, priors_of
-from service.errors import BadInput, DeadlineExpired, NotFound, StoreUnavailable, quote
-from service.events import EVENT_TYPES, MAX_ID_LENGTH, id_problem, validate_event
+from service.errors import (
+    BadInput,
+    ConfigError,
+    DeadlineExpired,
+    NotFound,
+    StoreUnavailable,
+    quote,
+)
+from service.events import (
+    EVENT_TYPES,
+    MAX_ID_LENGTH,
+    MAX_RECOMMENDATION_ID_LENGTH,
+    id_problem,
+    validate_event,
+)
+from service.experiments import Arm, Assignment, Experiments
 from service.identity import Identities
 from service.interceptors import Guard, Measure
 from service.profiles import ProfilesService
@@ -87,12 +101,29 @@ class Engine:
 
 
 class ModelHolder:
-    """Holds the live :class:`Engine`; readers take one reference per request."""
+    """Holds the live :class:`Engine`, and one per experiment arm that serves another
+    model or other options; readers take one reference per request."""
 
-    def __init__(self, model: ServedModel, params: ServingParams) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        params: ServingParams,
+        experiments: Experiments | None = None,
+        load_arm: Callable[[Arm], ServedModel] | None = None,
+    ) -> None:
         self.params = params
         self.engine = Engine.of(model, params)
+        self.experiments = experiments or Experiments.none()
+        self._load_arm = load_arm
+        self.arm_engines: dict[tuple[str, str], Engine] = {}
         metrics.show_model(model.label)
+        self.refresh_arms()
+
+    def engine_for(self, assignment: Assignment | None) -> Engine:
+        if assignment is None:
+            return self.engine
+        key = (assignment.experiment.name, assignment.arm.name)
+        return self.arm_engines.get(key, self.engine)
 
     def swap(self, model: ServedModel) -> None:
         engine = Engine.of(model, self.params)
@@ -101,6 +132,31 @@ class ModelHolder:
         self.engine = engine
         metrics.show_model(model.label, previous)
         log.info("now serving %s", model.label)
+        self.refresh_arms()
+
+    def refresh_arms(self) -> None:
+        """(Re)build the arms' engines: an arm on an alias follows it; an arm on the
+        default model follows the default. Arms that would serve exactly the default
+        share its engine. Blocking (registry calls, model loads)."""
+        engines: dict[tuple[str, str], Engine] = {}
+        loaded: dict[str, ServedModel] = {}
+        for experiment, arm in self.experiments.arms():
+            model = self.engine.model
+            if arm.model != "default":
+                if self._load_arm is None:
+                    raise ConfigError(f"experiment {experiment.name!r}: cannot load arm models")
+                model = self._load_arm(arm)
+                model = loaded.setdefault(model.version, model)
+            params = replace(self.params, **arm.serving)  # type: ignore[arg-type]
+            if model.version == self.engine.model.version and params == self.params:
+                continue
+            key = (experiment.name, arm.name)
+            old = self.arm_engines.get(key)
+            same = old is not None and old.model.version == model.version
+            engines[key] = old if same else Engine.of(model, params)  # type: ignore[assignment]
+            if not same:
+                log.info("experiment %s, arm %s: %s", experiment.name, arm.name, model.label)
+        self.arm_engines = engines
 
 
 def _flag(request: Any, name: str, default: bool) -> bool:
@@ -138,6 +194,13 @@ def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEv
         raise BadInput("event_id", problem)
     if len(event.event_id) > MAX_EVENT_ID_LENGTH:
         raise BadInput("event_id", f"is longer than {MAX_EVENT_ID_LENGTH} characters")
+    rid = event.recommendation_id
+    if rid and (problem := id_problem(rid)) is not None:
+        raise BadInput("recommendation_id", problem)
+    if len(rid) > MAX_RECOMMENDATION_ID_LENGTH:
+        raise BadInput(
+            "recommendation_id", f"is longer than {MAX_RECOMMENDATION_ID_LENGTH} characters"
+        )
     return TrackedEvent(
         token,
         event.item_id,
@@ -148,6 +211,7 @@ def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEv
         event.value,
         event.automated,
         event.event_id,
+        recommendation_id=rid,
     )
 
 
@@ -229,12 +293,26 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         )
         view = found.serving
         assert view is not None
+        rid = uuid.uuid4().hex
+        # An erased person takes part in nothing.
+        assignment = None if found.erased else self.models.experiments.assign(found.person)
+        if assignment is not None:
+            engine = self.models.engine_for(assignment)
+            experiment, arm = assignment.experiment.name, assignment.arm.name
+            rid = f"{experiment}:{arm}:{rid}"
+            # The exposure rides along with the next round trip; the answer does not wait.
+            self.reader.send(
+                [self.store.exposure_command(found.person, rid, int(now))], "logging an exposure"
+            )
+            metrics.EXPOSURES.labels(experiment, arm).inc()
         catalogue = await self.catalogue.get_async(view.catalogue_version)
         ranked = engine.recommender.recommend(found.scored_as, view, catalogue, options)
         return pb.RecommendResponse(
             items=_items(ranked, catalogue),
             model_version=engine.model.label,
-            recommendation_id=uuid.uuid4().hex,
+            recommendation_id=rid,
+            experiment=assignment.experiment.name if assignment else "",
+            arm=assignment.arm.name if assignment else "",
         )
 
     @rpc
@@ -469,6 +547,9 @@ class Supervisor:
             if version is not None and version != self.models.engine.model.version:
                 model = await asyncio.to_thread(self.reload_model, version)
                 await asyncio.to_thread(self.models.swap, model)
+            elif self.models.experiments.experiments:
+                # Arms on an alias follow it as the default follows its own.
+                await asyncio.to_thread(self.models.refresh_arms)
         except Exception:
             # The registry may be briefly unreachable; keep serving the loaded model.
             log.exception("checking the model alias failed; still serving the loaded model")
@@ -528,6 +609,7 @@ def build_server(
     address: str | None = None,
     reuse_port: bool = False,
     security: ServerSecurity | None = None,
+    version_of: Callable[[str], str | None] | None = None,
 ) -> RunningServer:
     """Start a gRPC server on ``address`` (default ``host:port`` from settings).
 
@@ -537,15 +619,48 @@ def build_server(
     ``current_version`` let the server follow the alias; leave them out to serve
     ``model`` for good. ``reuse_port`` lets several processes share the port.
     ``security`` (keys, TLS, bind address) defaults to what the settings say.
+    ``version_of`` (alias → version) lets experiment arms name aliases.
     """
     security = security or server_security(settings)
+    experiments = (
+        Experiments.load(settings.experiments_file, identity_secret(settings))
+        if settings.experiments_file
+        else None
+    )
+
+    def load_arm(arm: Arm) -> ServedModel:
+        version = arm.model_version
+        if version is None and arm.model_alias is not None:
+            version = version_of(arm.model_alias) if version_of is not None else None
+            if version is None:
+                raise ConfigError(
+                    f"experiment arm {arm.name!r}: alias {arm.model_alias!r} names no version"
+                )
+        if reload_model is None or version is None:
+            raise ConfigError(f"experiment arm {arm.name!r}: its model cannot be loaded here")
+        return reload_model(version)
+
+    # Arm models load here, before the loop runs: a bad arm stops the start with one line.
+    models = ModelHolder(
+        model,
+        ServingParams(settings.recency_half_life_events or None, settings.recent_events),
+        experiments,
+        load_arm,
+    )
     ready: concurrent.futures.Future[RunningServer] = concurrent.futures.Future()
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
         try:
             running = await _start(
-                settings, model, store, reload_model, current_version, address, reuse_port, security
+                settings,
+                models,
+                store,
+                reload_model,
+                current_version,
+                address,
+                reuse_port,
+                security,
             )
         except BaseException as exc:  # reported to the caller of build_server
             ready.set_exception(exc)
@@ -576,7 +691,7 @@ def build_server(
 
 async def _start(
     settings: Settings,
-    model: ServedModel,
+    models: ModelHolder,
     store: FeatureStore,
     reload_model: Callable[[str], ServedModel] | None,
     current_version: Callable[[], str | None] | None,
@@ -584,10 +699,6 @@ async def _start(
     reuse_port: bool,
     security: ServerSecurity,
 ) -> RunningServer:
-    models = ModelHolder(
-        model,
-        ServingParams(settings.recency_half_life_events or None, settings.recent_events),
-    )
     server = grpc.aio.server(
         interceptors=[Measure(), Guard(security.keys, settings.max_concurrent_calls)],
         options=[

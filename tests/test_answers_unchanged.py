@@ -334,6 +334,10 @@ def plain(reply: Message) -> dict[str, Any]:
         reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     out.pop("recommendation_id", None)
+    # Fields added since the snapshot, left empty outside an A/B experiment.
+    for added in ("experiment", "arm"):
+        if out.get(added) == "":
+            del out[added]
     if isinstance(reply, pb.RecommendResponse | pb.SimilarItemsResponse):
         out["items"] = [[r.item_id, float(r.score), r.reason] for r in reply.items]
     return out

@@ -115,8 +115,7 @@ def _demo(settings: Settings, args: argparse.Namespace, work: Path) -> int:
     )
     # This demo's Redis and key go with it; `make up` keeps a stack running to call.
     print(
-        "Keep one running to call yourself: make up   (grpcurl lines, metrics; make down "
-        "stops it)"
+        "Keep one running to call yourself: make up   (grpcurl lines, metrics; make down stops it)"
     )
     return 0
 

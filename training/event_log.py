@@ -42,6 +42,7 @@ from service.events import (
     CHANNELS,
     COLUMNS,
     EVENT_TYPES,
+    EXTRA_COLUMNS,
     ITEM_EVENT_TYPES,
     MAX_ID_LENGTH,
     REQUIRED_COLUMNS,
@@ -57,7 +58,7 @@ MAX_TIMESTAMP = 253_402_300_799
 
 ACCEPTED_FORMATS = ".csv, .csv.gz, .parquet, .pq or a directory of *.parquet files"
 
-_STRING_FIELDS = ("user_id", "item_id", "event_type", "channel", "timezone")
+_STRING_FIELDS = ("user_id", "item_id", "event_type", "channel", "timezone", "recommendation_id")
 # Plain decimal numbers only: "nan", "inf" and hex are not epoch seconds or values.
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # pandas parses "now" and "today" even with format="ISO8601"; demand a year first.
@@ -345,7 +346,7 @@ def _present_columns(names: Sequence[str], source: str) -> list[str]:
             f"{source}: missing required column{'s' if len(missing) > 1 else ''} "
             f"{', '.join(missing)} (columns are {', '.join(COLUMNS)})"
         )
-    return [c for c in COLUMNS if c in names]
+    return [c for c in (*COLUMNS, *EXTRA_COLUMNS) if c in names]
 
 
 # --- validating ------------------------------------------------------------------------
@@ -490,7 +491,11 @@ class _Fields:
             "value": self.values[keep],
             "automated": self.automated[keep],
         }
-        return pd.DataFrame({name: columns[name] for name in COLUMNS})
+        frame = pd.DataFrame({name: columns[name] for name in COLUMNS})
+        for name in EXTRA_COLUMNS:
+            if pc.any(pc.not_equal(self.strings[name], "")).as_py():
+                frame[name] = text(name).to_numpy()
+        return frame
 
 
 def _strings(column: pa.ChunkedArray, name: str, source: str) -> pa.ChunkedArray:
@@ -665,6 +670,9 @@ def _to_arrow(frame: pd.DataFrame, dest: str) -> pa.Table:
             arrays[name] = pa.array(text).cast(pa.string())
         else:
             arrays[name] = pa.repeat("", n).cast(pa.string())
+    for name in EXTRA_COLUMNS:  # only when the frame has them: files stay as they were
+        if name in frame.columns:
+            arrays[name] = pa.array(frame[name].astype("str").fillna("")).cast(pa.string())
     return pa.table(arrays)
 
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from omnirec.v1 import identity_pb2 as omnirec_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1comnirec/v1/recommender.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"\xef\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x11\n\tautomated\x18\x08 \x01(\x08\x12*\n\nidentifier\x18\t \x01(\x0b\x32\x16.omnirec.v1.Identifier\x12\x10\n\x08\x65vent_id\x18\n \x01(\t\"\xf6\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x1e\n\x11\x65xclude_purchased\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10\x65xclude_disliked\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\x12include_categories\x18\x06 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x07 \x03(\t\x12\x15\n\rin_stock_only\x18\x08 \x01(\x08\x12\x17\n\x0f\x63ontext_item_id\x18\t \x01(\t\x12\x19\n\x0c\x65xclude_seen\x18\n \x01(\x08H\x02\x88\x01\x01\x12*\n\nidentifier\x18\x0b \x01(\x0b\x32\x16.omnirec.v1.IdentifierB\x14\n\x12_exclude_purchasedB\x13\n\x11_exclude_dislikedB\x0f\n\r_exclude_seen\"V\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"q\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.omnirec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\"\xe9\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x1a\n\x12include_categories\x18\x04 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x05 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x15\n\rin_stock_only\x18\x07 \x01(\x08\x12\x0f\n\x07user_id\x18\x08 \x01(\t\x12*\n\nidentifier\x18\t \x01(\x0b\x32\x16.omnirec.v1.Identifier\"t\n\x14SimilarItemsResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.omnirec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\"7\n\x12TrackEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.omnirec.v1.Event\"=\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12-\n\nrejections\x18\x03 \x03(\x0b\x32\x19.omnirec.v1.RejectedEvent\"\x9b\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x15\n\x08\x63\x61tegory\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05title\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05price\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08in_stock\x18\x05 \x01(\x08H\x03\x88\x01\x01\x42\x0b\n\t_categoryB\x08\n\x06_titleB\x08\n\x06_priceB\x0b\n\t_in_stock\"5\n\x12UpsertItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.omnirec.v1.Item\"8\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x05\x32\xca\x02\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.omnirec.v1.RecommendRequest\x1a\x1d.omnirec.v1.RecommendResponse\x12Q\n\x0cSimilarItems\x12\x1f.omnirec.v1.SimilarItemsRequest\x1a .omnirec.v1.SimilarItemsResponse\x12N\n\x0bTrackEvents\x12\x1e.omnirec.v1.TrackEventsRequest\x1a\x1f.omnirec.v1.TrackEventsResponse\x12N\n\x0bUpsertItems\x12\x1e.omnirec.v1.UpsertItemsRequest\x1a\x1f.omnirec.v1.UpsertItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1comnirec/v1/recommender.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"\x8a\x02\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x11\n\tautomated\x18\x08 \x01(\x08\x12*\n\nidentifier\x18\t \x01(\x0b\x32\x16.omnirec.v1.Identifier\x12\x10\n\x08\x65vent_id\x18\n \x01(\t\x12\x19\n\x11recommendation_id\x18\x0b \x01(\t\"\xf6\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x1e\n\x11\x65xclude_purchased\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10\x65xclude_disliked\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\x12include_categories\x18\x06 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x07 \x03(\t\x12\x15\n\rin_stock_only\x18\x08 \x01(\x08\x12\x17\n\x0f\x63ontext_item_id\x18\t \x01(\t\x12\x19\n\x0c\x65xclude_seen\x18\n \x01(\x08H\x02\x88\x01\x01\x12*\n\nidentifier\x18\x0b \x01(\x0b\x32\x16.omnirec.v1.IdentifierB\x14\n\x12_exclude_purchasedB\x13\n\x11_exclude_dislikedB\x0f\n\r_exclude_seen\"V\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\"\x92\x01\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.omnirec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x0b\n\x03\x61rm\x18\x05 \x01(\t\"\xe9\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x1a\n\x12include_categories\x18\x04 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x05 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x15\n\rin_stock_only\x18\x07 \x01(\x08\x12\x0f\n\x07user_id\x18\x08 \x01(\t\x12*\n\nidentifier\x18\t \x01(\x0b\x32\x16.omnirec.v1.Identifier\"t\n\x14SimilarItemsResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.omnirec.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\"7\n\x12TrackEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.omnirec.v1.Event\"=\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12-\n\nrejections\x18\x03 \x03(\x0b\x32\x19.omnirec.v1.RejectedEvent\"\x9b\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x15\n\x08\x63\x61tegory\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05title\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05price\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08in_stock\x18\x05 \x01(\x08H\x03\x88\x01\x01\x42\x0b\n\t_categoryB\x08\n\x06_titleB\x08\n\x06_priceB\x0b\n\t_in_stock\"5\n\x12UpsertItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.omnirec.v1.Item\"8\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x05\x32\xca\x02\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.omnirec.v1.RecommendRequest\x1a\x1d.omnirec.v1.RecommendResponse\x12Q\n\x0cSimilarItems\x12\x1f.omnirec.v1.SimilarItemsRequest\x1a .omnirec.v1.SimilarItemsResponse\x12N\n\x0bTrackEvents\x12\x1e.omnirec.v1.TrackEventsRequest\x1a\x1f.omnirec.v1.TrackEventsResponse\x12N\n\x0bUpsertItems\x12\x1e.omnirec.v1.UpsertItemsRequest\x1a\x1f.omnirec.v1.UpsertItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'omnirec.v1.recommender_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT']._serialized_start=105
-  _globals['_EVENT']._serialized_end=344
-  _globals['_RECOMMENDREQUEST']._serialized_start=347
-  _globals['_RECOMMENDREQUEST']._serialized_end=721
-  _globals['_RECOMMENDEDITEM']._serialized_start=723
-  _globals['_RECOMMENDEDITEM']._serialized_end=809
-  _globals['_RECOMMENDRESPONSE']._serialized_start=811
-  _globals['_RECOMMENDRESPONSE']._serialized_end=924
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=927
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1160
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1162
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1278
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=1280
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=1335
-  _globals['_REJECTEDEVENT']._serialized_start=1337
-  _globals['_REJECTEDEVENT']._serialized_end=1398
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1400
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1504
-  _globals['_ITEM']._serialized_start=1507
-  _globals['_ITEM']._serialized_end=1662
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1664
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1717
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1719
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1775
-  _globals['_RECOMMENDER']._serialized_start=1778
-  _globals['_RECOMMENDER']._serialized_end=2108
+  _globals['_EVENT']._serialized_end=371
+  _globals['_RECOMMENDREQUEST']._serialized_start=374
+  _globals['_RECOMMENDREQUEST']._serialized_end=748
+  _globals['_RECOMMENDEDITEM']._serialized_start=750
+  _globals['_RECOMMENDEDITEM']._serialized_end=836
+  _globals['_RECOMMENDRESPONSE']._serialized_start=839
+  _globals['_RECOMMENDRESPONSE']._serialized_end=985
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=988
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1221
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1223
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1339
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=1341
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=1396
+  _globals['_REJECTEDEVENT']._serialized_start=1398
+  _globals['_REJECTEDEVENT']._serialized_end=1459
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1461
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1565
+  _globals['_ITEM']._serialized_start=1568
+  _globals['_ITEM']._serialized_end=1723
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1725
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1778
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1780
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1836
+  _globals['_RECOMMENDER']._serialized_start=1839
+  _globals['_RECOMMENDER']._serialized_end=2169
 # @@protoc_insertion_point(module_scope)

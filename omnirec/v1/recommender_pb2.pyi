@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "channel", "timezone", "value", "automated", "identifier", "event_id")
+    __slots__ = ("user_id", "item_id", "event_type", "timestamp", "channel", "timezone", "value", "automated", "identifier", "event_id", "recommendation_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class Event(_message.Message):
     AUTOMATED_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: str
@@ -32,7 +33,8 @@ class Event(_message.Message):
     automated: bool
     identifier: _identity_pb2.Identifier
     event_id: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., timezone: _Optional[str] = ..., value: _Optional[float] = ..., automated: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ..., event_id: _Optional[str] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., timezone: _Optional[str] = ..., value: _Optional[float] = ..., automated: _Optional[bool] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ..., event_id: _Optional[str] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "limit", "exclude_item_ids", "exclude_purchased", "exclude_disliked", "include_categories", "exclude_categories", "in_stock_only", "context_item_id", "exclude_seen", "identifier")
@@ -73,14 +75,18 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "recommendation_id")
+    __slots__ = ("items", "model_version", "recommendation_id", "experiment", "arm")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     recommendation_id: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+    experiment: str
+    arm: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "limit", "mode", "include_categories", "exclude_categories", "exclude_item_ids", "in_stock_only", "user_id", "identifier")

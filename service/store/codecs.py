@@ -152,6 +152,8 @@ class TrackedEvent:
     token: str = ""
     """The identifier token the event named (``user_id`` holds its resolved person); empty
     when the person was given directly."""
+    recommendation_id: str = ""
+    """The Recommend answer the event came from, when the client says so."""
 
 
 #: A string as JSON (``json``'s own C escaper, as :func:`to_json` uses).

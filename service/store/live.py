@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from service.events import COLUMNS
+from service.events import COLUMNS, EXPOSURE, EXTRA_COLUMNS
 from service.store.codecs import TrackedEvent, encode_engagement, encode_entry
 from service.store.keys import (
     erased_key,
@@ -29,7 +29,7 @@ from service.store.keys import (
     stream_key,
     trending_key,
 )
-from service.store.plans import Plan, command, run_plan
+from service.store.plans import Command, Plan, command, run_plan
 
 SECONDS_PER_DAY = 86_400
 #: Trending zsets outlive their day by this much, then Redis drops them.
@@ -111,29 +111,30 @@ local function is_gone(mark)
   return gone_marks[mark]
 end
 for at = 10, #ARGV, STRIDE do
-  local mark, guard, link = ARGV[at], ARGV[at + 1], ARGV[at + 17]
+  local mark, guard = ARGV[at], ARGV[at + <event id guard key>]
+  local link = ARGV[at + <identity key of the event's token>]
   local owner = owner_of(link)
   if is_gone(mark) then
     gone[#gone + 1] = event
-  elseif owner and owner ~= ARGV[at + 2] then
+  elseif owner and owner ~= ARGV[at + <user_id>] then
     moved[#moved + 1] = event
   elseif guard ~= '' and not redis.call('SET', guard, '1', 'NX', 'EX', window) then
     duplicates[#duplicates + 1] = event
   else
-    local item, ts = ARGV[at + 3], ARGV[at + 5]
+    local item, ts = ARGV[at + <item_id>], ARGV[at + <timestamp>]
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', STREAM_ENTRY)
-    local history, engagement = ARGV[at + 10], ARGV[at + 11]
-    if ARGV[at + 12] ~= '' then
-      redis.call('LPUSH', history, ARGV[at + 12])
+    local history, engagement = ARGV[at + <history key>], ARGV[at + <engagement key>]
+    if ARGV[at + <history entry>] ~= '' then
+      redis.call('LPUSH', history, ARGV[at + <history entry>])
       histories[history] = true
     end
-    redis.call('LPUSH', engagement, ARGV[at + 13])
+    redis.call('LPUSH', engagement, ARGV[at + <engagement entry>])
     engagements[engagement] = true
-    if ARGV[at + 14] ~= '' then
-      redis.call('ZINCRBY', trending, ARGV[at + 14], item)
+    if ARGV[at + <trending increment>] ~= '' then
+      redis.call('ZINCRBY', trending, ARGV[at + <trending increment>], item)
       trended = true
     end
-    local members, times = ARGV[at + 15], ARGV[at + 16]
+    local members, times = ARGV[at + <kept set key>], ARGV[at + <kept times key>]
     if members ~= '' then
       redis.call('SADD', members, item)
       redis.call('ZADD', times, 'GT', ts, item)
@@ -171,6 +172,7 @@ _EVENT_FIELDS = (
     "erasure mark",
     "event id guard key",
     *COLUMNS,  # the stream entry, as the event files spell it
+    *EXTRA_COLUMNS,
     "history key",
     "engagement key",
     "history entry",
@@ -184,8 +186,12 @@ _EVENT_FIELDS = (
 # the contract spells it) come from the tuples above rather than being typed twice.
 _RECORD_SCRIPT = _RECORD_SCRIPT.replace("STRIDE", str(len(_EVENT_FIELDS))).replace(
     "STREAM_ENTRY",
-    ", ".join(f"'{c}', ARGV[at + {_EVENT_FIELDS.index(c)}]" for c in COLUMNS),
+    ", ".join(f"'{c}', ARGV[at + {_EVENT_FIELDS.index(c)}]" for c in (*COLUMNS, *EXTRA_COLUMNS)),
 )
+# The script names each value by its field (``ARGV[at + <history key>]``): the offsets
+# follow _EVENT_FIELDS, so a new event column cannot shift them out of step.
+for _n, _name in enumerate(_EVENT_FIELDS):
+    _RECORD_SCRIPT = _RECORD_SCRIPT.replace(f"<{_name}>", str(_n))
 
 
 @dataclass
@@ -220,6 +226,21 @@ class LiveLayer:
         """Apply live events at once and all together, in one round trip. ``marks``: the
         erasure mark of each person (events of people in the erased set are skipped)."""
         return run_plan(self.client, self.record_plan(events, weights, marks), "recording events")
+
+    def exposure_command(self, person: str, recommendation_id: str, timestamp: int) -> Command:
+        """The stream entry of an answer given under an experiment (event type
+        ``exposure``, in the event files' columns), so exports carry it to the report."""
+        entry = {column: "" for column in (*COLUMNS, *EXTRA_COLUMNS)}
+        entry |= {
+            "user_id": person,
+            "event_type": EXPOSURE,
+            "timestamp": str(timestamp),
+            "automated": "0",
+            "recommendation_id": recommendation_id,
+        }
+        return command(
+            "xadd", stream_key(self.prefix), entry, maxlen=self.stream_maxlen, approximate=True
+        )
 
     def record_plan(
         self,
@@ -265,6 +286,7 @@ class LiveLayer:
                 e.timezone,
                 repr(e.value),
                 "1" if e.automated else "0",
+                e.recommendation_id,
                 live_key(p, user, "history"),
                 live_key(p, user, "engagement"),
                 encode_entry((item, kind, e.timestamp)) if item else "",

@@ -5,6 +5,7 @@ mapping of connection trouble to :class:`~service.errors.StoreUnavailable`."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ def connect(url: str, timeout_seconds: float = 0.5) -> redis.Redis:
 # --- reads as plans: one description, a sync and an async runner ---------------------
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
 Command = tuple[str, tuple[Any, ...], dict[str, Any]]
 """A Redis command as a redis-py pipeline method name and its arguments."""
 Plan = Generator[list[Command], list[Any], T]
@@ -85,6 +88,7 @@ class AsyncReader:
         redis-py's asyncio client arms one per reply, a large share of a request's CPU)."""
         self._waiting: list[tuple[list[Command], str, asyncio.Future[list[Any]]]] = []
         self._flushing = False
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, plan: Plan[T], doing: str) -> T:
         try:
@@ -93,6 +97,21 @@ class AsyncReader:
                 commands = plan.send(await self._queued(commands, doing))
         except StopIteration as done:
             return done.value
+
+    def send(self, commands: list[Command], doing: str) -> None:
+        """Queue ``commands`` into the next round trip without waiting for their replies
+        (a failure is logged): writes an answer need not wait for."""
+
+        async def sent() -> None:
+            try:
+                await self._queued(commands, doing)
+            except Exception as exc:  # noqa: BLE001 - nobody waits to be told
+                log.warning("Redis write failed while %s: %s", doing, exc)
+
+        task = asyncio.get_running_loop().create_task(sent())
+        # The loop keeps weak references to tasks: hold this one until it is done.
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def ping(self) -> bool:
         try:
@@ -119,9 +138,11 @@ class AsyncReader:
             await asyncio.sleep(0)
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                pipe = _pipeline(self.client, (c for commands, _, _ in batch for c in commands))
                 begun = time.perf_counter()
                 try:
+                    # Built inside the try: a command that cannot be built fails its
+                    # batch's callers, not the flushing task (their calls would hang).
+                    pipe = _pipeline(self.client, (c for commands, _, _ in batch for c in commands))
                     async with asyncio.timeout(self.timeout_seconds):
                         replies = await pipe.execute(raise_on_error=False)
                 except (redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
