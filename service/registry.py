@@ -170,3 +170,5 @@ def quiet_mlflow() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # implicit logs each iteration's loss itself; training/models.py reports progress.
     logging.getLogger("implicit").setLevel(logging.WARNING)
+    # The run's plots: matplotlib's notes on fonts and units are not the operator's.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)

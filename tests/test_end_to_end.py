@@ -62,11 +62,11 @@ def test_training_logs_everything_to_mlflow_and_names_a_champion(trained):
     assert run.data.params["model.kind"] == "als"
     assert run.data.params["weight.purchase"] == "10.0"
     for name in (
-        "als_ndcg_at_10",
-        "als_recall_at_10",
-        "als_map_at_10",
-        "als_coverage_at_10",
-        "popularity_ndcg_at_10",
+        "ndcg_at_10",
+        "recall_at_10",
+        "map_at_10",
+        "coverage_at_10",
+        "baseline_popularity_ndcg_at_10",
     ):
         assert name in run.data.metrics
     losses = client.get_metric_history(run.info.run_id, "train_loss")

@@ -17,7 +17,7 @@ from service.config import Settings, feature_store, identity_secret
 from service.identity import Identities
 from service.recommender import Blend, Recommender
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
-from training import evaluation, validation
+from training import evaluation, mlflow_view, validation
 from training.catalogue import load_catalogue
 from training.engagement import evaluate_send_time, learn_priors, learn_tuning, user_profiles
 from training.event_log import load_events
@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 
 #: The metric that decides promotion, at the configured k.
 PRIMARY = "ndcg"
+#: What the popularity baseline's holdout metrics start with in MLflow.
+BASELINE_PREFIX = f"baseline_{POPULARITY}_"
+
+
+def holdout_metric(name: str, metric: str, k: int) -> str:
+    """The MLflow name of a holdout metric: ``ndcg_at_10`` for the run's model whatever its
+    kind (so every run's model compares in one column), ``baseline_popularity_ndcg_at_10``
+    for the baseline. Runs before these names logged ``<name>_<metric>_at_<k>``."""
+    prefix = BASELINE_PREFIX if name == POPULARITY else ""
+    return f"{prefix}{metric}_at_{k}"
 
 
 @dataclass
@@ -65,9 +75,9 @@ class HoldoutResult:
     k: int
 
     def flat(self) -> dict[str, float]:
-        """``<name>_<metric>_at_<k>`` → value, as logged to MLflow."""
+        """:func:`holdout_metric` names → value, as logged to MLflow."""
         return {
-            f"{name}_{metric}_at_{self.k}": value
+            holdout_metric(name, metric, self.k): value
             for name, values in self.metrics.items()
             for metric, value in values.items()
         }
@@ -109,6 +119,8 @@ class TrainResult:
     publication: str | None
     validation: str = ""
     """What validation chose, in words (``Choice.text``)."""
+    run_name: str = ""
+    """The MLflow run's name (``als-f32 · events to 2026-11-20``)."""
 
 
 def one_person_each(frame: pd.DataFrame, identities: Identities) -> pd.DataFrame:
@@ -233,14 +245,27 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     message_half_life, activity_half_life = tuning.tuning.recency(
         settings.engagement_half_life_days
     )
+    # Published to Redis, and summed for the run's engagement-by-week plot.
+    profiles = user_profiles(
+        frame, message_half_life, settings.default_timezone, activity_half_life
+    )
 
     chosen = select(holdout, cfg.params.kind)
     print(chosen.text, flush=True)
 
     registry = ModelRegistry(settings)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    experiment_id = _experiment(settings)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    experiment_id = mlflow_view.experiment(settings.experiment, settings.artifact_root)
+    name = mlflow_view.run_name(cfg.params, data_end)
+    table = mlflow_view.evaluation_rows(
+        holdout.metrics,
+        holdout.users_evaluated,
+        cfg.k,
+        mlflow_view.model_label(cfg.params),
+        chosen.kind,
+    )
+    summary = mlflow_view.events_summary(frame)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
         mlflow.log_params(_params(cfg, sources, frame, bad_rows))
         mlflow.log_params(choice.params_logged())
         mlflow.log_metrics(holdout.flat())
@@ -250,6 +275,15 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         mlflow.log_metrics(choice.flat())
         mlflow.log_metric("validation_users", choice.people)
         mlflow.log_table(choice.rows(), "validation.json")
+        mlflow_view.log_view(
+            evaluation=table,
+            k=cfg.k,
+            choice=choice,
+            send_time=sendtime,
+            profiles=profiles,
+            summary=summary,
+            dataset=mlflow_view.events_dataset(summary, sources, mlflow_view.data_label(data_end)),
+        )
 
         meta = {
             **_bundle_meta(cfg, full, frame, holdout, run.info.run_id),
@@ -286,11 +320,16 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             "omnirec.decision": decision,
         }
         tags["omnirec.chosen_by"] = choice.text
+        headline = mlflow_view.headline_tags(
+            holdout.metrics[chosen.kind], holdout.users_evaluated, cfg.k, data_end
+        )
         version = registry.register(
             run.info.run_id,
             source,
-            tags=tags,
-            description=f"{chosen.text}\n{settings.model_alias}: {decision}",
+            tags={**tags, **headline},
+            description=mlflow_view.version_description(
+                [chosen.text, f"{settings.model_alias}: {decision}", choice.text], table, cfg.k
+            ),
         )
         if promoted:
             registry.set_alias(settings.model_alias, version)
@@ -299,9 +338,6 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         if cfg.publish:
             # Publishing writes large pipelines: allow more than a request's timeout.
             store = feature_store(settings, max(settings.redis_timeout_seconds, 10.0))
-            profiles = user_profiles(
-                frame, message_half_life, settings.default_timezone, activity_half_life
-            )
             publication = publish(
                 store,
                 frame,
@@ -316,6 +352,8 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             mlflow.set_tag("omnirec.publication", publication)
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
     log.info("done in %.1f s", time.perf_counter() - started)
+    link = mlflow_view.ui_link(settings.mlflow_tracking_uri, experiment_id, run.info.run_id)
+    print(f"MLflow run {name!r}: {link}", flush=True)
     return TrainResult(
         run.info.run_id,
         version,
@@ -326,6 +364,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         holdout,
         publication,
         choice.text,
+        name,
     )
 
 
@@ -346,17 +385,6 @@ def _choose(
         min_user_events=cfg.min_user_events,
         k=cfg.k,
     )
-
-
-def _experiment(settings: Settings) -> str:
-    import mlflow
-
-    found = mlflow.get_experiment_by_name(settings.experiment)
-    if found is not None:
-        return found.experiment_id
-    root = settings.artifact_root
-    location = root if "://" in root else Path(root).resolve().as_uri()
-    return mlflow.create_experiment(settings.experiment, artifact_location=location)
 
 
 def select(holdout: HoldoutResult, kind: str) -> Selection:
@@ -411,15 +439,21 @@ def _pair(a: float, b: float) -> tuple[str, str]:
 
 def _champion_metric(registry: ModelRegistry, version: str, k: int) -> float | None:
     """The champion's logged holdout metric at ``k``: that of the kind it was registered
-    as (``omnirec.kind``; versions from before the tag: the personalised model's)."""
+    as (``omnirec.kind``; versions from before the tag: the personalised model's), under
+    :func:`holdout_metric`'s name or, for versions of older runs, ``<kind>_ndcg_at_<k>``."""
     metrics = registry.run_metrics(version)
     kind = registry.version_tags(version).get("omnirec.kind")
     if kind:
-        return metrics.get(f"{kind}_{PRIMARY}_at_{k}")
+        for name in (holdout_metric(kind, PRIMARY, k), f"{kind}_{PRIMARY}_at_{k}"):
+            if name in metrics:
+                return metrics[name]
+        return None
+    # Only runs from before the kind tag (and before today's names) registered without it.
     found = [
         value
         for name, value in metrics.items()
-        if name.endswith(f"_{PRIMARY}_at_{k}") and not name.startswith(("popularity_", "sendtime_"))
+        if name.endswith(f"_{PRIMARY}_at_{k}")
+        and not name.startswith(("popularity_", "sendtime_", BASELINE_PREFIX))
     ]
     return found[0] if found else None
 
