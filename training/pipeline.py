@@ -201,12 +201,14 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     import mlflow
 
     cfg.params.validate()
+    # Settings first: the secret is checked before minutes of loading and fitting.
+    secret = identity_secret(settings)
     started = time.perf_counter()
     sources = cfg.events if isinstance(cfg.events, list) else [cfg.events]
     logs = [load_events(path, skip_bad_rows=cfg.skip_bad_rows) for path in sources]
     frame = pd.concat([one.frame for one in logs], ignore_index=True)
     bad_rows = sum(one.report.bad_rows for one in logs)
-    frame = one_person_each(frame, Identities(feature_store(settings), identity_secret(settings)))
+    frame = one_person_each(frame, Identities(feature_store(settings), secret))
     catalogue = load_catalogue(cfg.items) if cfg.items else {}
     full = build_interactions(frame, cfg.weights, half_life_days=cfg.half_life_days)
 
