@@ -84,12 +84,16 @@ class ModelRegistry:
 
         mv = self.client.get_model_version(self.name, version)
         log.info("loading %s/%s from %s", self.name, version, mv.source)
-        # Remote stores download into a fresh folder; local ones are read in place.
-        dst = tempfile.mkdtemp(prefix="omnirec-bundle-")
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=mv.source, dst_path=dst, tracking_uri=self.settings.mlflow_tracking_uri
-        )
-        bundle = ModelBundle.load(Path(path))
+        # Remote stores download into a fresh folder; local ones are read in place. The
+        # arrays are read into memory, so the download goes when the bundle is loaded
+        # (every start and hot reload used to leave a copy behind in /tmp).
+        with tempfile.TemporaryDirectory(prefix="omnirec-bundle-") as dst:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source,
+                dst_path=dst,
+                tracking_uri=self.settings.mlflow_tracking_uri,
+            )
+            bundle = ModelBundle.load(Path(path))
         return ServedModel(self.name, str(mv.version), mv.run_id or "", bundle)
 
     def register(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,12 @@ def error_line(stderr: str) -> tuple[str, list[str]]:
 
 
 def run(*args, cwd):
+    # A deployment's secret is set: `train` checks it before anything else, and these
+    # tests are about what comes after.
+    env = {**os.environ, "OMNIREC_IDENTITY_SECRET": "cli-test-secret-0123456789"}
     return subprocess.run(
         [sys.executable, "-m", "training", *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

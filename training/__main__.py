@@ -117,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--seed", type=int, default=7)
     sub.add_parser("down", help="stop what `up` started (make down); its data stays")
 
+    ab = sub.add_parser(
+        "experiment-report",
+        help="an A/B experiment's arms: exposures, attributed rates, lifts, sample ratio",
+    )
+    ab.add_argument("--experiment", required=True, help="its name in the experiments file")
+    ab.add_argument(
+        "--events",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="events CSV / Parquet files or folders holding exposures and attributed events",
+    )
+    ab.add_argument("--experiments-file", help="default: OMNIREC_EXPERIMENTS_FILE")
+    ab.add_argument(
+        "--window-hours",
+        type=float,
+        default=24.0,
+        help="an event counts when at most this long after the exposure it names",
+    )
+    ab.add_argument("--no-mlflow", action="store_true", help="print only; log no MLflow run")
+
     demo = sub.add_parser("demo", help="generate → train → serve → print recommendations")
     demo.add_argument("--users", type=_positive_int, default=2000)
     demo.add_argument("--items", type=_positive_int, default=500)
@@ -184,6 +205,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if row["decision"]:
                 print(f"{'':<16} {row['decision']}")
         return 0
+    if args.command == "experiment-report":
+        from training import experiment_report
+
+        return experiment_report.run(
+            settings,
+            args.experiment,
+            args.events,
+            args.experiments_file,
+            args.window_hours,
+            log_run=not args.no_mlflow,
+        )
     if args.command == "demo":
         from training.demo import run_demo
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+#: An artifact root with a scheme (``s3://…``, MLflow's short ``mlflow-artifacts:/…``)
+#: is a URI; anything else a local folder.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 log = logging.getLogger(__name__)
 
 #: The experiment tag MLflow 3 reads for an experiment's kind, and the model-training kind.
@@ -78,7 +82,7 @@ def experiment(name: str, artifact_root: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is None:
         location = (
-            artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
+            artifact_root if _URI.match(artifact_root) else Path(artifact_root).resolve().as_uri()
         )
         return mlflow.create_experiment(
             name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
