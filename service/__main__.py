@@ -17,7 +17,13 @@ from pathlib import Path
 
 from service import metrics
 from service.access import ROLES, add_entry, key_entry, new_key, valid_name
-from service.config import Settings, feature_store, identity_secret, load_settings
+from service.config import (
+    Settings,
+    feature_store,
+    identity_secret,
+    load_settings,
+    read_env_file,
+)
 from service.errors import ConfigError, OmnirecError
 from service.registry import ModelRegistry, quiet_mlflow
 from service.security import server_security
@@ -101,20 +107,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
 def _with_env_file(path: str) -> dict[str, str]:
     """The environment, with ``path``'s ``NAME=value`` lines beneath it: a variable set
     in the environment wins, so one setting can be changed for one run."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"--env-file {path}: cannot read it ({exc.strerror})") from None
-    values = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--env-file {path}, line {n}: not NAME=value")
-        values[name.strip()] = value.strip()
-    return {**values, **os.environ}
+    return {**read_env_file(path), **os.environ}
 
 
 def _bare(host: str) -> str:

@@ -252,6 +252,25 @@ def _validate(s: Settings) -> None:
         need(bool(getattr(s, field)), field, "must not be empty")
 
 
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``NAME=value`` lines (blank lines and ``#`` comments skipped), as ``make up``
+    writes them; :class:`ConfigError` naming the line that is not one."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: cannot read it ({exc.strerror})") from None
+    values = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--env-file {path}, line {n}: not NAME=value")
+        values[name.strip()] = value.strip()
+    return values
+
+
 def repurchase_days(settings: Settings) -> dict[str, float]:
     """``OMNIREC_REPURCHASE_DAYS`` as category → days; ValueError says what is wrong."""
     out: dict[str, float] = {}

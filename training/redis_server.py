@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -33,6 +33,24 @@ def find_redis_server() -> str:
             "`make` does it for you as root) or set REDIS_URL to a running Redis"
         )
     return binary
+
+
+def answers(url: str, timeout_seconds: float, gone: Callable[[], bool] = lambda: False) -> bool:
+    """Whether the Redis at ``url`` answers a PING within ``timeout_seconds`` of trying;
+    False at once when ``gone()`` says the server has exited."""
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while True:
+            try:
+                client.ping()
+                return True
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or gone():
+                    return False
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 class LocalRedis:
@@ -69,19 +87,10 @@ class LocalRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise OmnirecError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-            finally:
-                client.close()
+        process = self.process
+        if not answers(self.url, timeout_seconds, gone=lambda: process.poll() is not None):
+            self.stop()
+            raise OmnirecError(f"redis-server did not start on port {self.port}")
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing is flushed that was not already."""

@@ -26,12 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.config import Settings, load_settings
+from service.config import Settings, load_settings, read_env_file
 from service.errors import OmnirecError
-from training.redis_server import find_redis_server
+from training.redis_server import answers, find_redis_server
 
 #: Where ``up`` keeps everything (``OMNIREC_STACK_DIR`` moves it).
 DEFAULT_DIR = Path(".omnirec/stack")
@@ -71,11 +70,7 @@ class Stack:
         """The stack's settings, made on the first ``up`` and kept (the identity secret
         must stay the same, or known emails and phones become unknown)."""
         if self.env_file.exists():
-            return dict(
-                line.split("=", 1)
-                for line in self.env_file.read_text().splitlines()
-                if "=" in line and not line.startswith("#")
-            )
+            return read_env_file(self.env_file)
         folder = self.folder.resolve()
         redis_port = os.environ.get("OMNIREC_STACK_REDIS_PORT", str(REDIS_PORT))
         env = {
@@ -144,7 +139,6 @@ def down() -> int:
 
 
 def _start_redis(stack: Stack, settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
     if stack.running("redis"):
         return
     port = settings.redis_url.rsplit(":", 1)[1].split("/")[0]
@@ -172,16 +166,10 @@ def _start_redis(stack: Stack, settings: Settings) -> None:
         check=True,
     )
     deadline = time.monotonic() + START_SECONDS
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise OmnirecError(
-                    f"redis-server did not answer on port {port}; see {stack.log_file('redis')}"
-                ) from None
-            time.sleep(0.1)
+    if not answers(settings.redis_url, START_SECONDS):
+        raise OmnirecError(
+            f"redis-server did not answer on port {port}; see {stack.log_file('redis')}"
+        )
     # The pid file is written once the server runs: wait for it, ``down`` needs it.
     while stack.running("redis") is None and time.monotonic() < deadline:
         time.sleep(0.05)
