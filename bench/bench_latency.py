@@ -8,7 +8,10 @@ Sets up real parts in a temporary folder (a throw-away redis-server, a sqlite ML
 store, a synthetic log, one ALS training run that publishes to Redis), starts the real
 server with ``build_server`` and, in a process of its own, a bare gRPC "echo" server
 (generic bytes handler, same thread-pool size, replies of the size of a real Recommend
-answer): the ceiling the framework itself puts on any service.
+answer): the ceiling the framework itself puts on any service. Every ratio is against it.
+Two more rows measure the ceiling of an asyncio server like omnirec's on the same machine
+and client: ``grpc.aio`` answering at once, and ``grpc.aio`` after one Redis GET per call
+(the least a request that must see the live layer pays).
 
 The load comes from separate client processes (``bench/loadgen.py``), so the client does
 not share the server's GIL: ``--concurrency`` calls outstanding in total, closed loop.
@@ -216,11 +219,15 @@ class ClientPool:
 class EchoServer:
     """The bare gRPC server, in a spawned process of its own."""
 
-    def __init__(self, workers: int, reply_size: int) -> None:
+    def __init__(
+        self, workers: int, reply_size: int, kind: str = "sync", redis_url: str = ""
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
-            target=echo_server_main, args=(child, workers, reply_size), name="omnirec-bench-echo"
+            target=echo_server_main,
+            args=(child, workers, reply_size, kind, redis_url),
+            name=f"omnirec-bench-echo-{kind}",
         )
         self.proc.daemon = True
         self.proc.start()
@@ -847,6 +854,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "echo (bare gRPC)", "", f"127.0.0.1:{echo.port}", ECHO_METHOD, echo_payloads, [echo.pid]
         )
         rows.append(echo_row)
+        # The ceilings of an asyncio server like omnirec's, on the same machine and client:
+        # grpc.aio alone, and grpc.aio plus the one Redis round trip a request that must
+        # see the live layer costs. Where these sit near 0.5x, no design that reads Redis
+        # per request reaches the issue's floor here.
+        for kind, name in (("aio", "echo, grpc.aio"), ("aio+redis", "echo, grpc.aio + 1 GET")):
+            ceiling = EchoServer(1, reply_size, kind, local_redis.url)
+            try:
+                rows.append(
+                    load(
+                        name,
+                        "",
+                        f"127.0.0.1:{ceiling.port}",
+                        ECHO_METHOD,
+                        echo_payloads,
+                        [ceiling.pid],
+                    )
+                )
+            finally:
+                ceiling.stop()
         rows.append(
             load("Recommend", "Recommend", address, method_path("Recommend"), recommend, me)
         )

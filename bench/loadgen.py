@@ -7,7 +7,9 @@
   the server does all the protobuf work a real client would make it do.
 * :func:`echo_server_main`: a bare gRPC server, the framework's own ceiling: a generic
   handler taking and returning bytes (no protobuf, no Redis) on a sync ``grpc.server``
-  with a thread pool, as omnirec's server is built.
+  with a thread pool - the baseline every ratio is against. Two more kinds measure the
+  ceiling of an asyncio server like omnirec's: ``grpc.aio`` answering at once, and
+  ``grpc.aio`` after one ``redis.asyncio`` GET per call.
 
 Both are started with the ``spawn`` start method (gRPC and ``fork`` do not mix), ignore
 SIGINT (the parent stops them, also on Ctrl-C) and exit when the parent's end of their
@@ -130,12 +132,27 @@ def load_worker_main(conn: Connection) -> None:
         conn.send(result)
 
 
-def echo_server_main(conn: Connection, workers: int, reply_size: int) -> None:
+#: Kinds of echo server: the sync one omnirec is compared with, and two ceilings for an
+#: asyncio server (``grpc.aio``): answering at once, and after one Redis GET per call. They
+#: bound what any ``grpc.aio`` design can reach that reads Redis once per request.
+ECHO_KINDS = ("sync", "aio", "aio+redis")
+
+
+def echo_server_main(
+    conn: Connection, workers: int, reply_size: int, kind: str = "sync", redis_url: str = ""
+) -> None:
     """Serve ``ECHO_METHOD`` on a free loopback port (sent back on ``conn``) until told to
     stop. Each call answers ``reply_size`` bytes whatever it got."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if kind == "sync":
+        _sync_echo(conn, workers, reply_size)
+    else:
+        asyncio.run(_aio_echo(conn, reply_size, redis_url if kind == "aio+redis" else ""))
+
+
+def _sync_echo(conn: Connection, workers: int, reply_size: int) -> None:
     from concurrent import futures
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     reply = bytes(reply_size)
 
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -155,3 +172,30 @@ def echo_server_main(conn: Connection, workers: int, reply_size: int) -> None:
     with contextlib.suppress(EOFError, OSError):
         conn.recv()
     server.stop(0).wait()
+
+
+async def _aio_echo(conn: Connection, reply_size: int, redis_url: str) -> None:
+    reply = bytes(reply_size)
+    redis = None
+    if redis_url:
+        import redis.asyncio
+
+        redis = redis.asyncio.Redis.from_url(redis_url)
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if redis is not None:
+            await redis.get("omnirec-bench-echo")  # a missing key: the round trip alone
+        return reply
+
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server(handlers=[handler], options=[("grpc.so_reuseport", 0)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    conn.send(port)
+    with contextlib.suppress(EOFError, OSError):
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await server.stop(0)
+    if redis is not None:
+        await redis.aclose()
