@@ -119,6 +119,18 @@ def _lookup(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """One request's scores over every item, and what their reasons need."""
+
+    scores: np.ndarray
+    from_context: np.ndarray | None
+    """Where closeness to the request's context item outweighs the person's own part."""
+    history: tuple[np.ndarray, np.ndarray]
+    """The person's distinct recent items and their ranks (:meth:`Recommender._reasons`)."""
+    after: Following | None
+
+
+@dataclass(frozen=True)
 class ServingParams:
     """Request-time knobs (from settings)."""
 
@@ -295,40 +307,65 @@ class Recommender:
         """Top ``options.limit`` items for ``user_id``: personalised when there is
         anything to go on, then filled up with trending and popular items."""
         excluded = options.excluded(view, catalogue)
-        # A person's features are often the same cached object call after call (nothing
-        # live, one publication): their positives and user vector are worked out once.
-        memo = view.user.memo.get(self)
-        if memo is None:
-            positives = self._positives(view.user.history)
-            memo = view.user.memo[self] = {
-                "positives": positives,
-                "history": self._history_indices(positives),
-            }
-        positives = memo["positives"]
-        scores, after = self._blended(user_id, positives, memo)
-        context = self.item_index.get(options.context_item_id)
-        context_scores = self._item_scores(context) if context is not None else None
+        personal = self._personal(user_id, view, options)
         ranked: list[Recommendation] = []
-        if scores is not None or context_scores is not None:
-            combined, from_context = _combine(scores, context_scores)
+        if personal is not None:
+            context = self.item_index.get(options.context_item_id)
             blocked = excluded | ({options.context_item_id} if context is not None else set())
-            top = self._top(combined, blocked, catalogue, options)
-            reasons = self._reasons(top, memo["history"], after)
-            ranked = [
-                Recommendation(
-                    str(self.bundle.item_ids[j]),
-                    float(combined[j]),
-                    f"similar: {options.context_item_id}"
-                    if from_context is not None and from_context[j]
-                    else reason,
-                )
-                for j, reason in zip(top.tolist(), reasons, strict=True)
-            ]
+            top = self._top(personal.scores, blocked, catalogue, options)
+            ranked = self._recommendations(top, personal, options)
         if len(ranked) < options.limit:
             ranked += self._fallback(
                 view, ranked, options.limit, excluded, catalogue, options.item_filter
             )
         return ranked
+
+    def rank(
+        self,
+        user_id: str,
+        item_ids: Iterable[str],
+        view: ServingView,
+        catalogue: Catalogue,
+        options: RankingOptions,
+    ) -> list[Recommendation]:
+        """The caller's ``item_ids`` (a search result, a category page) in the order that
+        suits ``user_id``, filtered as :meth:`recommend` filters (``options.limit`` is
+        ignored: every allowed item comes back). Items the model scores come first, by
+        the same scores and reasons as :meth:`recommend`; for a person with nothing to go
+        on, trending then popular items lead instead. Items neither ranks know follow in
+        the caller's order, with the reason ``unranked``. Repeats keep their first place."""
+        excluded = options.excluded(view, catalogue)
+        wanted = [
+            item
+            for item in dict.fromkeys(item_ids)
+            if item not in excluded and options.item_filter.allows(item, catalogue.meta(item))
+        ]
+        personal = self._personal(user_id, view, options)
+        ranked: list[Recommendation] = []
+        if personal is not None:
+            known = [self.item_index[i] for i in wanted if i in self.item_index]
+            index = np.asarray(known, dtype=np.int64)
+            # Stable: equal scores keep the caller's order.
+            top = index[np.argsort(-personal.scores[index], kind="stable")]
+            ranked = self._recommendations(top, personal, options)
+        else:
+            listed = set(wanted)
+            ranked = self._fill(
+                [
+                    ((pair for pair in ranking if pair[0] in listed), reason)
+                    for ranking, reason in (
+                        (view.trending, "trending"),
+                        (view.popular, "popular"),
+                        (self._own_popular, "popular"),
+                    )
+                ],
+                len(wanted),
+                set(),
+                catalogue,
+                ItemFilter(),
+            )
+        placed = {r.item_id for r in ranked}
+        return ranked + [Recommendation(i, 0.0, "unranked") for i in wanted if i not in placed]
 
     def similar_items(
         self,
@@ -390,6 +427,43 @@ class Recommender:
         return item_id in self.item_index
 
     # -- the person's representation --
+
+    def _personal(self, user_id: str, view: ServingView, options: RankingOptions) -> Scored | None:
+        """Every item's score for this request (the person's blended scores, and closeness
+        to the context item when there is one), or None with nothing to go on."""
+        # A person's features are often the same cached object call after call (nothing
+        # live, one publication): their positives and user vector are worked out once.
+        memo = view.user.memo.get(self)
+        if memo is None:
+            positives = self._positives(view.user.history)
+            memo = view.user.memo[self] = {
+                "positives": positives,
+                "history": self._history_indices(positives),
+            }
+        scores, after = self._blended(user_id, memo["positives"], memo)
+        context = self.item_index.get(options.context_item_id)
+        context_scores = self._item_scores(context) if context is not None else None
+        if scores is None and context_scores is None:
+            return None
+        combined, from_context = _combine(scores, context_scores)
+        return Scored(combined, from_context, memo["history"], after)
+
+    def _recommendations(
+        self, top: np.ndarray, scored: Scored, options: RankingOptions
+    ) -> list[Recommendation]:
+        """``top`` (item indices, in order) with their scores and reasons."""
+        reasons = self._reasons(top, scored.history, scored.after)
+        from_context = scored.from_context
+        return [
+            Recommendation(
+                str(self.bundle.item_ids[j]),
+                float(scored.scores[j]),
+                f"similar: {options.context_item_id}"
+                if from_context is not None and from_context[j]
+                else reason,
+            )
+            for j, reason in zip(top.tolist(), reasons, strict=True)
+        ]
 
     def _positives(self, history: list[HistoryEntry]) -> Positives:
         """The positive history events the model knows, newest first, as arrays: item
@@ -580,6 +654,7 @@ EXPLANATIONS: Mapping[str, str] = {
     "personalised": "Picked for your taste",
     "trending": "Trending now",
     "popular": "Popular lately",
+    "unranked": "New to our picks",
 }
 
 

@@ -165,6 +165,8 @@ def _flag(request: Any, name: str, default: bool) -> bool:
 
 #: Popular items read when a fallback must find some of one category.
 MAX_POPULAR = 1000
+#: Most items one Rank request may order (a results page is far fewer).
+MAX_RANK_ITEMS = 1000
 #: The modes of SimilarItems.
 SIMILAR_MODES = ("similar", "bought_together")
 #: Newest events a live timestamp may be ahead of the server clock (clock skew).
@@ -266,24 +268,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             raise BadInput("user_id", "is required (or give an identifier)")
         now = time.time()
         # exclude_seen left unset: the shop default, not what was seen in the last hours.
-        recent = self.settings.recently_seen_hours
-        seen_since = (
-            int(now - recent * 3600) if recent and not request.HasField("exclude_seen") else 0
-        )
-        options = RankingOptions(
-            limit=check_limit(request.limit, self.settings),
-            item_filter=ItemFilter.from_request(request),
-            exclude_purchased=_flag(request, "exclude_purchased", True),
-            exclude_disliked=_flag(request, "exclude_disliked", True),
-            exclude_seen=_flag(request, "exclude_seen", False),
-            context_item_id=request.context_item_id,
-            seen_since=seen_since,
-            repurchase=RepurchasePolicy(self.repurchase_after, now)
-            if self.repurchase_after
-            else None,
-        )
-        if len(request.context_item_id) > MAX_ID_LENGTH:
-            raise BadInput("context_item_id", f"is longer than {MAX_ID_LENGTH} characters")
+        options = self._options(request, check_limit(request.limit, self.settings), now, True)
         engine = self.models.engine
         found = await self.reader.run(
             self.identities.view_plan(
@@ -313,6 +298,67 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             recommendation_id=rid,
             experiment=assignment.experiment.name if assignment else "",
             arm=assignment.arm.name if assignment else "",
+        )
+
+    def _options(
+        self, request: Any, limit: int, now: float, hide_recently_seen: bool
+    ) -> RankingOptions:
+        """A Recommend or Rank request's filters. With ``hide_recently_seen``, an unset
+        ``exclude_seen`` leaves out what the person looked at in the last
+        ``recently_seen_hours`` (the shop default for suggestions)."""
+        recent = self.settings.recently_seen_hours
+        seen_since = (
+            int(now - recent * 3600)
+            if hide_recently_seen and recent and not request.HasField("exclude_seen")
+            else 0
+        )
+        if len(request.context_item_id) > MAX_ID_LENGTH:
+            raise BadInput("context_item_id", f"is longer than {MAX_ID_LENGTH} characters")
+        return RankingOptions(
+            limit=limit,
+            item_filter=ItemFilter.from_request(request),
+            exclude_purchased=_flag(request, "exclude_purchased", True),
+            exclude_disliked=_flag(request, "exclude_disliked", True),
+            exclude_seen=_flag(request, "exclude_seen", False),
+            context_item_id=request.context_item_id,
+            seen_since=seen_since,
+            repurchase=RepurchasePolicy(self.repurchase_after, now)
+            if self.repurchase_after
+            else None,
+        )
+
+    @rpc
+    async def Rank(  # noqa: N802
+        self, request: pb.RankRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RankResponse:
+        token = self.identities.request_token(request)
+        if token is None:
+            raise BadInput("user_id", "is required (or give an identifier)")
+        if not request.item_ids:
+            raise BadInput("item_ids", "must name at least one item")
+        if len(request.item_ids) > MAX_RANK_ITEMS:
+            raise BadInput(
+                "item_ids", f"at most {MAX_RANK_ITEMS} items, got {len(request.item_ids)}"
+            )
+        for n, item_id in enumerate(request.item_ids):
+            check_id(f"item_ids[{n}]", item_id)
+        options = self._options(request, len(request.item_ids), time.time(), False)
+        engine = self.models.engine
+        # A person with nothing to go on is ranked by trending and popular items, which
+        # the caller's items may sit deep in.
+        found = await self.reader.run(
+            self.identities.view_plan(token, popular_count=MAX_POPULAR), "reading features"
+        )
+        view = found.serving
+        assert view is not None
+        catalogue = await self.catalogue.get_async(view.catalogue_version)
+        ranked = engine.recommender.rank(
+            found.scored_as, request.item_ids, view, catalogue, options
+        )
+        return pb.RankResponse(
+            items=_items(ranked, catalogue),
+            model_version=engine.model.label,
+            recommendation_id=uuid.uuid4().hex,
         )
 
     @rpc

@@ -3,6 +3,7 @@ Redis (a real redis-server) → gRPC (a real server on loopback)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import grpc
@@ -310,3 +311,73 @@ def test_what_a_person_just_viewed_is_not_recommended_unless_asked(stub, truth):
         pb.RecommendRequest(user_id=user, limit=20, exclude_seen=False), timeout=5
     ).items
     assert first.item_id in {r.item_id for r in asked}
+
+
+def test_rank_puts_a_persons_planted_tastes_first(stub, trained, truth, categories):
+    """Recommender.Rank on a caller's list of (up to) 6 items of the person's planted
+    tastes and 6 others, shuffled: the liked ones lead; items the model never saw follow
+    in the caller's order."""
+    s = trained.settings
+    store = FeatureStore(connect(s.redis_url), s.key_prefix)
+    by_category: dict[str, list[str]] = {}
+    for item, category in sorted(categories.items()):
+        by_category.setdefault(category, []).append(item)
+    rng = random.Random(5)
+    liked_first = caller_order = asked = 0
+    for user in sorted(truth["users"])[:60]:
+        tastes = set(truth["users"][user]["tastes"])
+        features = store.serving_view(user, 1).user
+        left_out = features.purchased | features.disliked  # Rank's defaults, as Recommend's
+        liked = [i for c in sorted(tastes) for i in by_category[c] if i not in left_out]
+        other = [
+            i
+            for c, items in by_category.items()
+            if c not in tastes
+            for i in items
+            if i not in left_out
+        ]
+        n = min(6, len(liked))  # some people's tastes are small categories
+        chosen = rng.sample(liked, n) + rng.sample(other, 6)
+        rng.shuffle(chosen)
+        reply = stub.Rank(
+            pb.RankRequest(user_id=user, item_ids=[*chosen, "new-b", "new-a"]), timeout=5
+        )
+        ranked = [r.item_id for r in reply.items]
+        assert sorted(ranked) == sorted([*chosen, "new-b", "new-a"])
+        assert ranked[-2:] == ["new-b", "new-a"]
+        assert [r.reason for r in reply.items[-2:]] == ["unranked", "unranked"]
+        assert all(r.explanation for r in reply.items)
+        liked_first += sum(categories[i] in tastes for i in ranked[:n])
+        caller_order += sum(categories[i] in tastes for i in chosen[:n])
+        asked += n
+    print(
+        f"liked items where Rank puts the liked ones: {liked_first / asked:.2f}, "
+        f"in the caller's order: {caller_order / asked:.2f}"
+    )
+    # Measured: 0.87 against the caller's own order's 0.45.
+    assert liked_first / asked > 0.75
+    assert liked_first / asked > caller_order / asked + 0.3
+
+
+def test_rank_filters_like_recommend_and_names_bad_items(stub, truth, categories):
+    user = sorted(truth["users"])[2]
+    items = sorted(categories)[:30]
+    dropped = categories[items[0]]
+    reply = stub.Rank(
+        pb.RankRequest(
+            user_id=user, item_ids=items, exclude_categories=[dropped], exclude_purchased=False
+        ),
+        timeout=5,
+    )
+    assert {r.item_id for r in reply.items} == {i for i in items if categories[i] != dropped}
+    assert reply.model_version == "omnirec/1" and len(reply.recommendation_id) == 32
+    for request, field in (
+        (pb.RankRequest(user_id=user), "item_ids"),
+        (pb.RankRequest(user_id=user, item_ids=["ok", ""]), "item_ids[1]"),
+        (pb.RankRequest(item_ids=["a"]), "user_id"),
+        (pb.RankRequest(user_id=user, item_ids=["x"] * 1001), "item_ids"),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Rank(request, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith(field)

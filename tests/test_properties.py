@@ -55,6 +55,7 @@ METHODS: list[MethodDescriptor] = [
 READ_ONLY = {
     "omnirec.v1.Recommender.Recommend",
     "omnirec.v1.Recommender.SimilarItems",
+    "omnirec.v1.Recommender.Rank",
     "omnirec.v1.Engagement.PredictSendTime",
     "omnirec.v1.Engagement.RankChannels",
     "omnirec.v1.Profiles.GetProfile",

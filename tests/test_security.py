@@ -55,6 +55,7 @@ PHONE = "+49 170 9876 5432"
 METHOD_ROLES = {
     "/omnirec.v1.Recommender/Recommend": "recommend",
     "/omnirec.v1.Recommender/SimilarItems": "recommend",
+    "/omnirec.v1.Recommender/Rank": "recommend",
     "/omnirec.v1.Recommender/TrackEvents": "track",
     "/omnirec.v1.Recommender/UpsertItems": "track",
     "/omnirec.v1.Engagement/PredictSendTime": "engagement",

@@ -88,6 +88,42 @@ class RecommendResponse(_message.Message):
     arm: str
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
+class RankRequest(_message.Message):
+    __slots__ = ("user_id", "identifier", "item_ids", "exclude_purchased", "exclude_disliked", "exclude_seen", "include_categories", "exclude_categories", "exclude_item_ids", "in_stock_only", "context_item_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_PURCHASED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_DISLIKED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    IN_STOCK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    identifier: _identity_pb2.Identifier
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_purchased: bool
+    exclude_disliked: bool
+    exclude_seen: bool
+    include_categories: _containers.RepeatedScalarFieldContainer[str]
+    exclude_categories: _containers.RepeatedScalarFieldContainer[str]
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    in_stock_only: bool
+    context_item_id: str
+    def __init__(self, user_id: _Optional[str] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ..., item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., exclude_disliked: _Optional[bool] = ..., exclude_seen: _Optional[bool] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ..., context_item_id: _Optional[str] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("items", "model_version", "recommendation_id")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    model_version: str
+    recommendation_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "limit", "mode", "include_categories", "exclude_categories", "exclude_item_ids", "in_stock_only", "user_id", "identifier")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class RecommenderStub:
                 request_serializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
                 response_deserializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
                 _registered_method=True)
+        self.Rank = channel.unary_unary(
+                '/omnirec.v1.Recommender/Rank',
+                request_serializer=omnirec_dot_v1_dot_recommender__pb2.RankRequest.SerializeToString,
+                response_deserializer=omnirec_dot_v1_dot_recommender__pb2.RankResponse.FromString,
+                _registered_method=True)
         self.TrackEvents = channel.unary_unary(
                 '/omnirec.v1.Recommender/TrackEvents',
                 request_serializer=omnirec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
@@ -77,6 +82,15 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rank(self, request, context):
+        """The caller's own list (search results, a category page) re-ranked for one person:
+        the caller's items only, filtered as Recommend filters, best first, with scores and
+        reasons. Items the model cannot rank follow in the caller's order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TrackEvents(self, request, context):
         """Live events: each is validated on its own; accepted ones update the person's features
         at once and are kept durably for the next training run.
@@ -104,6 +118,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.SimilarItems,
                     request_deserializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.FromString,
                     response_serializer=omnirec_dot_v1_dot_recommender__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'Rank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rank,
+                    request_deserializer=omnirec_dot_v1_dot_recommender__pb2.RankRequest.FromString,
+                    response_serializer=omnirec_dot_v1_dot_recommender__pb2.RankResponse.SerializeToString,
             ),
             'TrackEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.TrackEvents,
@@ -171,6 +190,33 @@ class Recommender:
             '/omnirec.v1.Recommender/SimilarItems',
             omnirec_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
             omnirec_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnirec.v1.Recommender/Rank',
+            omnirec_dot_v1_dot_recommender__pb2.RankRequest.SerializeToString,
+            omnirec_dot_v1_dot_recommender__pb2.RankResponse.FromString,
             options,
             channel_credentials,
             insecure,
