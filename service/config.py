@@ -97,6 +97,12 @@ class Settings:
     explore_rate: float = 0.0
     """OMNIREC_EXPLORE_RATE: share of PredictSendTime answers drawn by Thompson sampling
     instead of the best slot, so future data stops echoing past schedules (0 = never)."""
+    min_message_gap_hours: float = 0.0
+    """OMNIREC_MIN_MESSAGE_GAP_HOURS: the least time between two messages to one person on
+    one channel (the fatigue gap); send times are pushed past it (0 = no gap)."""
+    max_messages_per_day: int = 0
+    """OMNIREC_MAX_MESSAGES_PER_DAY: the most messages to one person over all channels in
+    any 24 hours; send times are pushed past it (0 = no cap)."""
     recency_half_life_events: float = 0.0
     """OMNIREC_RECENCY_HALF_LIFE_EVENTS: in a person's history, an event this many
     positions back counts half as much as the newest when serving. 0 (the default): the
@@ -230,6 +236,12 @@ def _validate(s: Settings) -> None:
     need(s.engagement_half_life_days > 0, "engagement_half_life_days", "must be positive")
     need(_zone_ok(s.default_timezone), "default_timezone", "is not a known IANA time zone")
     need(0 <= s.explore_rate <= 1, "explore_rate", "must be between 0 and 1")
+    need(
+        0 <= s.min_message_gap_hours <= 24 * 90,
+        "min_message_gap_hours",
+        "must be between 0 and 2160 (90 days)",
+    )
+    need(s.max_messages_per_day >= 0, "max_messages_per_day", "must not be negative")
     need(
         s.recency_half_life_events >= 0,
         "recency_half_life_events",

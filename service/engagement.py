@@ -7,6 +7,7 @@ person's engagement from Redis (published profile + live events since), and answ
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,8 @@ import numpy as np
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
-from service.errors import BadInput, quote
+from service.contact import ContactPolicy, ContactState, earliest_send
+from service.errors import BadInput, NotAllowed, quote
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
 from service.identity import Identities
 from service.rpc import check_timestamp, rpc
@@ -93,18 +95,21 @@ class EngagementService(epb_grpc.EngagementServicer):
         self.models = models
         self.identities = identities
         self.reader = reader
+        self.policy = ContactPolicy.of(settings)
         self._rng = np.random.default_rng()
 
     def _priors(self) -> tuple[Priors, str]:
         engine = self.models.engine  # type: ignore[attr-defined]
         return engine.priors, engine.model.label
 
-    async def _profile(self, token: str, priors: Priors) -> EngagementProfile:
+    async def _profile(self, token: str, priors: Priors) -> tuple[EngagementProfile, ContactState]:
         found = await self.reader.run(
             self.identities.view_plan(token, engagement=True), "reading engagement"
         )
         assert found.engagement is not None
-        return profile_of(found.engagement, self.settings, priors)
+        return profile_of(found.engagement, self.settings, priors), ContactState.of(
+            found.engagement
+        )
 
     @rpc
     async def PredictSendTime(  # noqa: N802
@@ -136,7 +141,26 @@ class EngagementService(epb_grpc.EngagementServicer):
                 raise BadInput("not_before", f"is more than {MAX_DAYS_AHEAD} days ahead")
             not_before = request.not_before.ToDatetime(tzinfo=UTC)
         priors, label = self._priors()
-        profile = await self._profile(token, priors)
+        profile, contact = await self._profile(token, priors)
+        if request.channel in contact.opted_out:
+            raise NotAllowed(
+                "channel",
+                f"the person unsubscribed from {request.channel!r} (a 'resubscribe' event "
+                "lifts it)",
+            )
+        # The fatigue gap and the daily cap move the window's start later, never its end.
+        allowed_from = earliest_send(contact, request.channel, self.policy, not_before.timestamp())
+        end = not_before + timedelta(hours=window)
+        if allowed_from > not_before.timestamp():
+            not_before = datetime.fromtimestamp(allowed_from, UTC)
+            window = math.floor((end - not_before).total_seconds() / 3600)
+            if window < 1:
+                raise NotAllowed(
+                    "window_hours",
+                    f"no message on {request.channel!r} may go out before "
+                    f"{not_before.isoformat(timespec='minutes')} (OMNIREC_MIN_MESSAGE_GAP_HOURS"
+                    " / OMNIREC_MAX_MESSAGES_PER_DAY), after the window ends",
+                )
         zone = request.timezone or profile.timezone or self.settings.default_timezone
         plan = plan_send(
             profile,
@@ -188,11 +212,23 @@ class EngagementService(epb_grpc.EngagementServicer):
     ) -> epb.RankChannelsResponse:
         token = _token(self.identities, request)
         priors, label = self._priors()
-        profile = await self._profile(token, priors)
+        profile, contact = await self._profile(token, priors)
+        now = time.time()
+        ranked = rank_channels(profile, priors, contact.unanswered)
+        # Channels the person left go last, marked: "take the first" never picks one.
+        ranked.sort(key=lambda r: r[0] in contact.opted_out)
         return epb.RankChannelsResponse(
             channels=[
-                epb.ChannelScore(channel=c, score=score, evidence=evidence)
-                for c, score, evidence in rank_channels(profile, priors)
+                epb.ChannelScore(
+                    channel=c,
+                    score=score,
+                    evidence=evidence,
+                    opted_out=c in contact.opted_out,
+                    next_allowed=_timestamp(datetime.fromtimestamp(allowed_from, UTC))
+                    if (allowed_from := earliest_send(contact, c, self.policy, now)) > now
+                    else None,
+                )
+                for c, score, evidence in ranked
             ],
             model_version=label,
             source=channel_source(profile),

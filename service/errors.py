@@ -52,6 +52,15 @@ class NotFound(OmnirecError):
     """Something a caller named (an item, a person) is unknown; message names the field."""
 
 
+class NotAllowed(OmnirecError):
+    """What was asked cannot be done for this person now (e.g. a channel they
+    unsubscribed from); the message names the field and why. FAILED_PRECONDITION."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
 class ConfigError(OmnirecError):
     """A setting is missing or malformed; raised before anything runs."""
 

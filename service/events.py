@@ -27,8 +27,14 @@ ENGAGEMENT_EVENT_TYPES: tuple[str, ...] = (
     "message_click",
     "session_start",
 )
+#: A person closes (``unsubscribe``) or reopens (``resubscribe``) one message channel:
+#: ``channel`` is required and one of :data:`MESSAGE_CHANNELS`; ``item_id`` is empty.
+#: ``service/contact.py`` says what they change.
+CONTACT_EVENT_TYPES: tuple[str, ...] = ("unsubscribe", "resubscribe")
 #: What clients send (TrackEvents, event files).
-CLIENT_EVENT_TYPES: tuple[str, ...] = ITEM_EVENT_TYPES + ENGAGEMENT_EVENT_TYPES
+CLIENT_EVENT_TYPES: tuple[str, ...] = (
+    ITEM_EVENT_TYPES + ENGAGEMENT_EVENT_TYPES + CONTACT_EVENT_TYPES
+)
 #: Written by the server only: ``exposure``, a Recommend answer given under an A/B
 #: experiment (its ``recommendation_id`` names the experiment and arm). Exports carry
 #: them, so ``python -m training experiment-report`` counts what each arm was shown;
@@ -132,6 +138,14 @@ def validate_event(
         raise InvalidEvent("item_id", problem)
     if channel and channel not in CHANNELS:
         raise InvalidEvent("channel", f"{quote(channel)} is not one of {', '.join(CHANNELS)}")
+    if event_type in CONTACT_EVENT_TYPES and channel not in MESSAGE_CHANNELS:
+        raise InvalidEvent(
+            "channel",
+            f"a {event_type!r} event needs one of {', '.join(MESSAGE_CHANNELS)}, "
+            f"got {quote(channel)}",
+        )
+    if event_type in CONTACT_EVENT_TYPES and item_id:
+        raise InvalidEvent("item_id", f"must be empty for a {event_type!r} event")
     if timezone and not is_valid_timezone(timezone):
         raise InvalidEvent("timezone", f"{quote(timezone)} is not a known IANA time zone")
 

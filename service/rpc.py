@@ -17,6 +17,7 @@ from service.errors import (
     BadInput,
     DeadlineExpired,
     ModelNotFound,
+    NotAllowed,
     NotFound,
     StoreUnavailable,
 )
@@ -45,7 +46,7 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         except StoreUnavailable as exc:
             log.warning("%s: %s", method.__name__, exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"feature store unavailable: {exc}")
-        except ModelNotFound as exc:
+        except (ModelNotFound, NotAllowed) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except asyncio.CancelledError:
             raise  # the caller went away or the server is stopping

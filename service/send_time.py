@@ -693,6 +693,10 @@ class Priors:
     """Segment -> share of activity per local hour."""
     tuning: Tuning = field(default_factory=Tuning)
     """How far to trust each person's own evidence (learnt)."""
+    fatigue: list[float] = field(default_factory=list)
+    """Fatigue learnt from the log: entry k multiplies a channel's score for a person whose
+    last k deliveries on it went unanswered (the last entry: k or more). Empty: none
+    (``training.engagement.learn_fatigue``)."""
 
     @classmethod
     def flat(cls, rate: float = DEFAULT_RATE) -> Priors:
@@ -722,6 +726,7 @@ class Priors:
             "activity": _floats(self.activity),
             "segment_activity": {s: _floats(a) for s, a in self.segment_activity.items()},
             "tuning": self.tuning.to_dict(),
+            "fatigue": _floats(self.fatigue),
         }
 
     @classmethod
@@ -759,6 +764,7 @@ class Priors:
                     for s, a in d.get("segment_activity", {}).items()
                 },
                 tuning=Tuning.from_dict(raw_tuning),
+                fatigue=_floats(d.get("fatigue", [])),
             )
         except KeyError as exc:
             raise ValueError(f"priors lack {exc.args[0]!r}") from None
@@ -1074,16 +1080,28 @@ def channel_score(
     return (engaged + strength * rate) / (delivered + strength)
 
 
-def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str, float, int]]:
+def fatigue_factor(priors: Priors, unanswered: int) -> float:
+    """What ``unanswered`` deliveries in a row do to a channel's score (1: nothing)."""
+    if not priors.fatigue or unanswered <= 0:
+        return 1.0
+    return float(priors.fatigue[min(unanswered, len(priors.fatigue) - 1)])
+
+
+def rank_channels(
+    profile: EngagementProfile, priors: Priors, unanswered: Mapping[str, int] | None = None
+) -> list[tuple[str, float, int]]:
     """``(channel, score, evidence)`` for every channel of ``MESSAGE_CHANNELS``, best first.
 
     ``score`` is the person's posterior engagement rate per delivery on the channel, a
     Beta posterior mean shrunk to ``priors.channel_rate`` with the channel's learnt
     pseudo-deliveries (``tuning.channel_strength``, else ``tuning.strength``): opens per
     delivery, not opens, since a brand that sends mostly email gets mostly email opens
-    from everybody. ``evidence`` is the deliveries (plain count). Ties keep the order
-    of ``MESSAGE_CHANNELS``.
+    from everybody; times the learnt fatigue of the person's latest deliveries on it that
+    went unanswered (``unanswered``: channel → how many in a row, newest back).
+    ``evidence`` is the deliveries (plain count). Ties keep the order of
+    ``MESSAGE_CHANNELS``.
     """
+    unanswered = unanswered or {}
     scored = []
     tuning = priors.tuning
     for channel in MESSAGE_CHANNELS:
@@ -1092,6 +1110,7 @@ def rank_channels(profile: EngagementProfile, priors: Priors) -> list[tuple[str,
         engaged = float(np.maximum(counts.engaged(), 0.0).sum())
         strength = tuning.channel_strength.get(channel, tuning.strength)
         score = channel_score(engaged, delivered, channel_rate(priors, channel), strength)
+        score *= fatigue_factor(priors, unanswered.get(channel, 0))
         scored.append(
             (channel, float(np.clip(score, 0.0, 1.0)), int(round(_plain_deliveries(counts))))
         )

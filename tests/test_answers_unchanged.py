@@ -338,6 +338,10 @@ def plain(reply: Message) -> dict[str, Any]:
     for added in ("experiment", "arm"):
         if out.get(added) == "":
             del out[added]
+    # Added with opt-outs and fatigue (issue 15): false / unset while neither applies.
+    for channel in out.get("channels", []) if isinstance(reply, epb.RankChannelsResponse) else []:
+        if channel.get("opted_out") is False:
+            del channel["opted_out"]
     if isinstance(reply, pb.RecommendResponse | pb.SimilarItemsResponse):
         out["items"] = [[r.item_id, float(r.score), r.reason] for r in reply.items]
     return out

@@ -554,8 +554,79 @@ def learn_priors(
     if frame.empty:
         return replace(_priors(None, default_timezone, min_segment_deliveries), tuning=tuning)
     messages, activity = tuning.recency(half_life_days)
-    counts = _counts(_events(frame, default_timezone), messages, activity)
-    return replace(_priors(counts, default_timezone, min_segment_deliveries), tuning=tuning)
+    events = _events(frame, default_timezone)
+    counts = _counts(events, messages, activity)
+    return replace(
+        _priors(counts, default_timezone, min_segment_deliveries),
+        tuning=tuning,
+        fatigue=learn_fatigue(events),
+    )
+
+
+#: Fatigue is learnt for 0 .. FATIGUE_STREAKS - 1 unanswered deliveries in a row (the
+#: last for that many or more).
+FATIGUE_STREAKS = 6
+#: Pseudo-deliveries at "no fatigue" behind each streak's factor: a streak seen on a few
+#: deliveries says little.
+FATIGUE_PSEUDO = 50.0
+
+
+def learn_fatigue(events: _Events) -> list[float]:
+    """How much less a person answers a message after k of their deliveries in a row on
+    that channel went unanswered, relative to after an answered one (k = 0), for k in
+    0 .. :data:`FATIGUE_STREAKS` - 1; [] without deliveries to learn from.
+
+    People who rarely answer have long streaks anyway, so streaks are not compared with
+    each other directly: each delivery's answer is compared with what that person's own
+    rate on the channel predicts, leaving that delivery out (their other deliveries'
+    answers, shrunk to the channel's rate with :data:`FATIGUE_PSEUDO`/10 pseudo-ones).
+    Per streak, answers over predictions (shrunk to 1 with :data:`FATIGUE_PSEUDO`
+    pseudo-deliveries) is its factor; factors are made relative to streak 0, at most 1,
+    and never rising with the streak. Where nothing tires people, they come out near 1.
+    """
+    sent = np.flatnonzero(events.of_kind("message_delivered") & (events.channel >= 0))
+    if len(sent) < FATIGUE_STREAKS:
+        return []
+    answered = _answered(events)[sent].astype(np.float64)
+    frame = pd.DataFrame(
+        {"u": events.codes[sent], "c": events.channel[sent], "ts": events.ts[sent], "a": answered}
+    ).sort_values(["u", "c", "ts"], kind="stable")
+    group = frame.groupby(["u", "c"], sort=False)
+    a = frame["a"].to_numpy()
+    # Unanswered in a row before each delivery: the position since the group's last answer.
+    position = group.cumcount().to_numpy()
+    keys = [frame["u"], frame["c"]]
+    last_answer = (
+        pd.Series(np.where(a > 0, position, -1), index=frame.index)
+        .groupby(keys, sort=False)
+        .cummax()
+        .groupby(keys, sort=False)
+        .shift(1, fill_value=-1)
+        .to_numpy()
+    )
+    streak = np.minimum(position - last_answer - 1, FATIGUE_STREAKS - 1)
+    started = last_answer >= 0  # before a person's first answer, "unanswered" means little
+    total = group["a"].transform("sum").to_numpy()
+    count = group["a"].transform("size").to_numpy()
+    rate = {c: float(frame["a"][frame["c"] == c].mean()) for c in np.unique(frame["c"])}
+    prior = np.array([rate[c] for c in frame["c"].to_numpy()])
+    pseudo = FATIGUE_PSEUDO / 10
+    predicted = (total - a + pseudo * prior) / (count - 1 + pseudo)
+    factors = []
+    for k in range(FATIGUE_STREAKS):
+        at = started & (streak == k)
+        factors.append(
+            (a[at].sum() + FATIGUE_PSEUDO * _mean_or_1(predicted[at]))
+            / (predicted[at].sum() + FATIGUE_PSEUDO * _mean_or_1(predicted[at]))
+        )
+    relative = np.minimum(np.array(factors) / factors[0], 1.0)
+    return [float(f) for f in np.minimum.accumulate(relative)]
+
+
+def _mean_or_1(predicted: np.ndarray) -> float:
+    """The mean prediction of a streak's deliveries (1 when there are none): the scale of
+    its pseudo-deliveries, so shrinking pulls the factor to 1."""
+    return float(predicted.mean()) if len(predicted) else 1.0
 
 
 def _priors(counts: _Counts | None, default_timezone: str, min_segment: int) -> Priors:

@@ -51,8 +51,14 @@ as for everyone else. Every other event has ``automated=False``.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` and vectorised, so the
 same arguments give byte-identical files; it runs at roughly a second per million events.
-The planted order is drawn last, so without it (``sequences=False``) every other event is
-the same.
+The planted order is drawn after everything but the opt-outs, so without it
+(``sequences=False``) every other event is the same.
+
+**Opt-outs**, drawn last: :data:`OPT_OUT_SHARE` of people ``unsubscribe`` from the message
+channel they open least, at a random moment of the window, and a quarter of them
+``resubscribe`` to it later. Deliveries on it stop from then until the resubscribe.
+``users.<id>.opted_out`` in ``truth.json`` lists the channels closed at the window's end.
+Without them (``opt_outs=False``) every other event is the same.
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ DEFAULT_END = datetime(2026, 10, 1, tzinfo=UTC)
 SEND_HOURS_UTC: tuple[int, ...] = (9, 13, 18)
 #: Share of people whose email a privacy proxy opens automatically on delivery.
 PROXY_SHARE = 0.3
+#: Share of people who unsubscribe from one message channel during the window.
+OPT_OUT_SHARE = 0.08
+_P_RESUBSCRIBE = 0.25
 #: Time zones users live in.
 TIMEZONES: tuple[str, ...] = (
     "Europe/London",
@@ -169,6 +178,7 @@ _PROXY_DELAY_S = 60  # a proxy fetches the email within this many seconds (inclu
 _TYPE = {name: code for code, name in enumerate(EVENT_TYPES)}
 _CHANNEL = {name: code for code, name in enumerate(CHANNELS)}
 _SITE_CHANNELS = (_CHANNEL["web"], _CHANNEL["app"])
+_MESSAGE_EVENT_TYPES = ("message_delivered", "message_open", "message_click")
 _MESSAGE_CHANNEL_CODES = np.array([_CHANNEL[c] for c in MESSAGE_CHANNELS], dtype=np.int8)
 
 
@@ -195,6 +205,7 @@ def generate(
     fmt: str = "parquet",
     end: datetime | None = None,
     sequences: bool = True,
+    opt_outs: bool = True,
 ) -> GeneratedData:
     """Write a synthetic event log, item catalogue and planted truth into ``out_dir``.
 
@@ -216,6 +227,8 @@ def generate(
         Plant the order described in the module docstring (leads and their followers,
         series). Without it, the events are those of a log without planted order (every
         other event the same as with it) and ``truth.json`` lists no sequences.
+    opt_outs
+        Plant the opt-outs described in the module docstring; without, none.
 
     Raises
     ------
@@ -245,6 +258,7 @@ def generate(
         planted = _plant_sequences(rng, people, catalogue, visits, log)
     else:
         planted = _Sequences(follower=np.full(len(catalogue.ids), -1, np.int32), series=[])
+    closed = _plant_opt_outs(rng, people, clock, log) if opt_outs else {}
     events = log.to_table(people, catalogue, clock.end)
     logger.info("generated %d events for %d users", events.num_rows, users)
 
@@ -255,7 +269,7 @@ def generate(
     )
     _write(events, data.events, fmt)
     _write(catalogue.to_table(), data.items, fmt)
-    truth = _truth(seed, clock, people, catalogue, proxy_opens, planted)
+    truth = _truth(seed, clock, people, catalogue, proxy_opens, planted, closed)
     data.truth.write_text(json.dumps(truth) + "\n", encoding="utf-8")
     logger.info("wrote %s, %s and %s", data.events, data.items, data.truth)
     return data
@@ -460,6 +474,27 @@ class _EventLog:
                 np.full(n, automated, dtype=bool),
             )
         )
+
+    def drop_deliveries(
+        self, people: np.ndarray, channels: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> None:
+        """Drop the message events (deliveries and what followed them) of ``people[k]``
+        on ``channels[k]`` timed in ``[start[k], end[k])``: nothing is sent there."""
+        top = int(people.max()) + 1 if len(people) else 0
+        channel_of = np.full(top, -1, np.int16)
+        since, until = np.zeros(top, np.int64), np.zeros(top, np.int64)
+        channel_of[people], since[people], until[people] = channels, start, end
+        message = np.array([_TYPE[t] for t in _MESSAGE_EVENT_TYPES], np.int8)
+        for n, (user, item, etype, ts, channel, automated) in enumerate(self._parts):
+            if not np.isin(etype[:1], message).any():
+                continue
+            known = user < top
+            hit = np.zeros(len(user), dtype=bool)
+            u = user[known]
+            hit[known] = (channel_of[u] == channel[known]) & (ts[known] >= since[u])
+            hit[known] &= ts[known] < until[u]
+            keep = ~hit
+            self._parts[n] = tuple(c[keep] for c in (user, item, etype, ts, channel, automated))
 
     def to_table(self, people: _People, catalogue: _Catalogue, end: int) -> pa.Table:
         """All events before ``end``, sorted by timestamp, as a table in ``COLUMNS`` order."""
@@ -685,6 +720,33 @@ def _add_messages(
     return proxy
 
 
+def _plant_opt_outs(
+    rng: np.random.Generator, people: _People, clock: _Clock, log: _EventLog
+) -> dict[int, str]:
+    """Unsubscribes (and some resubscribes) from each chosen person's least-opened
+    channel; deliveries on it between the two are dropped. Returns person -> the channel
+    still closed at the window's end."""
+    n_users = len(people.ids)
+    chosen = np.flatnonzero(rng.random(n_users) < OPT_OUT_SHARE)
+    channel_of = np.argmin(people.open_rate[chosen], axis=1)
+    left = rng.integers(clock.start, clock.end, len(chosen))
+    back = np.where(
+        rng.random(len(chosen)) < _P_RESUBSCRIBE,
+        left + (rng.random(len(chosen)) * (clock.end - left)).astype(np.int64),
+        clock.end,
+    )
+    codes = _MESSAGE_CHANNEL_CODES[channel_of]
+    log.add("unsubscribe", chosen.astype(np.int32), left, codes)
+    again = back < clock.end
+    log.add("resubscribe", chosen[again].astype(np.int32), back[again], codes[again])
+    log.drop_deliveries(chosen, codes, left, back)
+    return {
+        int(person): MESSAGE_CHANNELS[int(c)]
+        for person, c, reopened in zip(chosen, channel_of, again, strict=True)
+        if not reopened
+    }
+
+
 @dataclass(frozen=True)
 class _Sequences:
     """The planted order: per item its follower (-1 for none), and the series."""
@@ -844,6 +906,7 @@ def _truth(
     catalogue: _Catalogue,
     proxy_opens: np.ndarray,
     planted: _Sequences,
+    closed: dict[int, str],
 ) -> dict:
     users = {}
     for i, user_id in enumerate(people.ids):
@@ -857,6 +920,7 @@ def _truth(
                 for channel, rate in zip(MESSAGE_CHANNELS, people.open_rate[i], strict=True)
             },
             "proxy_opens": bool(proxy_opens[i]),
+            "opted_out": [closed[i]] if i in closed else [],
         }
     return {
         "seed": int(seed),

@@ -83,14 +83,18 @@ class RankChannelsRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., identifier: _Optional[_Union[_identity_pb2.Identifier, _Mapping]] = ...) -> None: ...
 
 class ChannelScore(_message.Message):
-    __slots__ = ("channel", "score", "evidence")
+    __slots__ = ("channel", "score", "evidence", "opted_out", "next_allowed")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    OPTED_OUT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     channel: str
     score: float
     evidence: int
-    def __init__(self, channel: _Optional[str] = ..., score: _Optional[float] = ..., evidence: _Optional[int] = ...) -> None: ...
+    opted_out: bool
+    next_allowed: _timestamp_pb2.Timestamp
+    def __init__(self, channel: _Optional[str] = ..., score: _Optional[float] = ..., evidence: _Optional[int] = ..., opted_out: _Optional[bool] = ..., next_allowed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RankChannelsResponse(_message.Message):
     __slots__ = ("channels", "model_version", "source")

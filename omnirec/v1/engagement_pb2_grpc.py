@@ -52,14 +52,18 @@ class EngagementServicer:
     """
 
     def PredictSendTime(self, request, context):
-        """The slot in a window with the highest predicted engagement for one channel.
+        """The slot in a window with the highest predicted engagement for one channel. A channel
+        the person unsubscribed from is FAILED_PRECONDITION naming "channel"; the fatigue gap
+        and the daily cap move the window's start later (FAILED_PRECONDITION naming
+        "window_hours" when that leaves no whole hour of it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RankChannels(self, request, context):
-        """Message channels ranked by predicted open rate per delivery, best first.
+        """Message channels ranked by predicted open rate per delivery, best first; channels the
+        person unsubscribed from come last, marked opted_out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -168,3 +168,9 @@ def to_json(value: Any) -> str:
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def contact_member(kind: str, channel: str) -> str:
+    """The member an ``unsubscribe`` / ``resubscribe`` event sets in a person's contact
+    zset (score: the event's time; ``service/contact.py`` reads them)."""
+    return f"{kind}:{channel}"

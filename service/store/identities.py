@@ -121,10 +121,13 @@ class IdentityStore:
                         pipe.delete(key)
                         if entries:
                             pipe.rpush(key, *entries)
-                    for part in ("purchased", "purchased_at", "disliked", "disliked_at"):
+                    for part in ("purchased", "purchased_at", "disliked", "disliked_at", "contact"):
                         keys = [live_key(p, who, part) for who in people]
-                        store = pipe.zunionstore if part.endswith("_at") else pipe.sunionstore
-                        if part.endswith("_at"):
+                        zset = part.endswith("_at") or part == "contact"
+                        store = pipe.zunionstore if zset else pipe.sunionstore
+                        # Newest time of each member wins (an opt-out of either person
+                        # stays unless a later resubscribe of either lifts it).
+                        if zset:
                             store(live_key(p, survivor, part), keys, aggregate="MAX")
                         else:
                             store(live_key(p, survivor, part), keys)

@@ -18,6 +18,9 @@ Keys (``P`` is the configured prefix, ``<pub>`` a publication id)::
     P:live:user:{<user>}:disliked_at    zset    item id -> time of its newest dislike
     P:live:user:{<user>}:engagement     list    JSON [channel, type, ts, zone, automated],
                                                 newest first, bounded (send time, channels)
+    P:live:user:{<user>}:contact        zset    "unsubscribe:<channel>" / "resubscribe:
+                                                <channel>" -> newest time (opt-outs; never
+                                                trimmed, see service/contact.py)
     P:live:trending:<day>               zset    item_id -> decayed weight (see below)
     P:events                            stream  every accepted live event, bounded
     P:events:exported                   string  id of the last exported stream entry
@@ -129,6 +132,7 @@ LIVE_PARTS = (
     "disliked",
     "disliked_at",
     "engagement",
+    "contact",
 )
 
 

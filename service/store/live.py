@@ -19,8 +19,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from service.events import COLUMNS, EXPOSURE, EXTRA_COLUMNS
-from service.store.codecs import TrackedEvent, encode_engagement, encode_entry
+from service.events import COLUMNS, CONTACT_EVENT_TYPES, EXPOSURE, EXTRA_COLUMNS
+from service.store.codecs import TrackedEvent, contact_member, encode_engagement, encode_entry
 from service.store.keys import (
     erased_key,
     identity_key,
@@ -297,4 +297,20 @@ class LiveLayer:
                 identity_key(p, e.token) if e.token else "",
             )
         ((duplicates, gone, moved),) = yield [command("eval", _RECORD_SCRIPT, 0, *argv)]
+        # Opt-outs live in their own untrimmed zset (service/contact.py), written once the
+        # script said which events were recorded: a second round trip, only for batches
+        # that hold any. GT keeps each (kind, channel)'s newest time whatever the order.
+        skipped = {int(n) for n in (*duplicates, *gone, *moved)}
+        contact = [
+            command(
+                "zadd",
+                live_key(p, e.user_id, "contact"),
+                {contact_member(e.event_type, e.channel): e.timestamp},
+                gt=True,
+            )
+            for n, e in enumerate(events)
+            if e.event_type in CONTACT_EVENT_TYPES and n not in skipped
+        ]
+        if contact:
+            yield contact
         return Recorded(len(duplicates), [int(i) for i in gone], [int(i) for i in moved])

@@ -72,6 +72,9 @@ class EngagementView:
     """Newest event time the published profile covers (its data end)."""
     live: list[EngagementEvent]
     """Tracked events, newest first; those after ``published_until`` are new."""
+    contact: dict[str, float] = field(default_factory=dict)
+    """Opt-out marks: ``unsubscribe:<channel>`` / ``resubscribe:<channel>`` → newest
+    time (``service/contact.py``)."""
 
 
 @dataclass
@@ -117,6 +120,7 @@ class PersonView:
 class _PersonReplies:
     live: UserFeatures
     engagement: list[EngagementEvent]
+    contact: dict[str, float]
     aliases: list[str]
     tokens: list[str]
     published: UserFeatures | None
@@ -248,7 +252,7 @@ class ServingReads:
             mine = own_decode(replies[len(pub_commands) :])
         if erased:
             # Whatever is left of them (a cached row, a racing write) is not theirs to use.
-            mine = _PersonReplies(UserFeatures(), [], [], [], None)
+            mine = _PersonReplies(UserFeatures(), [], {}, [], [], None)
         theirs: list[_PersonReplies] = []
         if mine.aliases:
             # People merged into this one: their published features count until the next
@@ -293,7 +297,7 @@ class ServingReads:
                 events += other.engagement
             events.sort(key=lambda e: -e[2])
             until = self._data_end.get(pub) if pub is not None else None
-            view.engagement = EngagementView(texts, until, events)
+            view.engagement = EngagementView(texts, until, events, mine.contact)
         return view
 
     def _publication_commands(
@@ -365,6 +369,9 @@ class ServingReads:
             commands.append(
                 command("lrange", live_key(p, person, "engagement"), 0, self.engagement_length - 1)
             )
+            commands.append(
+                command("zrange", live_key(p, person, "contact"), 0, -1, withscores=True)
+            )
         if with_live:
             commands.append(command("smembers", person_key(p, person, "aliases")))
         if tokens:
@@ -391,6 +398,7 @@ class ServingReads:
                     disliked={text(i) for i in disliked},
                 )
             events = [decode_engagement(e) for e in next(it)] if engagement_live else []
+            contact = {text(m): float(t) for m, t in next(it)} if engagement_live else {}
             aliases = [text(a) for a in next(it)] if with_live else []
             stored = [text(t) for t in next(it)] if tokens else []
             published = cached
@@ -401,7 +409,7 @@ class ServingReads:
             if check and not next(it):
                 published = UserFeatures()
                 self._remember(pub, person, published)  # type: ignore[arg-type]
-            return _PersonReplies(live, events, aliases, stored, published)
+            return _PersonReplies(live, events, contact, aliases, stored, published)
 
         return commands, decode
 
