@@ -344,3 +344,19 @@ def test_unanswered_deliveries_lower_a_channels_score_by_the_learnt_fatigue():
         ],
     )
     assert ContactState.of(view).unanswered == {"email": 2, "sms": 1}
+
+
+def test_opt_outs_in_the_training_log_are_served(stubs, truth):
+    """The generator's planted unsubscribes (and the resubscribes after some) reach
+    Redis with the training run's publication."""
+    _, engagement, _ = stubs
+    closed = {u: t["opted_out"] for u, t in truth["users"].items() if t["opted_out"]}
+    never = sorted(u for u, t in truth["users"].items() if not t["opted_out"])
+    assert len(closed) >= 10
+    for user, channels in sorted(closed.items())[:10]:
+        marked = {c.channel for c in channels_of(engagement, user) if c.opted_out}
+        assert marked == set(channels)
+        assert send_time_code(engagement, user, channels[0]) == (
+            grpc.StatusCode.FAILED_PRECONDITION
+        )
+    assert not any(c.opted_out for c in channels_of(engagement, never[0]))

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from service.events import ITEM_EVENT_TYPES
+from service.events import CONTACT_EVENT_TYPES, ITEM_EVENT_TYPES
 from service.store import FeatureStore
-from service.store.codecs import UserFeatures
+from service.store.codecs import UserFeatures, contact_member
 from training.matrix import SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,20 @@ def bought_together(frame: pd.DataFrame, top: int = 50) -> dict[str, dict[str, f
     return out
 
 
+def contact_marks(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per person, the newest time of each ``unsubscribe`` / ``resubscribe`` channel in
+    the log (``service/contact.py``). They join the live opt-out marks, never replace
+    them: a newer mark tracked live wins."""
+    found = frame[frame["event_type"].isin(CONTACT_EVENT_TYPES) & (frame["channel"] != "")]
+    if found.empty:
+        return {}
+    newest = found.groupby(["user_id", "event_type", "channel"], sort=True)["timestamp"].max()
+    out: dict[str, dict[str, int]] = {}
+    for (user, kind, channel), ts in newest.items():
+        out.setdefault(str(user), {})[contact_member(str(kind), str(channel))] = int(ts)
+    return out
+
+
 def publish(
     store: FeatureStore,
     frame: pd.DataFrame,
@@ -126,6 +140,10 @@ def publish(
     known = {i: {} for i in frame["item_id"].unique() if i and i not in catalogue}
     created = store.upsert_items([*catalogue.items(), *known.items()])
     log.info("catalogue: %d items written, %d new", len(catalogue) + len(known), created)
+    marks = contact_marks(frame)
+    if marks:
+        store.add_contact_marks(marks)
+        log.info("opt-outs: unsubscribe / resubscribe times of %d people written", len(marks))
     n_users = int(frame["user_id"].nunique())
     log.info("publishing features of %d people to Redis", n_users)
     return store.publish(

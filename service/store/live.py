@@ -29,7 +29,7 @@ from service.store.keys import (
     stream_key,
     trending_key,
 )
-from service.store.plans import Command, Plan, command, run_plan
+from service.store.plans import Command, Plan, command, run_plan, unavailable
 
 SECONDS_PER_DAY = 86_400
 #: Trending zsets outlive their day by this much, then Redis drops them.
@@ -226,6 +226,19 @@ class LiveLayer:
         """Apply live events at once and all together, in one round trip. ``marks``: the
         erasure mark of each person (events of people in the erased set are skipped)."""
         return run_plan(self.client, self.record_plan(events, weights, marks), "recording events")
+
+    def add_contact_marks(self, marks: Mapping[str, Mapping[str, int]]) -> None:
+        """Merge opt-out marks (person → member → time, from an event file) into the live
+        ones; ``GT`` keeps each member's newest time, so a newer live mark stays."""
+        people = list(marks)
+        with unavailable("writing opt-outs"):
+            for start in range(0, len(people), 1000):
+                pipe = self.client.pipeline(transaction=False)
+                for person in people[start : start + 1000]:
+                    pipe.zadd(
+                        live_key(self.prefix, person, "contact"), dict(marks[person]), gt=True
+                    )
+                pipe.execute()
 
     def exposure_command(self, person: str, recommendation_id: str, timestamp: int) -> Command:
         """The stream entry of an answer given under an experiment (event type
