@@ -13,6 +13,10 @@ BENCHES = (
     ("latency and throughput vs a bare gRPC echo server", ["bench_latency.py"]),
     ("scoring cost against catalogue size vs a bare top-k", ["bench_scoring.py"]),
     ("event loading", ["bench_event_log.py", "--rows", "1000000"]),
+    (
+        "sizing: Redis bytes, bundle size and load, training time against events",
+        ["bench_sizing.py"],
+    ),
 )
 
 
