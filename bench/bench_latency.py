@@ -3,6 +3,7 @@ scoring, all measured in the same run on the same machine.
 
     python bench/bench_latency.py [--seconds 5] [--concurrency 8] [--users 2000]
                                   [--items 500] [--profile]
+                                  [--redis standalone|cluster|both]
 
 Sets up real parts in a temporary folder (a throw-away redis-server, a sqlite MLflow
 store, a synthetic log, one ALS training run that publishes to Redis), starts the real
@@ -23,6 +24,11 @@ that window, read from /proc: on a small machine it says who the cores went to.
 Then the same scoring code runs in-process, single-threaded: ``Recommender.recommend``
 with a ``ServingView`` read through ``FeatureStore.serving_view`` per call, the read
 alone, and scoring alone on views read beforehand.
+
+``--redis cluster`` runs it all on a throw-away three-master Redis Cluster instead of one
+redis-server (the "+ 1 GET" row then asks the node holding its key). ``--redis both``
+measures omnirec's RPCs on each, on the same data (the cluster gets a copy of the
+standalone Redis, taken before any load), and prints the two side by side.
 
 ``--profile`` runs the Recommend load once more against a second server whose threads all
 run under ``cProfile`` (thread CPU time by default, ``--profile-clock wall`` for wall
@@ -51,7 +57,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -511,7 +517,7 @@ def timed_loop(fn: Callable[[int], object], seconds: float) -> tuple[list[float]
     return latencies, len(latencies) / (clock() - begin)
 
 
-def in_process_rows(setup: Setup, seconds: float, redis_pid: int) -> list[Row]:
+def in_process_rows(setup: Setup, seconds: float, redis_pids: list[int]) -> list[Row]:
     from service.catalogue import CatalogueCache
     from service.config import feature_store
     from service.recommender import RankingOptions, Recommender, ServingParams
@@ -543,7 +549,7 @@ def in_process_rows(setup: Setup, seconds: float, redis_pid: int) -> list[Row]:
         return recommender.recommend(users[k], views[k], catalogue, options)
 
     # Only this process runs code now (the servers idle): its CPU is the scoring code's.
-    groups = {"client": [], "server": [os.getpid()], "redis": [redis_pid]}
+    groups = {"client": [], "server": [os.getpid()], "redis": redis_pids}
     rows = []
     for name, fn in (
         ("in-process Recommend (store read + score)", read_and_score),
@@ -673,7 +679,91 @@ def profile_recommend(
             print(f"{nc:>9} {tt:>10.3f} {ct:>10.3f} {per_rpc:>11.1f}  {where}")
 
 
+# --- Redis, one server or a cluster -------------------------------------------------------
+
+
+def start_redis(kind: str, tmp: Path) -> Any:
+    """A throw-away redis-server, or a three-master Redis Cluster (``kind`` cluster)."""
+    from training.redis_server import LocalCluster, LocalRedis
+
+    return LocalCluster(tmp / "cluster") if kind == "cluster" else LocalRedis(tmp / "redis")
+
+
+def pids_of(local: Any) -> list[int]:
+    """The redis-server processes of a ``LocalRedis`` or a ``LocalCluster``."""
+    servers = getattr(local, "nodes", [local])
+    return [s.process.pid for s in servers if s.process is not None]
+
+
+def one_node_url(local: Any) -> str:
+    """A plain URL for the echo server's one GET: on a cluster, that of the node that holds
+    its key (any other would answer MOVED)."""
+    if not hasattr(local, "nodes"):
+        return local.url
+    import redis.cluster
+
+    from service.store.plans import connect
+
+    client: redis.cluster.RedisCluster = connect(local.url)  # type: ignore[assignment]
+    try:
+        node = client.get_node_from_key("omnirec-bench-echo")
+        return f"redis://{node.host}:{node.port}/0"
+    finally:
+        client.close()
+
+
+def copy_keys(source: Any, cluster_url: str) -> int:
+    """Every key of the standalone Redis ``source`` into the cluster (DUMP / RESTORE,
+    TTLs kept), so both serve the same data; returns how many keys."""
+    from service.store.plans import chunks, connect
+
+    target = connect(cluster_url, 30.0)
+    copied = 0
+    try:
+        for batch in chunks(source.scan_iter(count=1000), 500):
+            read = source.pipeline(transaction=False)
+            for key in batch:
+                read.dump(key)
+                read.pttl(key)
+            values = read.execute()
+            write = target.pipeline(transaction=False)
+            for key, dumped, ttl in zip(batch, values[::2], values[1::2], strict=True):
+                if dumped is not None:
+                    write.restore(key, max(ttl, 0), dumped, replace=True)
+            copied += len(write.execute())
+    finally:
+        target.close()
+    return copied
+
+
 # --- the table ----------------------------------------------------------------------------
+
+
+def print_side_by_side(alone: Sequence[Row], on_cluster: Sequence[Row]) -> None:
+    """omnirec's RPCs on one redis-server and on a Redis Cluster, measured the same way."""
+    width = max(len(r.name) for r in alone) + 2
+
+    def cells(r: Row) -> str:
+        if r.skipped or not r.completed:
+            return f"{'skipped':>44}"
+        per_call = {k: v / r.completed * 1e6 for k, v in r.cpu.items()}
+        return (
+            f"{r.percentile(50):>8.2f}{r.percentile(99):>8.2f}{r.per_second:>12,.0f}"
+            f"{per_call.get('server', 0):>8.0f}{per_call.get('redis', 0):>8.0f}"
+        )
+
+    print(
+        "\nomnirec on one redis-server and on a Redis Cluster (3 masters, no replicas), same"
+        " data and load; 'server' and 'redis': CPU µs per call"
+    )
+    print(f"{'':<{width}}{'one redis-server':>44}  {'Redis Cluster':>44}")
+    head = f"{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>12}{'server':>8}{'redis':>8}"
+    print(f"{'target':<{width}}{head}  {head}{'ratio':>8}")
+    for a, c in zip(alone, on_cluster, strict=True):
+        ratio = f"{c.per_second / a.per_second:.2f}x" if a.per_second and c.per_second else "-"
+        errors = sum(c.errors.values()) + sum(a.errors.values())
+        note = f"  ERRORS {errors}" if errors else ""
+        print(f"{a.name:<{width}}{cells(a)}  {cells(c)}{ratio:>8}{note}")
 
 
 def print_tables(rows: Sequence[Row], echo_rate: float, cores: int) -> None:
@@ -748,6 +838,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         help="serve with `python -m service serve --processes N` (default: serve's default)",
     )
+    parser.add_argument(
+        "--redis",
+        choices=("standalone", "cluster", "both"),
+        default="standalone",
+        help="one redis-server, a three-master Redis Cluster, or both side by side",
+    )
     parser.add_argument("--profile", action="store_true", help="profile the Recommend load")
     parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--profile-top", type=int, default=15)
@@ -764,17 +860,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything that asks tempfile for a folder (the registry's bundle download, MLflow)
     # lands under tmp as well, so one rmtree cleans up.
     previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(tmp)
-    local_redis = running = served = echo = pool = None
+    local_redis = running = served = echo = pool = cluster = None
     interrupted = False
     try:
-        from training.redis_server import LocalRedis
-
-        say(f"work folder {tmp}; starting redis-server ...")
-        local_redis = LocalRedis(tmp / "redis")
-        redis_pid = local_redis.process.pid if local_redis.process else 0
-        say(f"redis-server on port {local_redis.port}; starting client processes ...")
+        say(f"work folder {tmp}; starting Redis ({args.redis}) ...")
+        local_redis = start_redis("cluster" if args.redis == "cluster" else "standalone", tmp)
+        redis_pids = pids_of(local_redis)
+        say(f"Redis at {local_redis.url}; starting client processes ...")
         pool = ClientPool(args.client_processes)
         setup = set_up(args, tmp, local_redis.url)
+        if args.redis == "both":
+            cluster = start_redis("cluster", tmp)
+            copied = copy_keys(setup.store.client, cluster.url)
+            say(f"Redis Cluster at {cluster.url}: a copy of the standalone one ({copied} keys)")
 
         # `python -m service serve` as a person starts it: default settings, its own
         # processes (N share one port with --processes N).
@@ -807,7 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         groups = {
             "client": pool.pids,
-            "redis": [redis_pid],
+            "redis": redis_pids,
         }
         rows: list[Row] = []
 
@@ -818,9 +916,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             method: str,
             payloads: list[bytes],
             server: list[int],
+            probed: dict[str, tuple[str, int]] | None = None,
+            redis_group: list[int] | None = None,
         ) -> Row:
             row = Row(name)
-            status = probes.get(rpc, ("", 0))[0]
+            status = (probes if probed is None else probed).get(rpc, ("", 0))[0]
             if status == "unimplemented":
                 row.skipped = "unimplemented (skipped)"
                 say(f"{name}: the server answers UNIMPLEMENTED; skipped")
@@ -837,7 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.concurrency,
                 args.warmup,
                 args.seconds,
-                {**groups, "server": server},
+                {**groups, "server": server, "redis": redis_group or groups["redis"]},
             )
             row.latencies = result.latencies
             row.completed = result.completed
@@ -859,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # see the live layer costs. Where these sit near 0.5x, no design that reads Redis
         # per request reaches the issue's floor here.
         for kind, name in (("aio", "echo, grpc.aio"), ("aio+redis", "echo, grpc.aio + 1 GET")):
-            ceiling = EchoServer(1, reply_size, kind, local_redis.url)
+            ceiling = EchoServer(1, reply_size, kind, one_node_url(local_redis))
             try:
                 rows.append(
                     load(
@@ -873,33 +973,48 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             finally:
                 ceiling.stop()
-        rows.append(
-            load("Recommend", "Recommend", address, method_path("Recommend"), recommend, me)
-        )
-        rows.append(
-            load("SimilarItems", "SimilarItems", address, method_path("SimilarItems"), similar, me)
-        )
-        for rpc, payloads in (
+        service = [
+            ("Recommend", recommend),
+            ("SimilarItems", similar),
             ("PredictSendTime", send_time),
             ("RankChannels", channels),
             ("GetProfile", profiles),
-        ):
+        ]
+        track_name = f"TrackEvents x{TRACK_BATCH}"
+        for rpc, payloads in service:
             rows.append(load(rpc, rpc, address, method_path(rpc), payloads, me))
-        in_process = in_process_rows(setup, args.seconds, redis_pid)
-        if args.profile and not rows[1].skipped:
-            profile_recommend(setup, pool, recommend, args, rows[1].per_second)
+        in_process = in_process_rows(setup, args.seconds, redis_pids)
+        if args.profile and not rows[3].skipped:
+            profile_recommend(setup, pool, recommend, args, rows[3].per_second)
         # Last: it adds live history that would change what the other targets read.
-        track_row = load(
-            f"TrackEvents x{TRACK_BATCH}",
-            "TrackEvents",
-            address,
-            method_path("TrackEvents"),
-            track,
-            me,
-        )
+        track_row = load(track_name, "TrackEvents", address, method_path("TrackEvents"), track, me)
         track_row.events_per_call = TRACK_BATCH
         rows.append(track_row)
         rows += in_process
+        # Read before a cluster run replaces the server processes.
+        memory = [rss_mib(pid) for pid in server_pids]
+        on_cluster: list[Row] = []
+        if cluster is not None:
+            # The same targets again, served from the cluster's copy of the data.
+            served.stop()
+            served = ServeProcesses(replace(setup.settings, redis_url=cluster.url), args.processes)
+            say(f"omnirec serving from the Redis Cluster on {served.address}")
+            probed = {rpc: probe(served.address, rpc, payloads) for rpc, payloads in service}
+            probed["TrackEvents"] = probe(served.address, "TrackEvents", track, calls=1)
+            for rpc, payloads in [*service, ("TrackEvents", track)]:
+                on_cluster.append(
+                    load(
+                        f"{rpc} (cluster)",
+                        rpc,
+                        served.address,
+                        method_path(rpc),
+                        payloads,
+                        served.pids,
+                        probed,
+                        pids_of(cluster),
+                    )
+                )
+            on_cluster[-1].events_per_call = TRACK_BATCH
 
         print(
             f"\n{args.data} model: {len(w.users)} people, {len(w.items)} items; "
@@ -911,7 +1026,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Recommend: limit 10, {UNKNOWN_USER_SHARE:.0%} unknown people"
         )
         print_tables(rows, echo_row.per_second, os.cpu_count() or 1)
-        memory = [rss_mib(pid) for pid in server_pids]
+        if on_cluster:
+            by_name = {r.name: r for r in rows}
+            alone = [by_name[rpc] for rpc, _ in service] + [by_name[track_name]]
+            print_side_by_side(alone, on_cluster)
         bundle = sum(
             getattr(a, "nbytes", 0)
             for a in vars(setup.model.bundle).values()
@@ -939,6 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: running.stop(grace=1) if running else None,
             lambda: served.stop() if served else None,
             lambda: local_redis.stop() if local_redis else None,
+            lambda: cluster.stop() if cluster else None,
         ):
             try:
                 stop()

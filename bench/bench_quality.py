@@ -66,8 +66,10 @@ def served_metrics(
     params: ModelParams,
     choose_model: bool = False,
     transitions: bool = True,
+    spark_master: str | None = None,
 ) -> tuple[dict[str, float], float, str]:
-    """Train on the training part with the real job, then ask the real gRPC server."""
+    """Train on the training part with the real job, then ask the real gRPC server
+    (``spark_master``: where ``params.backend == "spark"`` fits; None: the default)."""
     redis_server = LocalRedis(workdir / "redis")
     try:
         settings = load_settings(
@@ -77,6 +79,7 @@ def served_metrics(
             artifact_root=str(workdir / "artifacts"),
             key_prefix="bench",
             identity_secret="bench-secret-0123456789abcdef",
+            spark_master=spark_master,
         )
         events = workdir / "train.parquet"
         write_events(split.train, events)

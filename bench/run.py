@@ -12,7 +12,10 @@ BENCHES = (
     ("send-time quality (independent regimes, MovieLens 100K)", ["bench_send_time.py"]),
     ("latency and throughput vs a bare gRPC echo server", ["bench_latency.py"]),
     ("scoring cost against catalogue size vs a bare top-k", ["bench_scoring.py"]),
+    ("approximate search at 10k, 100k and 1M items: recall, Recommend p99", ["bench_ann.py"]),
     ("event loading", ["bench_event_log.py", "--rows", "1000000"]),
+    ("Spark ALS vs implicit ALS: served NDCG@10 and fit time (MovieLens 100K)", ["bench_spark.py"]),
+    ("campaign audiences: people ranked and planned per second", ["bench_audience.py"]),
     (
         "sizing: Redis bytes, bundle size and load, training time against events",
         ["bench_sizing.py"],

@@ -23,10 +23,21 @@ Kinds:
     beats it on the holdout: ``item_scores`` (one per item, most popular first) and no
     users. It scores nobody personally; serving answers with trending, then popular items.
 
+The similarity kinds may also carry ``interactions`` (sparse users × items, the weighted
+matrix they were trained on): ``Campaigns.Audience`` ranks everybody against a few items
+with it in one sparse product (the factor kinds have their user factors for that).
+Bundles without it (older runs) cannot answer Audience; nothing else reads it.
+
 Any personalised kind may also carry ``transitions`` (sparse items × items: row ``a`` is
 what tends to follow item ``a``, ``training/transitions.py``); serving blends it with the
 kind's own scores using the weights in ``metadata["serving"]``, which training chose by
 validation. A bundle without them (older runs) is served by the kind alone.
+
+A factor bundle may also carry ``ann``: an approximate-search index over its item factors
+(``service/ann.py``), stored in ``arrays.npz`` as faiss's own bytes (``ann_index``) and
+described in the manifest (``ann``: kind, search effort, measured recall). Serving
+searches it for large catalogues; bundles without one (older runs, small catalogues) are
+scored exactly.
 """
 
 from __future__ import annotations
@@ -34,12 +45,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from service.errors import OmnirecError
+
+if TYPE_CHECKING:
+    from service.ann import AnnIndex
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -74,10 +88,15 @@ class ModelBundle:
     to each item's score."""
     transitions: sp.csr_matrix | None = None
     """Optional, personalised kinds: row ``a`` scores what tends to come after item ``a``."""
+    interactions: sp.csr_matrix | None = None
+    """Optional, similarity kinds: the users × items training matrix (rows as
+    ``user_ids``), for ranking every person against a few items at once."""
     item_scores: np.ndarray | None = None
     """``popularity`` only: ``item_scores[j]`` is the popularity of ``item_ids[j]``."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form facts: params, event weights, data cut-off, metrics, run id."""
+    ann: AnnIndex | None = None
+    """Optional, factor kinds: approximate-search index over ``item_factors``."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -99,11 +118,21 @@ class ModelBundle:
             raise BundleError(f"an {self.kind} bundle needs an items × items similarity")
         elif (self.kind == EASE) == sp.issparse(self.similarity):
             raise BundleError("item_knn stores a sparse similarity, ease a dense one")
+        if self.interactions is not None and self.interactions.shape != (
+            len(self.user_ids),
+            n_items,
+        ):
+            raise BundleError("interactions must be users × items")
         if self.transitions is not None:
             if self.kind == POPULARITY:
                 raise BundleError("a popularity bundle carries no transitions")
             if self.transitions.shape != (n_items, n_items):
                 raise BundleError("transitions must be items × items")
+        if self.ann is not None:
+            if self.kind not in FACTOR_KINDS:
+                raise BundleError(f"an {self.kind} bundle has no factors to index")
+            if (self.ann.size, self.ann.dimension) != self.item_factors.shape:
+                raise BundleError("the ann index does not match item_factors")
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle into ``folder`` (created); returns the folder."""
@@ -124,6 +153,10 @@ class ModelBundle:
             arrays |= _sparse("similarity", self.similarity)
         if self.transitions is not None:
             arrays |= _sparse("transitions", self.transitions)
+        if self.interactions is not None:
+            arrays |= _sparse("interactions", self.interactions)
+        if self.ann is not None:
+            arrays["ann_index"] = self.ann.to_array()
         np.savez(out / ARRAYS, **arrays)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -132,6 +165,8 @@ class ModelBundle:
             "items": len(self.item_ids),
             "metadata": self.metadata,
         }
+        if self.ann is not None:
+            manifest["ann"] = self.ann.describe()
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         return out
 
@@ -160,6 +195,11 @@ class ModelBundle:
         similarity = arrays.get("similarity")  # ease: dense, as saved
         if kind == "item_knn":
             similarity = _unsparse("similarity", arrays, n)
+        ann = None
+        if "ann_index" in arrays:
+            from service.ann import AnnIndex
+
+            ann = AnnIndex.from_array(arrays.pop("ann_index"), manifest["ann"])
         return cls(
             kind=kind,
             user_ids=arrays["user_ids"],
@@ -168,8 +208,10 @@ class ModelBundle:
             item_factors=arrays.get("item_factors"),
             similarity=similarity,
             transitions=_unsparse("transitions", arrays, n),
+            interactions=_unsparse("interactions", arrays, n, len(arrays["user_ids"])),
             item_scores=arrays.get("item_scores"),
             metadata=manifest.get("metadata", {}),
+            ann=ann,
         )
 
 
@@ -179,9 +221,12 @@ def _sparse(name: str, matrix: sp.spmatrix) -> dict[str, np.ndarray]:
     return {f"{name}_data": csr.data, f"{name}_indices": csr.indices, f"{name}_indptr": csr.indptr}
 
 
-def _unsparse(name: str, arrays: dict[str, np.ndarray], n: int) -> sp.csr_matrix | None:
-    """What :func:`_sparse` wrote as an ``n`` × ``n`` matrix, or None when absent."""
+def _unsparse(
+    name: str, arrays: dict[str, np.ndarray], n: int, rows: int | None = None
+) -> sp.csr_matrix | None:
+    """What :func:`_sparse` wrote as a ``rows`` (default ``n``) × ``n`` matrix, or None
+    when absent."""
     if f"{name}_data" not in arrays:
         return None
     parts = (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"])
-    return sp.csr_matrix(parts, shape=(n, n))
+    return sp.csr_matrix(parts, shape=(n if rows is None else rows, n))

@@ -8,12 +8,15 @@ validated before anything runs, and a bad one fails with one line naming the var
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.ann import SETTINGS as ANN_SETTINGS
 from service.errors import ConfigError
+from service.store.plans import CLUSTER_SCHEMES, parse_cluster_url
 
 if TYPE_CHECKING:
     from service.store import FeatureStore
@@ -26,7 +29,9 @@ class Settings:
     """Runtime configuration; build it with :func:`load_settings`."""
 
     redis_url: str = "redis://localhost:6379/0"
-    """REDIS_URL: the feature store. ``redis://``, ``rediss://`` (TLS) or ``unix://``."""
+    """REDIS_URL: the feature store. ``redis://``, ``rediss://`` (TLS) or ``unix://``; a
+    Redis Cluster by ``redis+cluster://host:port[,host:port…]`` (``rediss+cluster://`` with
+    TLS, options as for ``rediss://``); see "Redis Cluster" in README.md."""
     mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI
     """MLFLOW_TRACKING_URI: MLflow tracking and registry store (sqlite file by default)."""
     artifact_root: str = ".omnirec/mlartifacts"
@@ -119,6 +124,13 @@ class Settings:
     """OMNIREC_REPURCHASE_DAYS: ``category=days,…``: bought items of these categories
     (consumables) come back into Recommend this many days after the person last bought
     them; other purchases stay out while ``exclude_purchased`` (default true)."""
+    ann: str = "auto"
+    """OMNIREC_ANN: Recommend with an ALS or BPR model finds its candidates by approximate
+    nearest-neighbour search instead of scoring every item. ``auto``: above 100,000
+    items, with the index training shipped in the bundle; ``off``: always exact;
+    ``hnsw`` or ``ivf``: that index kind at any size (built at start when the bundle
+    ships none of it). Filters, exclusions and blends stay exact. Training reads it too:
+    the index it ships."""
     trending_half_life_hours: float = 6.0
     """OMNIREC_TRENDING_HALF_LIFE_HOURS: how fast live "trending" counts fade."""
     max_batch: int = 1000
@@ -139,6 +151,10 @@ class Settings:
     keep_publications: int = 2
     """OMNIREC_KEEP_PUBLICATIONS: published feature sets kept in Redis (the live one and
     its predecessors), so a replica still reading the previous one never sees it vanish."""
+    spark_master: str = "local[*]"
+    """OMNIREC_SPARK_MASTER: where ``train --backend spark`` fits: ``local[*]`` (this
+    machine, every core), ``local[N]``, ``spark://host:port`` (a standalone cluster),
+    ``yarn`` or ``k8s://…``; see "Training on Spark" in README.md."""
     identity_secret: str = ""
     """OMNIREC_IDENTITY_SECRET: key of the keyed hash (HMAC-SHA256) that stands in for raw
     emails and phone numbers. Required by ``serve`` and ``train`` (the demo makes one up);
@@ -158,6 +174,12 @@ ENV_NAMES: Mapping[str, str] = {
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: The Spark master URLs Spark 4 accepts (its own parser says more, later and less plainly).
+_SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,\s*[1-9]\d*)?\])?"
+    r"|spark://[^\s,:/]+:\d+(,[^\s,:/]+:\d+)*"
+    r"|yarn|k8s://\S+"
+)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,13 +219,21 @@ def _convert(name: str, raw: str, kind: Callable[[str], Any]) -> Any:
 def _validate(s: Settings) -> None:
     def need(ok: bool, field: str, reason: str) -> None:
         if not ok:
-            raise ConfigError(f"{ENV_NAMES[field]}={getattr(s, field)!r}: {reason}")
+            value = getattr(s, field)
+            if field == "redis_url":  # the message reaches logs: not the password
+                value = re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", value)
+            raise ConfigError(f"{ENV_NAMES[field]}={value!r}: {reason}")
 
     need(
-        s.redis_url.startswith(("redis://", "rediss://", "unix://")),
+        s.redis_url.partition("://")[0] in ("redis", "rediss", "unix", *CLUSTER_SCHEMES),
         "redis_url",
-        "must start with redis://, rediss:// or unix://",
+        "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://",
     )
+    if s.redis_url.partition("://")[0] in CLUSTER_SCHEMES:
+        try:
+            parse_cluster_url(s.redis_url)
+        except ValueError as exc:
+            need(False, "redis_url", str(exc))
     need(bool(s.mlflow_tracking_uri), "mlflow_tracking_uri", "must not be empty")
     need(0 <= s.port <= 65535, "port", "must be 0..65535")
     need(0 <= s.metrics_port <= 65535, "metrics_port", "must be 0..65535 (0: off)")
@@ -253,15 +283,23 @@ def _validate(s: Settings) -> None:
         repurchase_days(s)
     except ValueError as exc:
         need(False, "repurchase_days", str(exc))
+    need(s.ann in ANN_SETTINGS, "ann", f"must be one of {', '.join(ANN_SETTINGS)}")
     need(s.trending_half_life_hours > 0, "trending_half_life_hours", "must be positive")
     need(s.max_batch >= 1, "max_batch", "must be at least 1")
     need(s.stream_maxlen >= 1000, "stream_maxlen", "must be at least 1000")
     need(s.model_poll_seconds >= 0, "model_poll_seconds", "must not be negative")
     need(s.redis_timeout_seconds > 0, "redis_timeout_seconds", "must be positive")
     need(s.keep_publications >= 2, "keep_publications", "must be at least 2")
+    need(
+        bool(_SPARK_MASTER.fullmatch(s.spark_master)),
+        "spark_master",
+        "must be local, local[N], local[*], spark://host:port[,host:port…], yarn or k8s://…",
+    )
     need(s.log_level.upper() in _LOG_LEVELS, "log_level", f"must be one of {_LOG_LEVELS}")
     for field in ("experiment", "model_name", "model_alias", "key_prefix"):
         need(bool(getattr(s, field)), field, "must not be empty")
+    # Keys carry Redis Cluster hash tags after the prefix; braces in it would move them.
+    need("{" not in s.key_prefix and "}" not in s.key_prefix, "key_prefix", "must not hold { or }")
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:

@@ -1,39 +1,21 @@
-"""The Engagement service: best send time and best channel for the message orchestrator.
+"""Send time and channel: what the Engagement service and the campaign planner share.
 
-The model lives in ``send_time`` (pure); this module validates requests, reads one
-person's engagement from Redis (published profile + live events since), and answers.
+A person's engagement profile as the model reads it (published profile + live events
+since, ``send_time`` being the pure model), the model's priors from a bundle, and the
+rules of a send window: how long, how far ahead, which quiet hours, and how the fatigue
+rules (``service/contact.py``) move its start. The gRPC servicer is
+``service/engagement_service.py``; ``service/campaigns.py`` plans audiences with the same
+rules.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from datetime import UTC, datetime, timedelta
 
-import grpc
-import numpy as np
-
-from omnirec.v1 import engagement_pb2 as epb
-from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from service.config import Settings
-from service.contact import ContactPolicy, ContactState, earliest_send
-from service.errors import BadInput, NotAllowed, quote
-from service.events import MESSAGE_CHANNELS, is_valid_timezone
-from service.identity import Identities
-from service.rpc import check_timestamp, rpc
-from service.send_time import (
-    EngagementProfile,
-    Priors,
-    channel_source,
-    plan_send,
-    rank_channels,
-    served_profile,
-)
-from service.store.plans import AsyncReader
+from service.errors import BadInput
+from service.send_time import EngagementProfile, Priors, served_profile
 from service.store.reads import EngagementView
-
-log = logging.getLogger(__name__)
 
 MAX_WINDOW_HOURS = 168
 #: Furthest ahead of now a ``not_before`` may lie: habits a year out are guesswork, and
@@ -41,7 +23,6 @@ MAX_WINDOW_HOURS = 168
 MAX_DAYS_AHEAD = 366
 DEFAULT_WINDOW_HOURS = 24
 DEFAULT_QUIET = (22, 8)
-ALTERNATIVES = 3
 
 
 def priors_of(metadata: dict) -> Priors:
@@ -63,173 +44,43 @@ def profile_of(view: EngagementView, settings: Settings, priors: Priors) -> Enga
     )
 
 
-def _token(identities: Identities, request: object) -> str:
-    token = identities.request_token(request)
-    if token is None:
-        raise BadInput("user_id", "is required (or give an identifier)")
-    return token
-
-
-def _hour(field: str, request: object, default: int) -> int:
-    if not request.HasField(field):  # type: ignore[attr-defined]
-        return default
-    value = getattr(request, field)
-    if not 0 <= value <= 23:
-        raise BadInput(field, f"must be an hour 0-23, got {value}")
-    return int(value)
-
-
-def _timestamp(dt: datetime) -> object:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    ts = Timestamp()
-    ts.FromDatetime(dt.astimezone(UTC))
-    return ts
-
-
-class EngagementService(epb_grpc.EngagementServicer):
-    def __init__(
-        self, settings: Settings, models: object, identities: Identities, reader: AsyncReader
-    ) -> None:
-        self.settings = settings
-        self.models = models
-        self.identities = identities
-        self.reader = reader
-        self.policy = ContactPolicy.of(settings)
-        self._rng = np.random.default_rng()
-
-    def _priors(self) -> tuple[Priors, str]:
-        engine = self.models.engine  # type: ignore[attr-defined]
-        return engine.priors, engine.model.label
-
-    async def _profile(self, token: str, priors: Priors) -> tuple[EngagementProfile, ContactState]:
-        found = await self.reader.run(
-            self.identities.view_plan(token, engagement=True), "reading engagement"
+def check_window(window_hours: int) -> int:
+    """A request's ``window_hours`` (0: the default); :class:`BadInput` when out of range."""
+    window = window_hours or DEFAULT_WINDOW_HOURS
+    if not 1 <= window <= MAX_WINDOW_HOURS:
+        raise BadInput(
+            "window_hours",
+            f"must be between 1 and {MAX_WINDOW_HOURS} (0 means {DEFAULT_WINDOW_HOURS}); "
+            f"got {window_hours}",
         )
-        assert found.engagement is not None
-        return profile_of(found.engagement, self.settings, priors), ContactState.of(
-            found.engagement
-        )
+    return window
 
-    @rpc
-    async def PredictSendTime(  # noqa: N802
-        self, request: epb.PredictSendTimeRequest, context: grpc.aio.ServicerContext
-    ) -> epb.PredictSendTimeResponse:
-        token = _token(self.identities, request)
-        if request.channel not in MESSAGE_CHANNELS:
-            raise BadInput(
-                "channel", f"{quote(request.channel)} is not one of {', '.join(MESSAGE_CHANNELS)}"
-            )
-        window = request.window_hours or DEFAULT_WINDOW_HOURS
-        if not 1 <= window <= MAX_WINDOW_HOURS:
-            raise BadInput(
-                "window_hours",
-                f"must be between 1 and {MAX_WINDOW_HOURS} (0 means {DEFAULT_WINDOW_HOURS}); "
-                f"got {request.window_hours}",
-            )
-        if request.timezone and not is_valid_timezone(request.timezone):
-            raise BadInput("timezone", f"{quote(request.timezone)} is not a known IANA time zone")
-        quiet = (
-            _hour("quiet_start_hour", request, DEFAULT_QUIET[0]),
-            _hour("quiet_end_hour", request, DEFAULT_QUIET[1]),
-        )
-        now = time.time()
-        not_before = datetime.fromtimestamp(now, UTC)
-        if request.HasField("not_before"):
-            ahead = check_timestamp("not_before", request.not_before) - now
-            if ahead > timedelta(days=MAX_DAYS_AHEAD).total_seconds():
-                raise BadInput("not_before", f"is more than {MAX_DAYS_AHEAD} days ahead")
-            not_before = request.not_before.ToDatetime(tzinfo=UTC)
-        priors, label = self._priors()
-        profile, contact = await self._profile(token, priors)
-        if request.channel in contact.opted_out:
-            raise NotAllowed(
-                "channel",
-                f"the person unsubscribed from {request.channel!r} (a 'resubscribe' event "
-                "lifts it)",
-            )
-        # The fatigue gap and the daily cap move the window's start later, never its end.
-        allowed_from = earliest_send(contact, request.channel, self.policy, not_before.timestamp())
-        end = not_before + timedelta(hours=window)
-        if allowed_from > not_before.timestamp():
-            not_before = datetime.fromtimestamp(allowed_from, UTC)
-            window = math.floor((end - not_before).total_seconds() / 3600)
-            if window < 1:
-                raise NotAllowed(
-                    "window_hours",
-                    f"no message on {request.channel!r} may go out before "
-                    f"{not_before.isoformat(timespec='minutes')} (OMNIREC_MIN_MESSAGE_GAP_HOURS"
-                    " / OMNIREC_MAX_MESSAGES_PER_DAY), after the window ends",
-                )
-        zone = request.timezone or profile.timezone or self.settings.default_timezone
-        plan = plan_send(
-            profile,
-            request.channel,
-            priors,
-            zone,
-            not_before,
-            window,
-            None if request.ignore_quiet_hours else quiet,
-            explore_rate=self.settings.explore_rate,
-            rng=self._rng,
-            alternatives=ALTERNATIVES,
-            counted_in=self.settings.default_timezone,
-        )
-        slots, source, evidence = plan.slots, plan.source, plan.evidence
-        if not slots:
-            raise BadInput(
-                "window_hours",
-                f"every hour of the {window} h window falls in the quiet hours "
-                f"{quiet[0]}→{quiet[1]} ({zone}); widen the window or set ignore_quiet_hours",
-            )
-        best, rest = slots[0], slots[1:]
-        return epb.PredictSendTimeResponse(
-            send_at=_timestamp(best.send_at),
-            probability=best.probability,
-            alternatives=[
-                epb.SendSlot(
-                    send_at=_timestamp(s.send_at),
-                    probability=s.probability,
-                    local_hour=s.local_hour,
-                )
-                for s in rest
-            ],
-            source=source,
-            evidence=evidence,
-            timezone=zone,
-            model_version=label,
-            local_hour=best.local_hour,
-            evidence_detail=epb.Evidence(
-                deliveries=plan.detail.deliveries,
-                engagements=plan.detail.engagements,
-                activity_events=plan.detail.activity_events,
-            ),
-        )
 
-    @rpc
-    async def RankChannels(  # noqa: N802
-        self, request: epb.RankChannelsRequest, context: grpc.aio.ServicerContext
-    ) -> epb.RankChannelsResponse:
-        token = _token(self.identities, request)
-        priors, label = self._priors()
-        profile, contact = await self._profile(token, priors)
-        now = time.time()
-        ranked = rank_channels(profile, priors, contact.unanswered)
-        # Channels the person left go last, marked: "take the first" never picks one.
-        ranked.sort(key=lambda r: r[0] in contact.opted_out)
-        return epb.RankChannelsResponse(
-            channels=[
-                epb.ChannelScore(
-                    channel=c,
-                    score=score,
-                    evidence=evidence,
-                    opted_out=c in contact.opted_out,
-                    next_allowed=_timestamp(datetime.fromtimestamp(allowed_from, UTC))
-                    if (allowed_from := earliest_send(contact, c, self.policy, now)) > now
-                    else None,
-                )
-                for c, score, evidence in ranked
-            ],
-            model_version=label,
-            source=channel_source(profile),
-        )
+def check_quiet_hours(start: int | None, end: int | None, ignore: bool) -> tuple[int, int] | None:
+    """A request's quiet hours (unset: :data:`DEFAULT_QUIET`), None when ignored;
+    :class:`BadInput` naming the field for an hour outside 0-23."""
+    hours = []
+    for name, value, default in (
+        ("quiet_start_hour", start, DEFAULT_QUIET[0]),
+        ("quiet_end_hour", end, DEFAULT_QUIET[1]),
+    ):
+        if value is not None and not 0 <= value <= 23:
+            raise BadInput(name, f"must be an hour 0-23, got {value}")
+        hours.append(default if value is None else int(value))
+    return None if ignore else (hours[0], hours[1])
+
+
+def check_ahead(not_before: float, now: float) -> None:
+    """:class:`BadInput` when ``not_before`` (epoch seconds) lies too far ahead."""
+    if not_before - now > MAX_DAYS_AHEAD * 86_400:
+        raise BadInput("not_before", f"is more than {MAX_DAYS_AHEAD} days ahead")
+
+
+def open_window(start: float, window_hours: int, allowed_from: float) -> tuple[float, int]:
+    """The window left once the fatigue rules allow sending from ``allowed_from``: its
+    start moves later, never its end, and only whole hours of it count. Returns (start,
+    hours); hours < 1 means nothing is left."""
+    if allowed_from <= start:
+        return start, window_hours
+    end = start + window_hours * 3600
+    return allowed_from, math.floor((end - allowed_from) / 3600)

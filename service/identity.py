@@ -223,7 +223,7 @@ class Identities:
                 tokens |= set(self.tokens(alias))
             names = ids | {default_person(t) for t in tokens}
             removed = self.store.erase_people(
-                sorted(ids), sorted(tokens), sorted(self.erasure_mark(n) for n in names)
+                sorted(ids), sorted(tokens), {n: self.erasure_mark(n) for n in sorted(names)}
             )
         events = self.store.drop_events_of(ids)
         return Forgotten(removed, events)

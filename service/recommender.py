@@ -24,17 +24,28 @@ scores nobody personally: every answer is the trending-then-popular fallback —
 published lists first, then the bundle's own ranking, so a run that published nothing
 still answers — and SimilarItems is bought-together plus popular items of the item's
 category. The reasons say so (``trending``, ``popular``, ``bought together: …``).
+
+Large catalogues: with an approximate-search index (``service/ann.py``, ``OMNIREC_ANN``)
+a factor model's Recommend scores only candidates, never every item. The index is asked
+for the best items by inner product with the person's vector (folded in as above); those
+candidates, and the items the transition part scores, get their exact scores and blend;
+exclusions and filters then apply to them exactly, best first. When too few survive, the
+index is asked for four times as many, and past :data:`ANN_MAX_FETCH` (or the whole
+index) the request is scored exactly after all (a filter that leaves only a sliver of the
+catalogue). Requests
+with a context item, Rank and SimilarItems are scored exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
+from service import ann
 from service.bundle import EASE, FACTOR_KINDS, POPULARITY, ModelBundle
 from service.catalogue import Catalogue, ItemFilter
 from service.store.codecs import HistoryEntry
@@ -44,6 +55,10 @@ from service.store.reads import ServingView
 EXPLAIN_HISTORY = 50
 #: Items of a popularity bundle's own ranking kept as the last fallback.
 OWN_POPULAR = 1000
+#: Candidates first asked of an approximate-search index (more with exclusions), and the
+#: most asked before scoring every item instead.
+ANN_MIN_FETCH = 100
+ANN_MAX_FETCH = 25_600
 #: Event weights used when a bundle does not carry its own.
 FALLBACK_WEIGHTS: Mapping[str, float] = {
     "view": 1.0,
@@ -78,6 +93,16 @@ class Positives:
         return cls(empty, np.empty(0, dtype=np.float64), empty)
 
 
+class Transitions(NamedTuple):
+    """The transition part of one person's scores: :class:`Following` but the blend."""
+
+    items: np.ndarray
+    rows: list[tuple[np.ndarray, np.ndarray]]
+    weight: np.ndarray
+    columns: np.ndarray
+    part: np.ndarray
+
+
 @dataclass(frozen=True)
 class Following:
     """The transition part of one person's scores, kept to explain it."""
@@ -92,7 +117,7 @@ class Following:
     """The items the transition part scored (sorted)."""
     part: np.ndarray
     """Its score for each of ``columns``."""
-    blended: np.ndarray
+    blended: np.ndarray | CandidateScores
     """Every item's blended score (the model's own part plus ``part``)."""
 
     def sources(self, top: np.ndarray) -> np.ndarray:
@@ -119,10 +144,25 @@ def _lookup(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class CandidateScores:
+    """The scores of a few items, read by item index as an array of every item's scores
+    is read (``scores[top]``): what Recommend scored from an approximate search's
+    candidates, without an array the size of the catalogue."""
+
+    items: np.ndarray
+    """Item indices, ascending."""
+    values: np.ndarray
+    """The score of each of ``items``."""
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return self.values[np.searchsorted(self.items, index)]
+
+
+@dataclass(frozen=True)
 class Scored:
     """One request's scores over every item, and what their reasons need."""
 
-    scores: np.ndarray
+    scores: np.ndarray | CandidateScores
     from_context: np.ndarray | None
     """Where closeness to the request's context item outweighs the person's own part."""
     history: tuple[np.ndarray, np.ndarray]
@@ -142,6 +182,9 @@ class ServingParams:
     transition_weight: float | None = None
     """Overrides the bundle's transition weight (an experiment arm's option); None: the
     bundle's."""
+    ann: str = ann.OFF
+    """Approximate search (``OMNIREC_ANN``: ``auto``, ``off`` or an index kind). The
+    server passes the setting; elsewhere (training's validation, benches) exact."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +334,7 @@ class Recommender:
             self._gram = factors.T @ factors + self.regularization * np.eye(factors.shape[1])
             norms = np.linalg.norm(factors, axis=1, keepdims=True)
             self._unit_items = (factors / np.maximum(norms, 1e-12)).astype(np.float32)
+        self._ann = ann.serving_index(bundle, self.params.ann)
 
     # -- public --
 
@@ -307,10 +351,13 @@ class Recommender:
         """Top ``options.limit`` items for ``user_id``: personalised when there is
         anything to go on, then filled up with trending and popular items."""
         excluded = options.excluded(view, catalogue)
-        personal = self._personal(user_id, view, options)
-        ranked: list[Recommendation] = []
+        context = self.item_index.get(options.context_item_id)
+        approximate = None
+        if self._ann is not None and context is None:
+            approximate = self._approximate(user_id, view, catalogue, options, excluded)
+        personal = None if approximate is not None else self._personal(user_id, view, options)
+        ranked: list[Recommendation] = approximate or []
         if personal is not None:
-            context = self.item_index.get(options.context_item_id)
             blocked = excluded | ({options.context_item_id} if context is not None else set())
             top = self._top(personal.scores, blocked, catalogue, options)
             ranked = self._recommendations(top, personal, options)
@@ -431,15 +478,7 @@ class Recommender:
     def _personal(self, user_id: str, view: ServingView, options: RankingOptions) -> Scored | None:
         """Every item's score for this request (the person's blended scores, and closeness
         to the context item when there is one), or None with nothing to go on."""
-        # A person's features are often the same cached object call after call (nothing
-        # live, one publication): their positives and user vector are worked out once.
-        memo = view.user.memo.get(self)
-        if memo is None:
-            positives = self._positives(view.user.history)
-            memo = view.user.memo[self] = {
-                "positives": positives,
-                "history": self._history_indices(positives),
-            }
+        memo = self._memo(view)
         scores, after = self._blended(user_id, memo["positives"], memo)
         context = self.item_index.get(options.context_item_id)
         context_scores = self._item_scores(context) if context is not None else None
@@ -448,22 +487,106 @@ class Recommender:
         combined, from_context = _combine(scores, context_scores)
         return Scored(combined, from_context, memo["history"], after)
 
+    def _approximate(
+        self,
+        user_id: str,
+        view: ServingView,
+        catalogue: Catalogue,
+        options: RankingOptions,
+        excluded: set[str],
+    ) -> list[Recommendation] | None:
+        """:meth:`recommend`'s personal part from the index's candidates (module
+        docstring); [] with nothing to go on, None when scoring every item is needed."""
+        memo = self._memo(view)
+        vector, folded = self._user_vector(user_id, memo["positives"], memo)
+        if vector is None:
+            return []
+        factors = self._factors if folded else self.bundle.item_factors
+        following = self._following(memo["positives"], memo)
+        blocked = np.array(
+            sorted(self.item_index[i] for i in excluded if i in self.item_index), dtype=np.int64
+        )
+        fetch = max(ANN_MIN_FETCH, 2 * (options.limit + len(blocked)))
+        if options.item_filter.uses_metadata:
+            fetch *= 4
+        while True:
+            found = self._ann.search(vector, fetch)
+            pool = found if following is None else np.union1d(found, following.columns)
+            pool = np.unique(pool)  # ascending: equal scores keep index order, as in top_k
+            own = factors[pool] @ vector
+            scores = own
+            if following is not None:
+                # Scaled to the largest |score| of any item, as the exact blend is: the
+                # largest comes from the index, the most negative from searching -vector.
+                if "scale" not in memo:
+                    lowest = self._ann.search(-vector, 1)
+                    low = factors[lowest] @ vector if len(lowest) else own[:0]
+                    memo["scale"] = max(float(np.max(np.abs(np.concatenate([own, low])))), 1e-12)
+                scores = own / memo["scale"]
+                scores[np.searchsorted(pool, following.columns)] += following.part
+            order = pool[np.argsort(-scores.astype(np.float32), kind="stable")]
+            order = order[~np.isin(order, blocked)]
+            top = self._allowed(order, catalogue, options)
+            if len(top) == options.limit:
+                scored = CandidateScores(pool, scores)
+                after = None if following is None else Following(*following, scored)
+                return self._recommendations(
+                    top, Scored(scored, None, memo["history"], after), options
+                )
+            # Even asked for every item, a graph index may not reach them all: past
+            # either bound, only scoring every item is sure to find the few allowed.
+            if fetch >= ANN_MAX_FETCH or fetch >= self._ann.size:
+                return None
+            fetch *= 4
+
+    def _allowed(
+        self, order: np.ndarray, catalogue: Catalogue, options: RankingOptions
+    ) -> np.ndarray:
+        """The first ``options.limit`` of ``order`` that the request's filter allows."""
+        item_filter = options.item_filter
+        if not item_filter.uses_metadata:
+            return order[: options.limit]
+        ids = self.bundle.item_ids
+        kept = []
+        for j in order.tolist():
+            item = str(ids[j])
+            if item_filter.allows(item, catalogue.meta(item)):
+                kept.append(j)
+                if len(kept) == options.limit:
+                    break
+        return np.array(kept, dtype=np.int64)
+
     def _recommendations(
         self, top: np.ndarray, scored: Scored, options: RankingOptions
     ) -> list[Recommendation]:
         """``top`` (item indices, in order) with their scores and reasons."""
         reasons = self._reasons(top, scored.history, scored.after)
         from_context = scored.from_context
+        scores = scored.scores[top].tolist()
         return [
             Recommendation(
                 str(self.bundle.item_ids[j]),
-                float(scored.scores[j]),
+                score,
                 f"similar: {options.context_item_id}"
                 if from_context is not None and from_context[j]
                 else reason,
             )
-            for j, reason in zip(top.tolist(), reasons, strict=True)
+            for j, score, reason in zip(top.tolist(), scores, reasons, strict=True)
         ]
+
+    def _memo(self, view: ServingView) -> dict[str, Any]:
+        """This request's positives and history items, kept with the person's features.
+
+        A person's features are often the same cached object call after call (nothing
+        live, one publication): their positives and user vector are worked out once."""
+        memo = view.user.memo.get(self)
+        if memo is None:
+            positives = self._positives(view.user.history)
+            memo = view.user.memo[self] = {
+                "positives": positives,
+                "history": self._history_indices(positives),
+            }
+        return memo
 
     def _positives(self, history: list[HistoryEntry]) -> Positives:
         """The positive history events the model knows, newest first, as arrays: item
@@ -487,8 +610,21 @@ class Recommender:
         """The model's scores blended with the transition part (:class:`Blend`), and what
         the reasons need to tell where that part won (None without one)."""
         scores = self._user_scores(user_id, positives, memo)
-        if self._transitions is None or scores is None or not len(positives.items):
+        if scores is None:
             return scores, None
+        following = self._following(positives, memo)
+        if following is None:
+            return scores, None
+        blended = scores / max(float(np.max(np.abs(scores))), 1e-12)
+        blended[following.columns] += following.part
+        return blended, Following(*following, blended)
+
+    def _following(
+        self, positives: Positives, memo: dict[str, Any] | None = None
+    ) -> Transitions | None:
+        """The person's transition part, or None without one."""
+        if self._transitions is None or not len(positives.items):
+            return None
         items, _ = memo["history"] if memo else self._history_indices(positives)
         items = items[: self.blend.transition_events]
         weight = 0.5 ** np.arange(len(items))
@@ -505,34 +641,46 @@ class Recommender:
         summed = np.bincount(inverse, weights=np.concatenate(values))
         top = float(summed.max()) if len(summed) else 0.0
         if not top > 0:
-            return scores, None
+            return None
         part = self.blend.transition_weight * summed / top
-        blended = scores / max(float(np.max(np.abs(scores))), 1e-12)
-        blended[columns] += part
-        return blended, Following(items, rows, weight, columns, part, blended)
+        return Transitions(items, rows, weight, columns, part)
 
     def _user_scores(
         self, user_id: str, positives: Positives, memo: dict[str, Any] | None = None
     ) -> np.ndarray | None:
         b = self.bundle
+        if b.kind in FACTOR_KINDS:
+            vector, folded = self._user_vector(user_id, positives, memo)
+            if vector is None:
+                return None
+            return self._factors @ vector if folded else b.item_factors @ vector
+        if not len(positives.items):
+            return None
+        items, inverse = np.unique(positives.items, return_inverse=True)
+        summed = np.bincount(inverse, weights=positives.weights)
+        if b.kind == EASE:
+            # Dense: only the history's rows take part.
+            return summed @ b.similarity[items]
+        return np.asarray(b.similarity.T @ _dense(items, summed, len(b.item_ids))).ravel()
+
+    def _user_vector(
+        self, user_id: str, positives: Positives, memo: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray | None, bool]:
+        """A factor model's vector for the person, and whether it was folded in from their
+        history (float64, against :attr:`_factors`) rather than their trained row (float32,
+        against the bundle's ``item_factors``); (None, False) with neither."""
         if len(positives.items):
-            if b.kind in FACTOR_KINDS and memo is not None and "vector" in memo:
-                return self._factors @ memo["vector"]
+            if memo is not None and "vector" in memo:
+                return memo["vector"], True
             items, inverse = np.unique(positives.items, return_inverse=True)
-            summed = np.bincount(inverse, weights=positives.weights)
-            if b.kind in FACTOR_KINDS:
-                vector = self._fold_in(items, summed)
-                if memo is not None:
-                    memo["vector"] = vector
-                return self._factors @ vector
-            if b.kind == EASE:
-                # Dense: only the history's rows take part.
-                return summed @ b.similarity[items]
-            return np.asarray(b.similarity.T @ _dense(items, summed, len(b.item_ids))).ravel()
+            vector = self._fold_in(items, np.bincount(inverse, weights=positives.weights))
+            if memo is not None:
+                memo["vector"] = vector
+            return vector, True
         row = self.user_index.get(user_id)
-        if b.kind in FACTOR_KINDS and row is not None:
-            return b.item_factors @ b.user_factors[row]
-        return None
+        if row is None:
+            return None, False
+        return self.bundle.user_factors[row], False
 
     def _fold_in(self, items: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """ALS user solve (Hu, Koren & Volinsky 2008) for confidences 1 + alpha·weight:

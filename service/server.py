@@ -23,6 +23,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from omnirec.v1 import campaigns_pb2 as cpb
+from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import profiles_pb2 as ppb
@@ -30,6 +32,7 @@ from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service import metrics
+from service.campaigns_service import CampaignsService
 from service.catalogue import (
     MAX_CATEGORY_LENGTH,
     MAX_TITLE_LENGTH,
@@ -38,7 +41,8 @@ from service.catalogue import (
     ItemFilter,
 )
 from service.config import Settings, identity_secret, repurchase_days
-from service.engagement import EngagementService, priors_of
+from service.engagement import priors_of
+from service.engagement_service import EngagementService
 from service.errors import (
     BadInput,
     ConfigError,
@@ -80,6 +84,7 @@ SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Recommender"].full_name,
     epb.DESCRIPTOR.services_by_name["Engagement"].full_name,
     ppb.DESCRIPTOR.services_by_name["Profiles"].full_name,
+    cpb.DESCRIPTOR.services_by_name["Campaigns"].full_name,
 )
 
 
@@ -689,7 +694,9 @@ def build_server(
     # Arm models load here, before the loop runs: a bad arm stops the start with one line.
     models = ModelHolder(
         model,
-        ServingParams(settings.recency_half_life_events or None, settings.recent_events),
+        ServingParams(
+            settings.recency_half_life_events or None, settings.recent_events, ann=settings.ann
+        ),
         experiments,
         load_arm,
     )
@@ -755,14 +762,17 @@ async def _start(
     )
     reader = store.async_reader()
     identities = Identities(store, identity_secret(settings))
-    pb_grpc.add_RecommenderServicer_to_server(
-        RecommenderService(settings, models, store, identities, reader), server
-    )
+    recommender = RecommenderService(settings, models, store, identities, reader)
+    pb_grpc.add_RecommenderServicer_to_server(recommender, server)
     epb_grpc.add_EngagementServicer_to_server(
         EngagementService(settings, models, identities, reader), server
     )
     ppb_grpc.add_ProfilesServicer_to_server(
         ProfilesService(settings, models, store, identities, reader), server
+    )
+    # Shares the Recommender's catalogue copy: one reload per catalogue change.
+    cpb_grpc.add_CampaignsServicer_to_server(
+        CampaignsService(settings, models, identities, reader, recommender.catalogue), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,10 +1,15 @@
 """Shared fixtures. Integration fixtures start real servers: a redis-server process on a
 free loopback port, an MLflow sqlite store in a temporary folder, a gRPC server on port 0.
+
+``OMNIREC_TEST_REDIS=cluster`` runs every test that uses the shared Redis against a
+three-master Redis Cluster on loopback instead (tests that start a Redis of their own,
+to stop or crash it, keep a single server).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,18 +18,35 @@ import pytest
 
 from service.config import Settings, load_settings
 from service.registry import quiet_mlflow
-from training.redis_server import LocalRedis
+from training.redis_server import LocalCluster, LocalRedis
 
 quiet_mlflow()
 
 TEST_SECRET = "test-secret-0123456789abcdef"
+#: The Redis the shared fixture starts: ``standalone`` (default) or ``cluster``.
+TEST_REDIS = os.environ.get("OMNIREC_TEST_REDIS", "standalone")
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    server = LocalRedis(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis | LocalCluster]:
+    """The Redis most tests share: ``url`` reaches it (see ``OMNIREC_TEST_REDIS``)."""
+    if TEST_REDIS not in ("standalone", "cluster"):
+        raise pytest.UsageError(f"OMNIREC_TEST_REDIS={TEST_REDIS!r}: standalone or cluster")
+    folder = tmp_path_factory.mktemp("redis")
+    server = LocalCluster(folder) if TEST_REDIS == "cluster" else LocalRedis(folder)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A three-master Redis Cluster on loopback (the shared one when it is a cluster)."""
+    if isinstance(redis_server, LocalCluster):
+        yield redis_server
+        return
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,11 @@ def test_channels_are_ranked_by_predicted_open_rate(engagement, truth):
         assert reply.source == (
             "user" if sum(c.evidence for c in reply.channels) >= 5 else "global_prior"
         )
-        scores = [c.score for c in reply.channels]
+        # Best first; channels the person unsubscribed from (planted) last, marked.
+        open_ = [c for c in reply.channels if not c.opted_out]
+        assert [c.channel for c in reply.channels if c.opted_out] == planted["opted_out"]
+        assert reply.channels[: len(open_)] == open_
+        scores = [c.score for c in open_]
         assert scores == sorted(scores, reverse=True)
         # Enough deliveries on the planted channel to tell its rate from the others'.
         evidence = {c.channel: c.evidence for c in reply.channels}

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import grpc
 import pytest
-import redis
 
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
@@ -21,6 +20,7 @@ from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.config import feature_store
 from service.registry import ModelRegistry
 from service.server import build_server
+from service.store.plans import connect
 from tests.conftest import make_settings
 from training.catalogue import load_catalogue
 from training.engagement import user_profiles
@@ -197,7 +197,7 @@ def test_engagement_answers_by_any_identifier(channel, profiles):
 
 def scan_everything(url: str, prefix: str) -> str:
     """Every key of this deployment (``prefix``) and every value, as one text to search."""
-    client = redis.Redis.from_url(url)
+    client = connect(url)  # a cluster too: SCAN then walks every primary
     parts = []
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         parts.append(key.decode(errors="replace"))

@@ -19,6 +19,7 @@ redis-server, and after every call:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, replace
@@ -26,12 +27,14 @@ from dataclasses import dataclass, replace
 import grpc
 import pytest
 import redis
+import redis.cluster
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from omnirec.v1 import campaigns_pb2 as cpb
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import identity_pb2 as ipb
 from omnirec.v1 import profiles_pb2 as ppb
@@ -40,6 +43,7 @@ from service.config import feature_store
 from service.events import CHANNELS, EVENT_TYPES
 from service.registry import ModelRegistry
 from service.server import build_server
+from service.store.plans import connect
 from tests.conftest import publish_log
 
 pytestmark = pytest.mark.integration
@@ -47,7 +51,7 @@ pytestmark = pytest.mark.integration
 PREFIX = "props"
 METHODS: list[MethodDescriptor] = [
     method
-    for module in (pb, epb, ppb)
+    for module in (pb, epb, ppb, cpb)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 ]
@@ -59,6 +63,7 @@ READ_ONLY = {
     "omnirec.v1.Engagement.PredictSendTime",
     "omnirec.v1.Engagement.RankChannels",
     "omnirec.v1.Profiles.GetProfile",
+    "omnirec.v1.Campaigns.Audience",
 }
 C = grpc.StatusCode
 #: What a caller may be told. UNAVAILABLE is missing on purpose: Redis is up throughout.
@@ -99,7 +104,7 @@ KEY_SCHEMA: list[tuple[str, str]] = [
     (rf"pub:{_PUB}:user:{_TAG}", "hash"),
     (rf"live:user:{_TAG}:(?:history|engagement)", "list"),
     (rf"live:user:{_TAG}:(?:purchased|disliked)", "set"),
-    (rf"live:user:{_TAG}:(?:purchased_at|disliked_at)", "zset"),
+    (rf"live:user:{_TAG}:(?:purchased_at|disliked_at|contact)", "zset"),
     (r"live:trending:\d+", "zset"),
     (r"events", "stream"),
     (r"events:exported", "string"),
@@ -111,6 +116,12 @@ KEY_SCHEMA: list[tuple[str, str]] = [
     (rf"person:{_TAG}:(?:tokens|aliases)", "set"),
     (r"identity:lock", "string"),
     (r"erased", "set"),
+    # Redis Cluster only.
+    (rf"person:{_TAG}:moved", "string"),
+    (r"slot:\{[0-9a-f]{5}\}:erased", "set"),
+    (r"slot:\{[0-9a-f]{5}\}:seen", "zset"),
+    (rf"events:{_TAG}:seen", "zset"),
+    (rf"events:{_TAG}:erased", "set"),
 ]
 _KEY_PATTERNS = [
     (re.compile(rf"{re.escape(PREFIX)}:{pattern}", re.DOTALL), kind) for pattern, kind in KEY_SCHEMA
@@ -165,6 +176,11 @@ STRINGS: dict[str, list[str]] = {
     "item_id": ITEMS,
     "context_item_id": ITEMS,
     "exclude_item_ids": ITEMS,
+    "item_ids": ITEMS,
+    # Four message channels and one that is not (so five can be drawn without repeats).
+    "channels": ["email", "sms", "push", "messenger", "web"],
+    # Only the server makes tokens: a tame request starts at the first page.
+    "page_token": [""],
     "event_type": list(EVENT_TYPES),
     "channel": list(CHANNELS),
     "timezone": ZONES,
@@ -461,13 +477,27 @@ class Harness:
 
     def __init__(self, channel: grpc.Channel, client: redis.Redis) -> None:
         self.channel = channel
-        self.snapshot_script = client.register_script(_SNAPSHOT)
+        self.client = client
         self.checked: set[str] = set()
         self.state = self.snapshot()
         self.others = self.state.dbsize - len(self.state.kinds)
 
     def snapshot(self) -> Snapshot:
-        dbsize, digest, *flat = self.snapshot_script(args=[f"{PREFIX}:*"])
+        if not isinstance(self.client, redis.cluster.RedisCluster):
+            return self.node_snapshot({})
+        # A Redis Cluster: each primary's keys, summed (in the same node order each time).
+        parts = [
+            self.node_snapshot({"target_nodes": node})
+            for node in sorted(self.client.get_primaries(), key=lambda n: n.name)
+        ]
+        digest = hashlib.sha1("".join(p.digest for p in parts).encode()).hexdigest()
+        kinds = {k: v for p in parts for k, v in p.kinds.items()}
+        return Snapshot(sum(p.dbsize for p in parts), digest, kinds)
+
+    def node_snapshot(self, where: dict[str, object]) -> Snapshot:
+        dbsize, digest, *flat = self.client.execute_command(
+            "EVAL", _SNAPSHOT, 0, f"{PREFIX}:*", **where
+        )
         texts = [v.decode(errors="surrogateescape") for v in flat]
         kinds = dict(zip(texts[::2], texts[1::2], strict=True))
         return Snapshot(int(dbsize), digest.decode(), kinds)
@@ -522,7 +552,7 @@ class Harness:
 @pytest.fixture(scope="module")
 def harness(trained, synthetic):
     s = replace(trained.settings, key_prefix=PREFIX, port=0, host="127.0.0.1")
-    client = redis.Redis.from_url(s.redis_url)
+    client = connect(s.redis_url)  # a cluster too: SCAN then walks every primary
     stale = list(client.scan_iter(match=f"{PREFIX}:*", count=1_000))
     if stale:  # a Redis that outlived an earlier run: start from the published log alone
         client.delete(*stale)

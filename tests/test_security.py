@@ -63,12 +63,14 @@ METHOD_ROLES = {
     "/omnirec.v1.Profiles/GetProfile": "profiles:read",
     "/omnirec.v1.Profiles/LinkIdentities": "profiles:admin",
     "/omnirec.v1.Profiles/ForgetUser": "profiles:admin",
+    "/omnirec.v1.Campaigns/Audience": "campaigns",
 }
 #: Key name → roles (and a rate for one) in the module's keys file.
 KEYS = {
     "web": {"roles": ["recommend"]},
     "tracker": {"roles": ["track"]},
     "mailer": {"roles": ["engagement"]},
+    "planner": {"roles": ["campaigns"]},
     "clerk": {"roles": ["profiles:read"]},
     "dpo": {"roles": ["profiles:admin"]},
     "ops": {"roles": ["admin"]},

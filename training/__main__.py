@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         + "/".join(f"{lam:g}" for lam in EASE_LAMBDAS)
         + ") by validation on the latest part of the training part",
     )
+    tr.add_argument(
+        "--backend",
+        choices=("implicit", "spark"),
+        default="implicit",
+        help="where models are fitted: implicit (default: this process) or spark (ALS only, "
+        "on OMNIREC_SPARK_MASTER; needs the spark extra and Java 17+; --model auto then "
+        "means als)",
+    )
     tr.add_argument("--factors", type=_positive_int, default=32)
     tr.add_argument("--iterations", type=_positive_int, help="default: 15 for ALS, 100 for BPR")
     tr.add_argument(
@@ -98,6 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export-events", help="write live events (TrackEvents) to Parquet")
     ex.add_argument("--out", type=Path, required=True, help="folder for the Parquet files")
+
+    au = sub.add_parser(
+        "export-audience",
+        help="a campaign audience (who, which items, when, which channel) as Parquet",
+        description="The members Campaigns.Audience pages through, for batch senders; "
+        "resumable by page (--resume).",
+    )
+    au.add_argument("--category", help="promote every item of this catalogue category")
+    au.add_argument("--items", nargs="+", metavar="ID", default=[], help="promoted item ids")
+    au.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
+    au.add_argument(
+        "--channels", nargs="+", metavar="CHANNEL", default=[], help="allowed (default: all)"
+    )
+    au.add_argument("--not-before", help="ISO 8601 window start (default: now)")
+    au.add_argument("--window-hours", type=int, default=0, help="1-168 (default 24)")
+    au.add_argument(
+        "--quiet-hours",
+        default="",
+        metavar="START-END",
+        help="local quiet hours, e.g. 22-8 (the default); 'none' plans at any hour",
+    )
+    au.add_argument("--page-size", type=_positive_int, default=1000)
+    au.add_argument("--max-members", type=_positive_int, help="stop after the best N")
+    au.add_argument(
+        "--pages", type=_positive_int, help="stop after N pages (--resume continues later)"
+    )
+    au.add_argument(
+        "--resume", action="store_true", help="continue the interrupted export into --out"
+    )
+    au.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     it = sub.add_parser("items", help="add or update catalogue items from a file")
     it.add_argument("--file", type=Path, required=True, help="catalogue CSV / Parquet")
@@ -173,6 +212,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("warning: events were trimmed from the stream before they were exported")
         print(f"exported {result.events} events" + (f" to {result.path}" if result.path else ""))
         return 0
+    if args.command == "export-audience":
+        return _export_audience(args, settings)
     if args.command == "items":
         from service.config import feature_store
         from training.catalogue import load_catalogue
@@ -236,6 +277,12 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
             raise OmnirecError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
     # auto validates every candidate from ALS's settings; each candidate sets its kind.
     kind = "als" if args.model == AUTO else args.model
+    spark = args.backend == "spark"
+    if spark and kind != "als":
+        raise OmnirecError(f"--backend spark fits als only: use --model als, not {kind}")
+    if spark and args.model == AUTO:
+        # Spark has one model to choose from; what serving blends in is still validated.
+        print("--backend spark: fitting als, the one model Spark fits", flush=True)
     cfg = TrainConfig(
         events=args.events,
         items=args.items,
@@ -248,6 +295,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
             learning_rate=args.learning_rate,
             neighbours=args.neighbours,
             seed=args.seed,
+            backend=args.backend,
         ),
         weights=parse_weights(args.event_weights),
         half_life_days=args.half_life_days,
@@ -259,13 +307,80 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         publish=not args.no_publish,
         transitions=not args.no_transitions,
         popularity_half_life_days=args.popularity_half_life_days,
-        choose_model=args.model == AUTO,
+        choose_model=args.model == AUTO and not spark,
     )
     result = train(settings, cfg)
     print(f"registered {settings.model_name}/{result.version} ({result.kind}, run {result.run_id})")
     print(f"{settings.model_alias}: {result.decision}")
     if result.publication:
         print(f"features published to Redis as {result.publication}")
+    return 0
+
+
+#: Request fields as export-audience's flags, for its error lines.
+_AUDIENCE_FLAGS = (
+    (re.compile(r"^item_ids(\[\d+\])?"), "--items"),
+    (re.compile(r"^category"), "--category"),
+    (re.compile(r"^channels(\[\d+\])?"), "--channels"),
+    (re.compile(r"^window_hours"), "--window-hours"),
+    (re.compile(r"^quiet_(start|end)_hour"), "--quiet-hours"),
+    (re.compile(r"^not_before"), "--not-before"),
+)
+
+
+def _export_audience(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    import pandas as pd
+
+    from service.campaigns import Campaign
+    from service.errors import BadInput, NotFound
+    from training.audience import export_audience, summary
+
+    if not args.items and not args.category:
+        raise OmnirecError("give --category or --items (or both)")
+    not_before = None
+    if args.not_before:
+        try:
+            when = pd.Timestamp(args.not_before)
+        except ValueError:
+            raise OmnirecError(f"--not-before: {args.not_before!r} is not ISO 8601") from None
+        when = when.tz_localize("UTC") if when.tzinfo is None else when
+        not_before = when.timestamp()
+    quiet: tuple[int | None, int | None] = (None, None)
+    text = args.quiet_hours.strip().lower()
+    if text and text != "none":
+        start, dash, end = text.partition("-")
+        if not (dash and start.isdigit() and end.isdigit()):
+            raise OmnirecError(f"--quiet-hours: {args.quiet_hours!r} is not START-END, e.g. 22-8")
+        quiet = (int(start), int(end))
+    try:
+        campaign = Campaign.of(
+            args.items,
+            args.category or "",
+            args.channels,
+            not_before,
+            args.window_hours,
+            *quiet,
+            ignore_quiet_hours=text == "none",
+            now=time.time(),
+        )
+        result = export_audience(
+            settings,
+            campaign,
+            args.out,
+            page_size=args.page_size,
+            max_members=args.max_members,
+            pages=args.pages,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except (BadInput, NotFound) as exc:
+        message = str(exc)
+        for pattern, flag in _AUDIENCE_FLAGS:
+            message = pattern.sub(flag, message, count=1)
+        raise OmnirecError(message) from None
+    print(summary(result))
     return 0
 
 

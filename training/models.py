@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 MODEL_KINDS = PERSONALISED_KINDS
 #: Regularisation when none is given: ALS's and BPR's L2.
 REGULARIZATION = 5.0
+#: Where a model is fitted (``--backend``): in this process (the implicit library; EASE
+#: by numpy), or ALS on a Spark cluster (:mod:`training.spark_als`).
+IMPLICIT, SPARK = "implicit", "spark"
+BACKENDS = (IMPLICIT, SPARK)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class ModelParams:
     neighbours: int = 50
     """item-kNN only: neighbours kept per item."""
     seed: int = 42
+    backend: str = IMPLICIT
+    """:data:`BACKENDS`: ``spark`` fits ALS only."""
 
     def __post_init__(self) -> None:
         if self.regularization is None:
@@ -53,6 +59,10 @@ class ModelParams:
     def validate(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise BadInput("model", f"{self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        if self.backend not in BACKENDS:
+            raise BadInput("backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.backend == SPARK and self.kind != "als":
+            raise BadInput("backend", f"spark fits als only, not {self.kind}")
         for name in ("factors", "iterations", "neighbours"):
             if getattr(self, name) < 1:
                 raise BadInput(name, "must be at least 1")
@@ -64,7 +74,7 @@ class ModelParams:
     def relevant(self) -> dict[str, Any]:
         """The parameters that matter for this kind (what gets logged)."""
         keys = {
-            "als": ("kind", "factors", "regularization", "alpha", "iterations", "seed"),
+            "als": ("kind", "factors", "regularization", "alpha", "iterations", "seed", "backend"),
             "bpr": ("kind", "factors", "regularization", "learning_rate", "iterations", "seed"),
             "item_knn": ("kind", "neighbours"),
             EASE: ("kind", "regularization"),
@@ -114,6 +124,10 @@ def fit(
     params: ModelParams, matrix: sp.csr_matrix, on_iteration: IterationHook | None = None
 ) -> Any:
     """Fit a fresh model on ``matrix`` (users × items), logging progress."""
+    if params.backend == SPARK:
+        from training import spark_als
+
+        return spark_als.fit(params, matrix, on_iteration)
     total = params.iterations if params.kind != "item_knn" else 1
     started = time.perf_counter()
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from service.bundle import POPULARITY
+from service.ann import training_index
+from service.bundle import POPULARITY, SIMILARITY_KINDS
 from service.config import Settings, feature_store, identity_secret
+from service.errors import BadInput
 from service.identity import Identities
 from service.recommender import Blend, Recommender
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
@@ -22,7 +24,7 @@ from training.catalogue import load_catalogue
 from training.engagement import evaluate_send_time, learn_priors, learn_tuning, user_profiles
 from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions
-from training.models import ModelParams, fit, popularity_bundle, to_bundle
+from training.models import SPARK, ModelParams, fit, popularity_bundle, to_bundle
 from training.publish import popularity, publish
 from training.transitions import fit_transitions
 
@@ -203,6 +205,14 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     cfg.params.validate()
     # Settings first: the secret is checked before minutes of loading and fitting.
     secret = identity_secret(settings)
+    if cfg.params.backend == SPARK:
+        if cfg.choose_model:
+            raise BadInput("model", "the spark backend fits als only: name it, not auto")
+        # Before minutes of loading too: no Java, or a master that does not answer, fails
+        # now; validation, the holdout and the final fit then share this session.
+        from training import spark_als
+
+        spark_als.session(settings.spark_master)
     started = time.perf_counter()
     sources = cfg.events if isinstance(cfg.events, list) else [cfg.events]
     logs = [load_events(path, skip_bad_rows=cfg.skip_bad_rows) for path in sources]
@@ -306,10 +316,19 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             meta["serving"] = choice.blend.to_metadata()
             meta["transition_window"] = choice.window
             bundle = to_bundle(model, cfg.params, full.user_ids, full.item_ids, meta)
+            if bundle.kind in SIMILARITY_KINDS:
+                # Campaigns.Audience ranks everybody with it (the factor kinds have their
+                # user factors for that).
+                bundle.interactions = full.matrix
             if choice.window:
                 bundle.transitions = fit_transitions(
                     frame, cfg.weights, full.item_ids, window=choice.window
                 )
+            # The approximate-search index serving will use (OMNIREC_ANN; by default only
+            # for catalogues above its threshold), with the recall its build measured.
+            bundle.ann = training_index(bundle, settings.ann)
+            if bundle.ann is not None:
+                mlflow.log_metrics({f"ann_{k}": v for k, v in bundle.ann.facts.items()})
         with tempfile.TemporaryDirectory(prefix="omnirec-bundle-") as tmp:
             bundle.save(tmp)
             mlflow.log_artifacts(tmp, artifact_path=BUNDLE_ARTIFACT_PATH)

@@ -1,4 +1,5 @@
-"""A throw-away redis-server on a free loopback port, for the demo, tests and benchmarks.
+"""A throw-away redis-server on a free loopback port, for the demo, tests and benchmarks,
+and a throw-away Redis Cluster of three such servers.
 
 No persistence: it holds what a run writes and vanishes with it. ``stop`` then
 ``start`` restarts it on the same port (empty), which is how tests simulate an outage.
@@ -24,15 +25,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def find_redis_server() -> str:
-    """The ``redis-server`` binary, or :class:`OmnirecError` saying how to get one."""
-    binary = shutil.which("redis-server")
+def find_redis_server(name: str = "redis-server") -> str:
+    """The ``redis-server`` binary (or ``redis-cli``, its sibling in the same package), or
+    :class:`OmnirecError` saying how to get one."""
+    binary = shutil.which(name)
     if binary is None:
         raise OmnirecError(
-            "redis-server not found: install it (Debian: apt-get install redis-server; "
+            f"{name} not found: install it (Debian: apt-get install redis-server; "
             "`make` does it for you as root) or set REDIS_URL to a running Redis"
         )
     return binary
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (the port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10_000 <= 65_535:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+    raise OmnirecError("found no free pair of ports for a Redis Cluster node")
 
 
 def answers(url: str, timeout_seconds: float, gone: Callable[[], bool] = lambda: False) -> bool:
@@ -56,13 +72,15 @@ def answers(url: str, timeout_seconds: float, gone: Callable[[], bool] = lambda:
 class LocalRedis:
     """Starts at construction; ``url`` points at it."""
 
-    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, extra_args: Sequence[str] = (), port: int | None = None
+    ) -> None:
         """``extra_args`` override the defaults (no persistence), e.g. ``("--appendonly",
-        "yes", "--appendfsync", "always")``."""
+        "yes", "--appendfsync", "always")``; ``port``: a free one when None."""
         self.binary = find_redis_server()
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
@@ -104,3 +122,75 @@ class LocalRedis:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class LocalCluster:
+    """A Redis Cluster of ``masters`` throw-away redis-servers (no replicas) on loopback,
+    joined by ``redis-cli --cluster create``; starts at construction, ready once every
+    node says ``cluster_state:ok``. ``url`` is its ``redis+cluster://`` URL."""
+
+    def __init__(self, workdir: Path, masters: int = 3, timeout_seconds: float = 30.0) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.nodes: list[LocalRedis] = []
+        try:
+            for n in range(masters):
+                folder = self.workdir / f"node-{n}"
+                # A node that finds an old cluster's layout would refuse to join this one.
+                (folder / "nodes.conf").unlink(missing_ok=True)
+                port = cluster_port()
+                self.nodes.append(
+                    LocalRedis(
+                        folder,
+                        (
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            str(folder / "nodes.conf"),
+                            # A lost node is noticed in a second (tests stop nodes).
+                            "--cluster-node-timeout",
+                            "1000",
+                        ),
+                        port=port,
+                    )
+                )
+            self.ports = [node.port for node in self.nodes]
+            self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+            self._create(timeout_seconds)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _create(self, timeout_seconds: float) -> None:
+        created = subprocess.run(
+            [
+                find_redis_server("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_seconds,
+            check=False,
+        )
+        if created.returncode != 0:
+            tail = (created.stdout + created.stderr).strip().splitlines()[-1:]
+            raise OmnirecError(f"redis-cli --cluster create failed: {' '.join(tail)}")
+        # Every node must agree before a client asks any of them for the layout.
+        deadline = time.monotonic() + timeout_seconds
+        for port in self.ports:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            try:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise OmnirecError(f"Redis Cluster node {port} never reached state ok")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -54,8 +54,10 @@ same arguments give byte-identical files; it runs at roughly a second per millio
 The planted order is drawn after everything but the opt-outs, so without it
 (``sequences=False``) every other event is the same.
 
-**Opt-outs**, drawn last: :data:`OPT_OUT_SHARE` of people ``unsubscribe`` from the message
-channel they open least, at a random moment of the window, and a quarter of them
+**Opt-outs**, drawn last, from a second generator seeded from ``seed`` (so they are the
+same with or without the planted order): :data:`OPT_OUT_SHARE` of people
+``unsubscribe`` from the message channel they open least, at a random moment of the
+window, and a quarter of them
 ``resubscribe`` to it later. Deliveries on it stop from then until the resubscribe.
 ``users.<id>.opted_out`` in ``truth.json`` lists the channels closed at the window's end.
 Without them (``opt_outs=False``) every other event is the same.
@@ -258,7 +260,10 @@ def generate(
         planted = _plant_sequences(rng, people, catalogue, visits, log)
     else:
         planted = _Sequences(follower=np.full(len(catalogue.ids), -1, np.int32), series=[])
-    closed = _plant_opt_outs(rng, people, clock, log) if opt_outs else {}
+    # A generator of their own: the same opt-outs with or without the planted order.
+    closed = (
+        _plant_opt_outs(np.random.default_rng([seed, 1]), people, clock, log) if opt_outs else {}
+    )
     events = log.to_table(people, catalogue, clock.end)
     logger.info("generated %d events for %d users", events.num_rows, users)
 

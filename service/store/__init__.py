@@ -20,6 +20,11 @@ then flips one pointer) and **live** (``TrackEvents`` appends at once; serving m
 both, newest first). :class:`FeatureStore` is the one object the rest of omnirec holds;
 its parts are the mix-ins of the modules above, sharing one injected client. Nothing
 outside this package talks to a Redis client.
+
+The client may be a Redis Cluster's (``redis+cluster://``): reads run unchanged on
+redis-py's cluster pipelines, while writes that must be atomic go slot by slot (see
+:mod:`.keys` for the slots, :mod:`.live`, :mod:`.identities` and :mod:`.publications`
+for the writes).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import redis
 from service.store.codecs import UserFeatures
 from service.store.identities import IdentityStore
 from service.store.items import ItemStore
+from service.store.keys import slot_tag
 from service.store.live import LiveLayer
-from service.store.plans import AsyncReader, Plan, async_twin, run_plan
+from service.store.plans import AsyncReader, Client, Plan, async_twin, is_cluster, run_plan
 from service.store.publications import Publications
 from service.store.reads import PUBLISHED_CACHED, ServingReads
 from service.store.stream import EventStream
@@ -43,11 +49,12 @@ T = TypeVar("T")
 
 
 class FeatureStore(ServingReads, LiveLayer, EventStream, ItemStore, Publications, IdentityStore):
-    """Reads and writes omnirec's features in Redis. The client is injected."""
+    """Reads and writes omnirec's features in Redis (one server or a Redis Cluster). The
+    client is injected."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         prefix: str = "omnirec",
         *,
         history_length: int = 200,
@@ -57,6 +64,10 @@ class FeatureStore(ServingReads, LiveLayer, EventStream, ItemStore, Publications
         published_cached: int = PUBLISHED_CACHED,
     ) -> None:
         self.client = client
+        self.cluster = is_cluster(client)
+        """Whether ``client`` is a Redis Cluster's: writes then go slot by slot."""
+        if self.cluster:
+            slot_tag(0)  # the slot-tag table, built now rather than in the first request
         self.prefix = prefix
         self.history_length = history_length
         self.engagement_length = engagement_length

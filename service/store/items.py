@@ -8,19 +8,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from service.store.codecs import decode_item, encode_item, text
 from service.store.keys import catalogue_ids_key, catalogue_version_key, item_key
-from service.store.plans import chunks, unavailable
+from service.store.plans import Client, chunks, unavailable
 from service.store.publications import PUBLISH_BATCH
 
 
 class ItemStore:
     """Catalogue reads and writes (part of :class:`~service.store.FeatureStore`)."""
 
-    client: redis.Redis
+    client: Client
     prefix: str
 
     def upsert_items(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> int:

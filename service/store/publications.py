@@ -12,9 +12,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from service.store.codecs import UserFeatures, encode_user, text
 from service.store.keys import (
     cobuy_key,
@@ -26,7 +23,7 @@ from service.store.keys import (
     publications_key,
     user_key,
 )
-from service.store.plans import chunks, unavailable
+from service.store.plans import Client, chunks, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ PUBLISH_BATCH = 1000
 class Publications:
     """Publishing and the publication pointer (part of :class:`~service.store.FeatureStore`)."""
 
-    client: redis.Redis
+    client: Client
     prefix: str
     _pointer: tuple[str | None, float]
     _pointer_lock: threading.Lock
@@ -87,11 +84,12 @@ class Publications:
             info |= {"users": str(written), "created": str(time.time())}
             pipe.hset(meta_key(self.prefix, pub), mapping=info)
             pipe.execute()
-            # The flip: one MULTI so the pointer and the list never disagree.
-            flip = self.client.pipeline(transaction=True)
-            flip.set(current_key(self.prefix), pub)
-            flip.lpush(publications_key(self.prefix), pub)
-            flip.execute()
+            # The flip: the list first, then the pointer, so the pointer never names a
+            # publication the list lacks (erasures find people's published keys through
+            # the list). Two commands, not one MULTI: on a Redis Cluster the two keys
+            # live in different slots, and the order alone is what matters.
+            self.client.lpush(publications_key(self.prefix), pub)
+            self.client.set(current_key(self.prefix), pub)
             log.info("publication %s is live (%d users)", pub, written)
             self._pointer = (pub, time.monotonic())
             self._drop_old(keep)
@@ -122,7 +120,9 @@ class Publications:
             self.client.ltrim(publications_key(self.prefix), 0, keep - 1)
 
     def delete_publication(self, pub: str) -> int:
-        """Remove every key of one publication; returns how many keys went."""
+        """Remove every key of one publication; returns how many keys went. On a Redis
+        Cluster, redis-py's SCAN walks every primary in turn, and UNLINK goes slot by
+        slot."""
         removed = 0
         pattern = f"{publication_prefix(self.prefix, pub)}:*"
         for batch in chunks(self.client.scan_iter(match=pattern, count=1000), 1000):

@@ -17,9 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from service import metrics
 from service.store.codecs import (
     EngagementEvent,
@@ -45,7 +42,7 @@ from service.store.keys import (
     user_key,
 )
 from service.store.live import SECONDS_PER_DAY, combine_trending
-from service.store.plans import Command, Plan, command, run_plan
+from service.store.plans import Client, Command, Plan, command, run_plan
 from service.store.publications import POINTER_TTL_SECONDS
 
 # Label children looked up once: every request counts one of them.
@@ -131,7 +128,7 @@ class _PersonReplies:
 class ServingReads:
     """Per-request reads (part of :class:`~service.store.FeatureStore`)."""
 
-    client: redis.Redis
+    client: Client
     prefix: str
     history_length: int
     engagement_length: int
@@ -447,3 +444,29 @@ def _score_pairs(reply: Sequence[Any]) -> list[tuple[str, float]]:
     if reply and not isinstance(reply[0], list):
         reply = list(zip(reply[::2], reply[1::2], strict=True))
     return [(text(member), float(score)) for member, score in reply]
+
+
+def together(plans: Sequence[Plan[Any]]) -> Plan[list[Any]]:
+    """``plans`` run side by side, their values in order: each round trip carries the
+    commands of every plan still running, so reading N people (one ``person_plan`` each)
+    takes the round trips of the slowest of them, not N times as many."""
+    values: list[Any] = [None] * len(plans)
+    pending: dict[int, list[Command]] = {}
+    for n, plan in enumerate(plans):
+        try:
+            pending[n] = next(plan)
+        except StopIteration as done:
+            values[n] = done.value
+    while pending:
+        replies = yield [c for commands in pending.values() for c in commands]
+        at = 0
+        running: dict[int, list[Command]] = {}
+        for n, commands in pending.items():
+            part = replies[at : at + len(commands)]
+            at += len(commands)
+            try:
+                running[n] = plans[n].send(part)
+            except StopIteration as done:
+                values[n] = done.value
+        pending = running
+    return values

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import redis
-import redis.asyncio
-
 from service.store.codecs import text
 from service.store.keys import export_checkpoint_key, stream_key
-from service.store.plans import unavailable
+from service.store.plans import Client, unavailable
 
 #: Stream entries an erasure reads per round trip.
 STREAM_STEP = 5000
@@ -19,7 +16,7 @@ STREAM_STEP = 5000
 class EventStream:
     """Reading and trimming the stream (part of :class:`~service.store.FeatureStore`)."""
 
-    client: redis.Redis
+    client: Client
     prefix: str
 
     def read_events(self, after: str, count: int) -> list[tuple[str, dict[str, str]]]:
