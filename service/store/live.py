@@ -74,12 +74,14 @@ def combine_trending(
 
 _KEPT_SETS = {"purchase": "purchased", "dislike": "disliked"}
 
-# Lua shared by both record scripts: a person's live writes, and the trims after a batch
+# Lua shared by both record scripts: a person's live writes (opt-out marks included, newest
+# time of each kept by GT, untrimmed), and the trims after a batch
 # (each list to its length; each kept set to its newest members by the times zset, those
 # without a time - kept before times were, or merged in from another person - first).
 _WRITE_LIVE = """
 local histories, engagements, kept = {}, {}, {}
-local function write_live(history, engagement, members, times, item, ts, hentry, eentry)
+local function write_live(history, engagement, members, times, item, ts, hentry, eentry,
+                          contact, member)
   if hentry ~= '' then
     redis.call('LPUSH', history, hentry)
     histories[history] = true
@@ -91,6 +93,7 @@ local function write_live(history, engagement, members, times, item, ts, hentry,
     redis.call('ZADD', times, 'GT', ts, item)
     kept[times] = members
   end
+  if member ~= '' then redis.call('ZADD', contact, 'GT', ts, member) end
 end
 local function each_chunk(values, apply)
   for from = 1, #values, 1000 do
@@ -143,6 +146,7 @@ _EVENT_KEYS = (
     "kept set",
     "kept times",
     "identity key of the event's token",
+    "contact zset",
 )
 #: Values per event of :data:`_RECORD_SCRIPT`, in this order.
 _EVENT_FIELDS = (
@@ -152,6 +156,7 @@ _EVENT_FIELDS = (
     "history entry",
     "engagement entry",
     "trending increment",
+    "contact member",
 )
 
 #: The write of one batch of live events on one Redis server, as one script: Redis runs
@@ -211,7 +216,8 @@ for event = 0, (#ARGV - 6) / STRIDE - 1 do
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', STREAM_ENTRY)
     write_live(KEYS[key + <history list>], KEYS[key + <engagement list>],
       KEYS[key + <kept set>], KEYS[key + <kept times>], item, ts,
-      ARGV[at + <history entry>], ARGV[at + <engagement entry>])
+      ARGV[at + <history entry>], ARGV[at + <engagement entry>],
+      KEYS[key + <contact zset>], ARGV[at + <contact member>])
     if ARGV[at + <trending increment>] ~= '' then
       redis.call('ZINCRBY', trending, ARGV[at + <trending increment>], item)
       trended = true
@@ -291,9 +297,8 @@ for event = 0, (#ARGV - 5) / STRIDE - 1 do
     if id ~= '' then redis.call('ZADD', seen, now + window, id) end
     local item, ts = ARGV[at + <item>], ARGV[at + <time>]
     write_live(key(<history list>), key(<engagement list>), key(<kept set>), key(<kept times>),
-      item, ts, ARGV[at + <history entry>], ARGV[at + <engagement entry>])
-    local member = ARGV[at + <contact member>]
-    if member ~= '' then redis.call('ZADD', key(<contact zset>), 'GT', ts, member) end
+      item, ts, ARGV[at + <history entry>], ARGV[at + <engagement entry>],
+      key(<contact zset>), ARGV[at + <contact member>])
   end
 end
 trim_live(hlen, elen, bound)
@@ -447,6 +452,7 @@ class LiveLayer:
             kept = _KEPT_SETS.get(kind, "") if item else ""
             weight = weights.get(kind, 0.0)
             trend = item and kind in TRENDING_TYPES and weight > 0
+            contact = kind in CONTACT_EVENT_TYPES
             keys += (
                 seen_key(p, e.event_id) if e.event_id else "",
                 live_key(p, user, "history"),
@@ -454,6 +460,7 @@ class LiveLayer:
                 live_key(p, user, kept) if kept else "",
                 live_key(p, user, f"{kept}_at") if kept else "",
                 identity_key(p, e.token) if e.token else "",
+                live_key(p, user, "contact") if contact else "",
             )
             argv += (
                 marks.get(user, ""),
@@ -469,24 +476,9 @@ class LiveLayer:
                 encode_entry((item, kind, e.timestamp)) if item else "",
                 encode_engagement((e.channel, kind, e.timestamp, e.timezone, e.automated)),
                 repr(trending_increment(weight, e.timestamp, now, half_life)) if trend else "",
+                contact_member(kind, e.channel) if contact else "",
             )
         ((duplicates, gone, moved),) = yield [_RECORD.call(keys, argv)]
-        # Opt-outs live in their own untrimmed zset (service/contact.py), written once the
-        # script said which events were recorded: a second round trip, only for batches
-        # that hold any. GT keeps each (kind, channel)'s newest time whatever the order.
-        skipped = {int(n) for n in (*duplicates, *gone, *moved)}
-        contact = [
-            command(
-                "zadd",
-                live_key(p, e.user_id, "contact"),
-                {contact_member(e.event_type, e.channel): e.timestamp},
-                gt=True,
-            )
-            for n, e in enumerate(events)
-            if e.event_type in CONTACT_EVENT_TYPES and n not in skipped
-        ]
-        if contact:
-            yield contact
         return Recorded(len(duplicates), [int(i) for i in gone], [int(i) for i in moved])
 
     def _record_by_slot(
