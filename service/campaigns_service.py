@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from omnirec.v1 import campaigns_pb2 as cpb
 from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
@@ -29,7 +28,7 @@ from service.config import Settings
 from service.contact import ContactPolicy
 from service.errors import BadInput
 from service.identity import Identities
-from service.rpc import check_timestamp, rpc
+from service.rpc import check_timestamp, rpc, to_timestamp
 from service.store.plans import AsyncReader, Plan
 
 
@@ -161,7 +160,7 @@ def _member(member: Member) -> cpb.AudienceMember:
         user_id=member.user_id,
         score=member.score,
         reason=member.reason,
-        send_at=_timestamp(member.send_at.timestamp()),
+        send_at=to_timestamp(member.send_at),
         channel=member.channel,
         probability=member.probability,
         item_ids=member.item_ids,
@@ -169,12 +168,6 @@ def _member(member: Member) -> cpb.AudienceMember:
         local_hour=member.local_hour,
         timezone=member.timezone,
     )
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(round(seconds * 1e9)))
-    return ts
 
 
 async def run_off_loop(reader: AsyncReader, plan: Plan[Any], doing: str) -> Any:

@@ -28,7 +28,7 @@ from service.engagement import (
 from service.errors import BadInput, NotAllowed, quote
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
 from service.identity import Identities
-from service.rpc import check_timestamp, rpc
+from service.rpc import check_timestamp, rpc, to_timestamp
 from service.send_time import (
     EngagementProfile,
     Priors,
@@ -48,14 +48,6 @@ def _token(identities: Identities, request: object) -> str:
     if token is None:
         raise BadInput("user_id", "is required (or give an identifier)")
     return token
-
-
-def _timestamp(dt: datetime) -> object:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    ts = Timestamp()
-    ts.FromDatetime(dt.astimezone(UTC))
-    return ts
 
 
 class EngagementService(epb_grpc.EngagementServicer):
@@ -148,11 +140,11 @@ class EngagementService(epb_grpc.EngagementServicer):
             )
         best, rest = slots[0], slots[1:]
         return epb.PredictSendTimeResponse(
-            send_at=_timestamp(best.send_at),
+            send_at=to_timestamp(best.send_at),
             probability=best.probability,
             alternatives=[
                 epb.SendSlot(
-                    send_at=_timestamp(s.send_at),
+                    send_at=to_timestamp(s.send_at),
                     probability=s.probability,
                     local_hour=s.local_hour,
                 )
@@ -188,7 +180,7 @@ class EngagementService(epb_grpc.EngagementServicer):
                     score=score,
                     evidence=evidence,
                     opted_out=c in contact.opted_out,
-                    next_allowed=_timestamp(datetime.fromtimestamp(allowed_from, UTC))
+                    next_allowed=to_timestamp(datetime.fromtimestamp(allowed_from, UTC))
                     if (allowed_from := earliest_send(contact, c, self.policy, now)) > now
                     else None,
                 )

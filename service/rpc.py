@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -62,6 +63,13 @@ def check_id(field: str, value: str) -> str:
     if problem is not None:
         raise BadInput(field, problem)
     return value
+
+
+def to_timestamp(moment: datetime) -> Timestamp:
+    """A tz-aware ``moment`` as the ``Timestamp`` an answer carries."""
+    out = Timestamp()
+    out.FromDatetime(moment.astimezone(UTC))
+    return out
 
 
 def check_timestamp(field: str, value: Timestamp) -> float:
