@@ -17,14 +17,19 @@ first page can be ranked.
 person's live events (12 each: views, a purchase, deliveries and opens, tracked through
 ``TrackEvents``), so every member costs what it costs in production: their features and
 engagement read (one round trip per batch), ``Recommender.rank`` over the promoted items,
-``rank_channels`` and ``plan_send``. The whole audience is paged through with ``--page``
-members per page, once by the core in-process (``Audience.page_plan`` on the sync
-client, as ``export-audience`` runs it) and once through a real gRPC server on loopback
-(``Campaigns.Audience``, as the orchestrator calls it). ``people/s`` counts the people
-examined (members and those left out), ``first page`` is the first call's latency
-(ranking included).
+then their channel and time (``place_all``: ``channel_rankings`` and ``plan_sends``). The
+whole audience is paged through with ``--page`` members per page, by the core in-process
+(``Audience.page_plan`` on the sync client, as ``export-audience`` runs it) and through a
+real gRPC server on loopback (``Campaigns.Audience``, as the orchestrator calls it); and
+the channel and time alone (``place_all`` over the same people, read and decoded
+beforehand, pages of ``--page``). Each path runs twice in the same process: ``per
+member/s`` with ``place_all`` swapped for one call per member (pages planned as before
+they were planned together), then ``batched/s`` as served; ``ratio`` is the second over
+the first. Both must give identical answers (the bench stops if not). ``people/s`` counts
+the people examined (members and those left out); ``first page`` is the batched run's
+first call (ranking included).
 
-Nothing is asserted; the numbers depend on the machine.
+Nothing else is asserted; the numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,9 +51,20 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service import campaigns  # noqa: E402
 from service.bundle import ModelBundle  # noqa: E402
-from service.campaigns import AudienceModel, Campaign  # noqa: E402
+from service.campaigns import Audience, AudienceModel, Campaign  # noqa: E402
 from service.catalogue import Catalogue  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.contact import ContactPolicy, ContactState  # noqa: E402
+from service.engagement import profile_of  # noqa: E402
+from service.identity import Identities, default_token  # noqa: E402
+from service.store import FeatureStore  # noqa: E402
+from service.store.reads import together  # noqa: E402
+
+if TYPE_CHECKING:
+    from omnirec.v1.campaigns_pb2_grpc import CampaignsStub
+    from service.server import Engine
 
 CATEGORIES = 50
 NEIGHBOURS = 50
@@ -118,17 +137,43 @@ def ranking_table(args: argparse.Namespace) -> None:
             del bundle
 
 
+@contextmanager
+def one_at_a_time() -> Iterator[None]:
+    """Audience pages planned member by member (``place_all`` of one, each), as before
+    pages were planned together."""
+    together = campaigns.place_all
+
+    def alone(members, *rules):
+        return [together([member], *rules)[0] for member in members]
+
+    campaigns.place_all = alone
+    try:
+        yield
+    finally:
+        campaigns.place_all = together
+
+
+Run = tuple[float, float, int, int, list]
+"""(seconds, first call's seconds, people examined, members, what came back)."""
+
+
+def both_ways(run: Callable[[], Run]) -> tuple[Run, Run]:
+    """``run`` one member at a time, then batched; the answers must be the same."""
+    with one_at_a_time():
+        alone = run()
+    together = run()
+    if alone[4] != together[4]:
+        raise SystemExit("batched planning answered differently from planning one by one")
+    return alone, together
+
+
 def planning_table(args: argparse.Namespace) -> None:
     import grpc
 
-    from omnirec.v1 import campaigns_pb2 as cpb
     from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
     from omnirec.v1 import recommender_pb2 as pb
     from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-    from service.campaigns import Audience
     from service.config import feature_store, load_settings
-    from service.contact import ContactPolicy
-    from service.identity import Identities
     from service.recommender import ServingParams
     from service.registry import ServedModel
     from service.server import Engine, build_server
@@ -139,6 +184,7 @@ def planning_table(args: argparse.Namespace) -> None:
     bundle = als_bundle(people, items, args.factors, rng)
     model = ServedModel("bench", "1", "", bundle)
     shop = catalogue(items)
+    rows: list[tuple[str, Run, Run]] = []
     with tempfile.TemporaryDirectory(prefix="omnirec-bench-audience-") as tmp:
         redis = LocalRedis(Path(tmp))
         try:
@@ -156,76 +202,145 @@ def planning_table(args: argparse.Namespace) -> None:
                 with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                     track(pb_grpc.RecommenderStub(channel), pb, people, items, rng)
                     now = float(int(time.time()) // 3600 * 3600)
-                    campaign = Campaign.of(category="c07", not_before=now, now=now)
-
-                    engine = Engine.of(model, ServingParams())
-                    ranker = AudienceModel(bundle)
-                    began = time.perf_counter()
-                    promotion = ranker.promote(campaign, Catalogue(*store.catalogue()))
-                    audience = Audience(
-                        campaign,
-                        now,
-                        promotion,
-                        ranker.rank(promotion),
-                        ranker,
-                        engine.recommender,
-                        engine.priors,
-                        ContactPolicy.of(settings),
-                        settings,
-                        Identities(store, settings.identity_secret),
+                    world = World(
+                        bundle,
                         shop,
+                        store,
+                        Identities(store, settings.identity_secret),
+                        Engine.of(model, ServingParams()),
+                        settings,
+                        Campaign.of(category="c07", not_before=now, now=now),
+                        now,
+                        args.page,
                     )
-                    offset: int | None = 0
-                    examined = members = 0
-                    first = None
-                    while offset is not None:
-                        page = store.run(audience.page_plan(offset, args.page), "bench")
-                        first = first or time.perf_counter() - began
-                        examined += page.examined
-                        members += len(page.members)
-                        offset = page.next_offset
-                    core = (time.perf_counter() - began, first, examined, members)
-
+                    recipients = world.recipients()
                     stub = cpb_grpc.CampaignsStub(channel)
-                    token = ""
-                    examined = members = 0
-                    began = time.perf_counter()
-                    first = None
-                    while True:
-                        reply = stub.Audience(
-                            cpb.AudienceRequest(
-                                category="c07",
-                                not_before=_stamp(now),
-                                limit=args.page,
-                                page_token=token,
-                            ),
-                            timeout=60,
-                        )
-                        first = first or time.perf_counter() - began
-                        members += len(reply.members)
-                        examined += len(reply.members) + sum(
-                            getattr(reply.left_out, f.name)
-                            for f in reply.left_out.DESCRIPTOR.fields
-                        )
-                        token = reply.next_page_token
-                        if not token:
-                            break
-                    served = (time.perf_counter() - began, first, examined, members)
+                    for label, run in (
+                        ("channel and time alone", lambda: world.placed(recipients)),
+                        ("core, in-process", world.paged),
+                        ("Audience over gRPC", lambda: world.served(stub)),
+                    ):
+                        rows.append((label, *both_ways(run)))
             finally:
                 running.stop(grace=1)
                 store.close()
         finally:
             redis.stop()
     print(f"\nplanning: {people} people with 12 live events each, pages of {args.page}")
-    print(f"{'path':>22} {'people':>8} {'members':>8} {'s':>7} {'people/s':>10} {'first page':>11}")
-    for label, (seconds, first_page, seen, kept) in (
-        ("core, in-process", core),
-        ("Audience over gRPC", served),
-    ):
+    print(
+        f"{'path':>24} {'people':>7} {'members':>8} {'per member/s':>13} {'batched/s':>10} "
+        f"{'ratio':>6} {'first page':>11}"
+    )
+    for label, alone, batched in rows:
+        rates = [run[2] / run[0] for run in (alone, batched)]
         print(
-            f"{label:>22} {seen:>8} {kept:>8} {seconds:>7.2f} {seen / seconds:>10,.0f} "
-            f"{first_page * 1e3:>9.0f}ms"
+            f"{label:>24} {batched[2]:>7} {batched[3]:>8} {rates[0]:>13,.0f} {rates[1]:>10,.0f} "
+            f"{rates[1] / rates[0]:>6.1f} {batched[1] * 1e3:>9.0f}ms"
         )
+
+
+@dataclass
+class World:
+    """What the planning runs share: the model, the catalogue, the store with everybody's
+    live events, the served engine and settings, and the campaign."""
+
+    bundle: ModelBundle
+    shop: Catalogue
+    store: FeatureStore
+    identities: Identities
+    engine: Engine
+    settings: Settings
+    campaign: Campaign
+    now: float
+    page: int
+
+    def recipients(self) -> list[campaigns.Recipient]:
+        """Everybody as planning sees them, read and decoded (pages of :attr:`page`)."""
+        users = [str(u) for u in self.bundle.user_ids]
+        views = []
+        for at in range(0, len(users), self.page):
+            plans = [
+                self.identities.view_plan(default_token(u), popular_count=0, engagement=True)
+                for u in users[at : at + self.page]
+            ]
+            views += self.store.run(together(plans), "bench")
+        return [
+            campaigns.Recipient(
+                profile_of(v.engagement, self.settings, self.engine.priors),
+                ContactState.of(v.engagement),
+            )
+            for v in views
+        ]
+
+    def placed(self, recipients: list[campaigns.Recipient]) -> Run:
+        """``place_all`` over ``recipients``, pages of :attr:`page`."""
+        began, first, placed = time.perf_counter(), None, []
+        for at in range(0, len(recipients), self.page):
+            placed += campaigns.place_all(
+                recipients[at : at + self.page],
+                self.engine.priors,
+                ContactPolicy.of(self.settings),
+                self.campaign.channels,
+                self.now,
+                self.campaign.window_hours,
+                self.campaign.quiet,
+                self.settings.default_timezone,
+            )
+            first = first or time.perf_counter() - began
+        members = sum(not isinstance(p, str) for p in placed)
+        return time.perf_counter() - began, first, len(placed), members, placed
+
+    def paged(self) -> Run:
+        """The whole audience through ``Audience.page_plan`` on the sync client."""
+        began = time.perf_counter()
+        ranker = AudienceModel(self.bundle)
+        promotion = ranker.promote(self.campaign, Catalogue(*self.store.catalogue()))
+        audience = Audience(
+            self.campaign,
+            self.now,
+            promotion,
+            ranker.rank(promotion),
+            ranker,
+            self.engine.recommender,
+            self.engine.priors,
+            ContactPolicy.of(self.settings),
+            self.settings,
+            self.identities,
+            self.shop,
+        )
+        offset: int | None = 0
+        examined, members, first = 0, [], None
+        while offset is not None:
+            page = self.store.run(audience.page_plan(offset, self.page), "bench")
+            first = first or time.perf_counter() - began
+            examined += page.examined
+            members += page.members
+            offset = page.next_offset
+        return time.perf_counter() - began, first, examined, len(members), members
+
+    def served(self, stub: CampaignsStub) -> Run:
+        """The whole audience through ``Campaigns.Audience``."""
+        from omnirec.v1 import campaigns_pb2 as cpb
+
+        token, replies, examined, first = "", [], 0, None
+        began = time.perf_counter()
+        while True:
+            reply = stub.Audience(
+                cpb.AudienceRequest(
+                    category="c07", not_before=_stamp(self.now), limit=self.page, page_token=token
+                ),
+                timeout=60,
+            )
+            first = first or time.perf_counter() - began
+            replies.append(reply)
+            examined += len(reply.members) + sum(
+                getattr(reply.left_out, f.name) for f in reply.left_out.DESCRIPTOR.fields
+            )
+            token = reply.next_page_token
+            if not token:
+                break
+        members = sum(len(r.members) for r in replies)
+        return time.perf_counter() - began, first, examined, members, replies
 
 
 def track(stub, pb, people: int, items: int, rng: np.random.Generator) -> None:

@@ -20,6 +20,10 @@ BENCHES = (
         "sizing: Redis bytes, bundle size and load, training time against events",
         ["bench_sizing.py"],
     ),
+    (
+        "training cost: default `train` on grocery, 1M-item and real logs vs ALS alone",
+        ["bench_training.py"],
+    ),
 )
 
 

@@ -155,6 +155,13 @@ class Settings:
     """OMNIREC_SPARK_MASTER: where ``train --backend spark`` fits: ``local[*]`` (this
     machine, every core), ``local[N]``, ``spark://host:port`` (a standalone cluster),
     ``yarn`` or ``k8s://…``; see "Training on Spark" in README.md."""
+    train_budget_seconds: float = 120.0
+    """OMNIREC_TRAIN_BUDGET_SECONDS: seconds ``train --model auto`` may spend fitting and
+    ranking validation's model candidates (``--budget-seconds`` overrides). ALS always
+    runs; a later candidate whose predicted fit time is more than what is left is left
+    out, and one whose fit passes it is stopped, each with its reason logged. The chosen
+    model is then fitted twice more (holdout, final): on 2 cores the default keeps a
+    16k-item shop's whole run within 5 minutes. See "Training cost" in README.md."""
     identity_secret: str = ""
     """OMNIREC_IDENTITY_SECRET: key of the keyed hash (HMAC-SHA256) that stands in for raw
     emails and phone numbers. Required by ``serve`` and ``train`` (the demo makes one up);
@@ -248,6 +255,7 @@ def _validate(s: Settings) -> None:
     need(s.max_limit >= 1, "max_limit", "must be at least 1")
     need(1 <= s.default_limit <= s.max_limit, "default_limit", "must be 1..max_limit")
     need(s.history_length >= 1, "history_length", "must be at least 1")
+    need(s.train_budget_seconds > 0, "train_budget_seconds", "must be more than 0")
     need(s.grace_seconds >= 0, "grace_seconds", "must not be negative")
     need(s.drain_seconds >= 0, "drain_seconds", "must not be negative")
     need(s.max_concurrent_calls >= 1, "max_concurrent_calls", "must be at least 1")

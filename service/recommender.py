@@ -38,7 +38,7 @@ with a context item, Rank and SimilarItems are scored exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -332,6 +332,7 @@ class Recommender:
             self._factors = factors
             # The fold-in solve needs YᵀY + λI for every request: compute it once.
             self._gram = factors.T @ factors + self.regularization * np.eye(factors.shape[1])
+            self._item_factors32 = np.ascontiguousarray(bundle.item_factors, dtype=np.float32)
             norms = np.linalg.norm(factors, axis=1, keepdims=True)
             self._unit_items = (factors / np.maximum(norms, 1e-12)).astype(np.float32)
         self._ann = ann.serving_index(bundle, self.params.ann)
@@ -468,6 +469,71 @@ class Recommender:
         Training's validation ranks with this, so it measures what serving serves."""
         scores, _ = self._blended("", self._positives(history))
         return scores
+
+    def positives(self, histories: Sequence[list[HistoryEntry]]) -> list[Positives]:
+        """Each history's positive events the model knows, weighted as :meth:`recommend`
+        weighs them: what :meth:`score_people` and :meth:`transition_parts` take."""
+        return [self._positives(history) for history in histories]
+
+    def score_people(self, positives: Sequence[Positives]) -> np.ndarray:
+        """The model's own scores for many people at once (float32, people × items): what
+        :meth:`score_history` computes before any transition part, with one matrix product
+        for the whole batch instead of one product per person. A row whose history holds
+        nothing the model knows is NaN. Training's validation and holdout rank with it
+        (``training/evaluation.py``), so their cost is serving's, not a Python loop's."""
+        n_items = len(self.bundle.item_ids)
+        out = np.full((len(positives), n_items), np.nan, dtype=np.float32)
+        known = np.array([len(p.items) > 0 for p in positives], dtype=bool)
+        if not known.any():
+            return out
+        rows = np.flatnonzero(known)
+        if self.bundle.kind in FACTOR_KINDS:
+            vectors = np.empty((len(rows), self._factors.shape[1]))
+            for n, r in enumerate(rows.tolist()):
+                items, inverse = np.unique(positives[r].items, return_inverse=True)
+                vectors[n] = self._fold_in(
+                    items, np.bincount(inverse, weights=positives[r].weights)
+                )
+            # float32 halves the product's cost; the scores are ranked as float32 anyway.
+            out[rows] = vectors.astype(np.float32) @ self._item_factors32.T
+            return out
+        weighted = sp.csr_matrix(
+            (
+                np.concatenate([positives[r].weights for r in rows]),
+                (
+                    np.repeat(np.arange(len(rows)), [len(positives[r].items) for r in rows]),
+                    np.concatenate([positives[r].items for r in rows]),
+                ),
+            ),
+            shape=(len(rows), n_items),
+            dtype=np.float32,
+        )
+        scores = weighted @ self.bundle.similarity
+        out[rows] = scores.toarray() if sp.issparse(scores) else scores
+        return out
+
+    def transition_parts(
+        self, positives: Sequence[Positives], transitions: sp.csr_matrix, events: int
+    ) -> sp.csr_matrix:
+        """Each person's transition part (people × items, sparse) before its weight: the
+        followers of their newest ``events`` distinct items, the newest counting fully and
+        each one before it half as much, scaled to the row's maximum (so 1 at most), as
+        :meth:`recommend` blends them. A row with no follower is empty."""
+        rows, cols, values = [], [], []
+        for n, p in enumerate(positives):
+            items, _ = self._history_indices(p)
+            items = items[:events]
+            rows.append(np.full(len(items), n))
+            cols.append(items)
+            values.append(0.5 ** np.arange(len(items)))
+        query = sp.csr_matrix(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(len(positives), transitions.shape[0]),
+        )
+        part = sp.csr_matrix(query @ transitions)
+        top = part.max(axis=1).toarray().ravel()
+        scale = np.divide(1.0, top, out=np.zeros_like(top), where=top > 0)
+        return sp.csr_matrix(sp.diags(scale) @ part)
 
     def knows_item(self, item_id: str) -> bool:
         """Whether the model can rank items like ``item_id`` (never, for popularity)."""

@@ -57,6 +57,17 @@ Hour of the week
     answer; without any (profiles written before the week was kept) it is that answer on
     every day. :func:`choose_slots` ranks slots by their local weekday and hour.
 
+Many people at once
+    A campaign page plans hundreds of people, and one person's plan is a few dozen numpy
+    operations on arrays of 24 or 168 values, so one at a time their overhead, not their
+    arithmetic, is the cost. :func:`plan_sends` and :func:`channel_rankings` stack
+    everybody's counts into arrays of (people, hours) and run the same kernels
+    (:func:`plan_send` and :func:`rank_channels` are them for one person). Each answer is
+    the one that person alone gets, to the last bit: each row is smoothed as a vector
+    (BLAS gemv, as for one person; a people × hours matrix product rounds differently),
+    and a window's candidate slots (its zone, start, length and quiet hours) are worked
+    out once for everybody who shares it.
+
 Engagement is the open, or the click where a channel records more clicks than opens
 (SMS has no open tracking). Counts are recency-weighted (half-life set by the caller), so
 a person whose habits change is followed.
@@ -67,7 +78,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -511,7 +522,8 @@ def profile_from_events(
     for channel, kind, ts, zone, automated in rows:
         if kind == "message_delivered" and channel in MESSAGE_CHANNELS:
             hour, day, weight = when_and_weight(ts, zone)
-            counts = channels.setdefault(channel, ChannelCounts())
+            # A new ChannelCounts is six arrays: made on a channel's first event only.
+            counts = channels.get(channel) or channels.setdefault(channel, ChannelCounts())
             counts.deliveries[hour] += weight
             counts.weekly_deliveries[day * HOURS + hour] += weight
             counts.sent += 1
@@ -540,7 +552,7 @@ def profile_from_events(
         at = bisect.bisect_right(deliveries, (ts, HOURS)) - 1
         if at >= 0 and ts - deliveries[at][0] <= ATTRIBUTION_WINDOW_SECONDS:
             _, hour, day = deliveries[at]
-        counts = channels.setdefault(channel, ChannelCounts())
+        counts = channels.get(channel) or channels.setdefault(channel, ChannelCounts())
         opened = kind == "message_open"
         (counts.opens if opened else counts.clicks)[hour] += weight
         (counts.weekly_opens if opened else counts.weekly_clicks)[day * HOURS + hour] += weight
@@ -840,10 +852,24 @@ def activity_share(activity: np.ndarray, tuning: Tuning, prior: np.ndarray) -> n
     hours, shrunk to ``prior`` with ``tuning.activity_strength`` pseudo-events. Works on
     any leading axes (the last one is the 24 hours)."""
     activity = np.maximum(np.asarray(activity, dtype=np.float64), 0.0)
-    strength = tuning.activity_strength
-    return (smooth(activity, tuning.activity_smoothing_hours) + strength * prior) / (
-        activity.sum(axis=-1, keepdims=True) + strength
-    )
+    smoothed = smoothed_counts(activity, tuning.activity_smoothing_hours)
+    return shrunk_share(smoothed, tuning.activity_strength, prior)
+
+
+def smoothed_counts(counts: np.ndarray, sd_hours: float) -> tuple[np.ndarray, np.ndarray]:
+    """(``counts`` smoothed over nearby hours, their total over the day kept as an axis):
+    the part of :func:`activity_share` and :func:`day_type_share` that no strength
+    changes, so a tuning grid works it out once per smoothing."""
+    return smooth(counts, sd_hours), counts.sum(axis=-1, keepdims=True)
+
+
+def shrunk_share(
+    smoothed: tuple[np.ndarray, np.ndarray], strength: float, toward: np.ndarray
+) -> np.ndarray:
+    """Smoothed counts (:func:`smoothed_counts`) as a share of the day, shrunk to
+    ``toward`` with ``strength`` pseudo-events."""
+    counts, total = smoothed
+    return (counts + strength * toward) / (total + strength)
 
 
 def awake_factor(activity: np.ndarray, priors: Priors, segment: str | None) -> np.ndarray:
@@ -868,7 +894,7 @@ def posterior_rates(
     deliveries: np.ndarray,
     engaged: np.ndarray,
     prior: np.ndarray,
-    base: float,
+    base: float | np.ndarray,
     tuning: Tuning,
 ) -> np.ndarray:
     """Beta posterior mean of P(engagement | delivery in local hour h) over the last axis
@@ -876,12 +902,13 @@ def posterior_rates(
 
     Prior mean per hour: ``prior`` (the curve times the awake factor) times the person's
     lift on the channel, their engagements against what ``prior`` expects at the hours
-    they were sent, with ``strength`` deliveries' worth of "as expected" (rate ``base``)
-    added to both sides; prior weight ``tuning.strength`` pseudo-deliveries. Data: the
-    deliveries and engagements pooled over neighbouring hours (:func:`pool`).
+    they were sent, with ``strength`` deliveries' worth of "as expected" (rate ``base``:
+    a number, or one per row with the leading axes and a last axis of 1) added to both
+    sides; prior weight ``tuning.strength`` pseudo-deliveries. Data: the deliveries and
+    engagements pooled over neighbouring hours (:func:`pool`).
     """
     strength = tuning.strength
-    base = max(base, 1e-3)
+    base = np.maximum(base, 1e-3)
     deliveries = np.maximum(np.asarray(deliveries, dtype=np.float64), 0.0)
     engaged = np.maximum(np.asarray(engaged, dtype=np.float64), 0.0)
     expected = np.sum(deliveries * prior, axis=-1, keepdims=True)
@@ -890,21 +917,40 @@ def posterior_rates(
     return (pool(engaged) + strength * mean) / (pool(deliveries) + strength)
 
 
-def delivery_rates(
-    counts: ChannelCounts,
-    channel: str,
-    priors: Priors,
-    segment: str | None,
-    awake: np.ndarray | None = None,
-) -> np.ndarray:
-    """:func:`posterior_rates` of one person's counts on ``channel``: prior curve
-    :func:`prior_curve` times ``awake`` (mean 1; none: all ones)."""
-    prior = prior_curve(priors, channel, segment)
-    if awake is not None:
-        prior = prior * awake
-    return posterior_rates(
-        counts.deliveries, counts.engaged(), prior, channel_rate(priors, channel), priors.tuning
-    )
+def _day_rates(
+    activity: np.ndarray,
+    deliveries: np.ndarray,
+    engaged: np.ndarray,
+    curve: np.ndarray,
+    activity_prior_share: np.ndarray,
+    base: float | np.ndarray,
+    tuning: Tuning,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`hour_probabilities`' rates, any leading axes: the Beta posterior rates
+    (:func:`posterior_rates`) whose prior is ``curve`` (:func:`prior_curve`) times the
+    awake factor of ``activity`` (its :func:`activity_share` towards
+    ``activity_prior_share``), clipped to [0, 1]. Returns (probabilities, activity share,
+    awake factor): the week's layer (:func:`_week_table`) starts from all three."""
+    share = activity_share(activity, tuning, activity_prior_share)
+    awake = awake_from_share(share, tuning.activity_exponent)
+    rates = posterior_rates(deliveries, engaged, curve * awake, base, tuning)
+    return np.clip(rates, 0.0, 1.0), share, awake
+
+
+def _source(
+    delivered: float, active: float, channel: str, priors: Priors, segment: str | None
+) -> tuple[str, int]:
+    """:func:`hour_probabilities`' source and evidence, from the person's plain counts of
+    deliveries on ``channel`` and of active hours."""
+    if delivered >= MIN_USER_DELIVERIES or active >= MIN_USER_ACTIVITY:
+        source = "user"
+    elif segment and (
+        channel in priors.segment_hour_rate.get(segment, {}) or segment in priors.segment_activity
+    ):
+        source = "segment_prior"
+    else:
+        source = "global_prior"
+    return source, int(round(delivered + active))
 
 
 def hour_probabilities(
@@ -912,10 +958,10 @@ def hour_probabilities(
 ) -> tuple[np.ndarray, str, int]:
     """P(engagement | delivery in local hour h) for h = 0..23, its source and evidence.
 
-    The delivery-conditioned Beta posterior rate per hour (:func:`delivery_rates`) whose
-    prior mean carries the awake factor from activity (:func:`awake_factor`), clipped to
-    [0, 1]. ``segment`` is the person's time zone (the priors' segments are zones; None
-    or an unknown one: global priors).
+    The delivery-conditioned Beta posterior rate per hour (:func:`posterior_rates`, prior
+    curve :func:`prior_curve`) whose prior mean carries the awake factor from activity
+    (:func:`awake_factor`), clipped to [0, 1]. ``segment`` is the person's time zone (the
+    priors' segments are zones; None or an unknown one: global priors).
 
     Returns
     -------
@@ -936,19 +982,17 @@ def hour_probabilities(
     """
     _check_channel(channel)
     counts = profile.channel(channel)
-    awake = awake_factor(profile.activity, priors, segment)
-    probabilities = np.clip(delivery_rates(counts, channel, priors, segment, awake), 0.0, 1.0)
-
-    delivered, active = _plain_deliveries(counts), _plain_activity(profile)
-    if delivered >= MIN_USER_DELIVERIES or active >= MIN_USER_ACTIVITY:
-        source = "user"
-    elif segment and (
-        channel in priors.segment_hour_rate.get(segment, {}) or segment in priors.segment_activity
-    ):
-        source = "segment_prior"
-    else:
-        source = "global_prior"
-    return probabilities, source, int(round(delivered + active))
+    probabilities, _, _ = _day_rates(
+        profile.activity,
+        counts.deliveries,
+        counts.engaged(),
+        prior_curve(priors, channel, segment),
+        activity_prior(priors, segment),
+        channel_rate(priors, channel),
+        priors.tuning,
+    )
+    delivered, _, active = _plain_counts(profile, counts)
+    return probabilities, *_source(delivered, active, channel, priors, segment)
 
 
 #: Weekday indexes (Monday 0) of the weekend.
@@ -971,14 +1015,17 @@ def day_type_share(
     towards the person's ``overall`` share (:func:`activity_share`) with
     ``tuning.day_type_strength`` pseudo-events. A day type without activity of its own is
     the overall share; much of it, its own. Any leading axes."""
+    weekday, weekend = day_type_counts(weekly_activity, tuning.activity_smoothing_hours)
     strength = tuning.day_type_strength
-    shares = []
-    for counts in by_day_type(np.maximum(weekly_activity, 0.0)):
-        shares.append(
-            (smooth(counts, tuning.activity_smoothing_hours) + strength * overall)
-            / (counts.sum(axis=-1, keepdims=True) + strength)
-        )
-    return shares[0], shares[1]
+    return shrunk_share(weekday, strength, overall), shrunk_share(weekend, strength, overall)
+
+
+def day_type_counts(
+    weekly_activity: np.ndarray, sd_hours: float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(weekday, weekend) :func:`smoothed_counts` of weekly activity counts."""
+    weekday, weekend = by_day_type(np.maximum(weekly_activity, 0.0))
+    return smoothed_counts(weekday, sd_hours), smoothed_counts(weekend, sd_hours)
 
 
 def awake_from_share(share: np.ndarray, exponent: float) -> np.ndarray:
@@ -1046,25 +1093,50 @@ def week_probabilities(
     else:
         _check_channel(channel)
     counts = profile.channel(channel)
-    if not (
-        np.any(profile.weekly_activity)
-        or np.any(counts.weekly_deliveries)
-        or np.any(counts.weekly_engaged())
-    ):
+    if not _has_week(profile.weekly_activity, counts.weekly_deliveries, counts.weekly_engaged()):
         return np.tile(day, (DAYS, 1))
     tuning = priors.tuning
     overall = activity_share(profile.activity, tuning, activity_prior(priors, segment))
-    weekday, weekend = day_type_rates(
+    return _week_table(
         day,
         awake_from_share(overall, tuning.activity_exponent),
+        overall,
         counts.weekly_deliveries,
         counts.weekly_engaged(),
         profile.weekly_activity,
-        overall,
         tuning,
     )
-    table = np.tile(weekday, (DAYS, 1))
-    table[list(WEEKEND)] = weekend
+
+
+def _has_week(
+    weekly_activity: np.ndarray, weekly_deliveries: np.ndarray, weekly_engaged: np.ndarray
+) -> np.ndarray:
+    """Whether a person has weekly counts at all, over the leading axes (profiles written
+    before the week was kept have none: their week is the day, every day)."""
+    return (
+        np.any(weekly_activity, axis=-1)
+        | np.any(weekly_deliveries, axis=-1)
+        | np.any(weekly_engaged, axis=-1)
+    )
+
+
+def _week_table(
+    day: np.ndarray,
+    awake: np.ndarray,
+    overall_share: np.ndarray,
+    weekly_deliveries: np.ndarray,
+    weekly_engaged: np.ndarray,
+    weekly_activity: np.ndarray,
+    tuning: Tuning,
+) -> np.ndarray:
+    """:func:`week_probabilities` from :func:`_day_rates`' answer: the day-type rates
+    (:func:`day_type_rates`) laid out over the week, weekday rows then the weekend's. Any
+    leading axes; the last two are (7 days, 24 hours)."""
+    weekday, weekend = day_type_rates(
+        day, awake, weekly_deliveries, weekly_engaged, weekly_activity, overall_share, tuning
+    )
+    table = np.repeat(weekday[..., None, :], DAYS, axis=-2)
+    table[..., list(WEEKEND), :] = weekend[..., None, :]
     return table
 
 
@@ -1101,20 +1173,71 @@ def rank_channels(
     ``evidence`` is the deliveries (plain count). Ties keep the order of
     ``MESSAGE_CHANNELS``.
     """
-    unanswered = unanswered or {}
-    scored = []
+    return channel_rankings([profile], priors, [unanswered])[0]
+
+
+#: Position of each message channel in ``MESSAGE_CHANNELS`` (the axis of channel arrays).
+_CHANNEL_AT = {channel: n for n, channel in enumerate(MESSAGE_CHANNELS)}
+
+
+def channel_rankings(
+    profiles: Sequence[EngagementProfile],
+    priors: Priors,
+    unanswered: Sequence[Mapping[str, int] | None] | None = None,
+) -> list[list[tuple[str, float, int]]]:
+    """:func:`rank_channels` of each of ``profiles`` (``unanswered``: one mapping or None
+    per profile), scored together in arrays of (people, channels, hours): a campaign page
+    at once. Each ranking is the one :func:`rank_channels` gives that person alone."""
+    people, width = len(profiles), len(MESSAGE_CHANNELS)
+    deliveries = np.zeros((people, width, HOURS))
+    engaged = np.zeros((people, width, HOURS))
+    sent = np.zeros((people, width))
+    fatigue = np.ones((people, width))
+    for n, profile in enumerate(profiles):
+        for name, counts in profile.channels.items():
+            if (at := _CHANNEL_AT.get(name)) is not None:
+                deliveries[n, at] = counts.deliveries
+                engaged[n, at] = counts.engaged()
+                sent[n, at] = counts.sent
+        for name, times in ((unanswered[n] if unanswered else None) or {}).items():
+            if (at := _CHANNEL_AT.get(name)) is not None:
+                fatigue[n, at] = fatigue_factor(priors, times)
+    delivered = _positive_sum(deliveries)
     tuning = priors.tuning
-    for channel in MESSAGE_CHANNELS:
-        counts = profile.channel(channel)
-        delivered = float(np.maximum(counts.deliveries, 0.0).sum())
-        engaged = float(np.maximum(counts.engaged(), 0.0).sum())
-        strength = tuning.channel_strength.get(channel, tuning.strength)
-        score = channel_score(engaged, delivered, channel_rate(priors, channel), strength)
-        score *= fatigue_factor(priors, unanswered.get(channel, 0))
-        scored.append(
-            (channel, float(np.clip(score, 0.0, 1.0)), int(round(_plain_deliveries(counts))))
+    strength = np.array([tuning.channel_strength.get(c, tuning.strength) for c in MESSAGE_CHANNELS])
+    rate = np.array([channel_rate(priors, c) for c in MESSAGE_CHANNELS])
+    score = channel_score(_positive_sum(engaged), delivered, rate, strength)
+    scores = np.clip(score * fatigue, 0.0, 1.0)
+    rankings = []
+    for row, plain, weighted, order in zip(
+        scores.tolist(), sent.tolist(), delivered.tolist(), _best_first(scores), strict=True
+    ):
+        rankings.append(
+            [
+                (MESSAGE_CHANNELS[c], row[c], int(round(_plain(plain[c], weighted[c]))))
+                for c in order
+            ]
         )
-    return sorted(scored, key=lambda entry: -entry[1])
+    return rankings
+
+
+def _best_first(
+    scores: np.ndarray, count: int | None = None, then: Sequence | None = None
+) -> list[list[int]]:
+    """Per row of ``scores`` (people, options): the positions of its ``count`` (None: all)
+    best scores, best first, ties keeping their order, as Python's stable sort on
+    ``-score`` (then on ``then``, the options' own order) ranks them. Rows holding NaN
+    are sorted by Python itself: numpy puts NaN last, Python's comparisons do not."""
+    if count == 1:
+        order = np.argmax(scores, axis=-1)[:, None].tolist()
+    else:
+        order = np.argsort(-scores, axis=-1, kind="stable")[:, :count].tolist()
+    for n in np.flatnonzero(np.isnan(scores).any(axis=-1)).tolist():
+        keys = [-score for score in scores[n]]
+        if then is not None:
+            keys = list(zip(keys, then, strict=True))
+        order[n] = sorted(range(len(keys)), key=keys.__getitem__)[:count]
+    return order
 
 
 # --- choosing slots ----------------------------------------------------------------------
@@ -1183,16 +1306,83 @@ def choose_slots(
             f"probabilities must have {HOURS} values (or {DAYS} rows of {HOURS} values), "
             f"got shape {table.shape}"
         )
+    _check_window_and_zone(window_hours, timezone)
+    window = (timezone, not_before, window_hours, quiet)
+    return _choose_all(table[None], [window], [rng], explore_rate, alternatives)[0]
+
+
+def _check_window_and_zone(window_hours: int, timezone: str) -> None:
     if window_hours < 1:
         raise ValueError(f"window_hours must be at least 1, got {window_hours}")
-    zone = _zone(timezone)
-    if zone is None:
+    if _zone(timezone) is None:
         raise ValueError(f"{timezone!r} is not a known IANA time zone")
-    if not_before.tzinfo is None:
-        not_before = not_before.replace(tzinfo=UTC)
-    start = not_before.astimezone(UTC)
-    end = start + timedelta(hours=window_hours)
 
+
+_Window = tuple[str, datetime, int, "tuple[int, int] | None"]
+"""Where :func:`choose_slots` looks: (time zone, not_before, window_hours, quiet hours)."""
+
+
+def _choose_all(
+    tables: np.ndarray,
+    windows: Sequence[_Window],
+    rngs: Sequence[np.random.Generator | None],
+    explore_rate: float,
+    alternatives: int,
+) -> list[list[Slot]]:
+    """:func:`choose_slots` for each of ``windows``, on the row of ``tables`` (people, 7,
+    24; checked) and with the ``rngs`` at its position. Rows whose windows have the same
+    candidates are ranked together; exploring draws in the order of ``windows``."""
+    found = []
+    for timezone, not_before, window_hours, quiet in windows:
+        if not_before.tzinfo is None:
+            not_before = not_before.replace(tzinfo=UTC)
+        found.append(
+            _candidates(
+                timezone,
+                not_before.astimezone(UTC),
+                window_hours,
+                None if quiet is None else tuple(quiet),
+            )
+        )
+    # The candidates are cached, so rows with the same ones share one object.
+    groups: dict[int, list[int]] = {}
+    for n, candidates in enumerate(found):
+        if candidates[0]:
+            groups.setdefault(id(candidates), []).append(n)
+    flat = tables.reshape(len(tables), WEEK_HOURS)
+    model = {key: flat[rows][:, found[rows[0]][1]] for key, rows in groups.items()}
+    scores = model
+    if explore_rate > 0:
+        scores = {key: values.copy() for key, values in model.items()}
+        at = {n: (key, k) for key, rows in groups.items() for k, n in enumerate(rows)}
+        for n in sorted(at):
+            key, k = at[n]
+            rng = rngs[n] if rngs[n] is not None else np.random.default_rng()
+            if rng.random() < explore_rate:
+                p = np.clip(model[key][k], 0.0, 1.0)
+                scores[key][k] = rng.beta(
+                    1.0 + EXPLORE_CONCENTRATION * p, 1.0 + EXPLORE_CONCENTRATION * (1 - p)
+                )
+    slots: list[list[Slot]] = [[] for _ in windows]
+    for key, rows in groups.items():
+        moments, _, hours = found[rows[0]]
+        # Candidates are in time order, so keeping ties in order sends at the earliest.
+        orders = _best_first(scores[key], 1 + max(alternatives, 0), then=moments)
+        for n, values, order in zip(rows, model[key].tolist(), orders, strict=True):
+            slots[n] = [Slot(moments[k], values[k], hours[k]) for k in order]
+    return slots
+
+
+@lru_cache(maxsize=1024)
+def _candidates(
+    timezone: str, start: datetime, window_hours: int, quiet: tuple[int, int] | None
+) -> tuple[tuple[datetime, ...], np.ndarray, tuple[int, ...]]:
+    """The candidates of :func:`choose_slots` outside quiet hours, in time order: their
+    moments (UTC, as ``start`` is), their local hours of the week (weekday * 24 + hour)
+    and their local hours. Kept for the latest windows asked about: a campaign page
+    plans most of its members in a few zones from one start."""
+    zone = _zone(timezone)
+    end = start + timedelta(hours=window_hours)
     local = start.astimezone(zone)
     past_the_hour = timedelta(
         minutes=local.minute, seconds=local.second, microseconds=local.microsecond
@@ -1208,25 +1398,16 @@ def choose_slots(
             moments.append(at)
         at += timedelta(hours=1)
 
-    candidates = []
+    kept, cells, hours = [], [], []
     for moment in moments:
         there = moment.astimezone(zone)
-        hour = there.hour
-        if not is_quiet(hour, quiet):
-            candidates.append(Slot(moment, float(table[there.weekday(), hour]), hour))
-    if not candidates:
-        return []
-
-    scores = np.array([slot.probability for slot in candidates])
-    if explore_rate > 0:
-        rng = rng if rng is not None else np.random.default_rng()
-        if rng.random() < explore_rate:
-            p = np.clip(scores, 0.0, 1.0)
-            scores = rng.beta(
-                1.0 + EXPLORE_CONCENTRATION * p, 1.0 + EXPLORE_CONCENTRATION * (1 - p)
-            )
-    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].send_at))
-    return [candidates[i] for i in order[: 1 + max(alternatives, 0)]]
+        if not is_quiet(there.hour, quiet):
+            kept.append(moment)
+            cells.append(there.weekday() * HOURS + there.hour)
+            hours.append(there.hour)
+    cell_array = np.array(cells, dtype=np.int64)
+    cell_array.setflags(write=False)
+    return tuple(kept), cell_array, tuple(hours)
 
 
 # --- one answer --------------------------------------------------------------------------
@@ -1279,35 +1460,56 @@ class Evidence:
     activity_events: int
 
 
-def _plain_deliveries(counts: ChannelCounts) -> float:
-    # Profiles written before plain counts were kept have only the weighted ones.
-    return max(counts.sent, float(np.maximum(counts.deliveries, 0.0).sum()))
+def _plain(count: float, weighted: float) -> float:
+    """A plain count; profiles written before plain counts were kept have only the
+    recency-weighted one (the sum of the positive weighted counts)."""
+    return max(count, weighted)
 
 
-def _plain_engagements(counts: ChannelCounts) -> float:
-    return max(counts.answered, float(np.maximum(counts.engaged(), 0.0).sum()))
+def _positive_sum(values: np.ndarray) -> np.ndarray:
+    """The sum of the positive values over the last axis (any leading axes)."""
+    return np.maximum(values, 0.0).sum(axis=-1)
 
 
-def _plain_activity(profile: EngagementProfile) -> float:
-    return max(profile.active_hours, float(np.maximum(profile.activity, 0.0).sum()))
+def _plain_counts(
+    profile: EngagementProfile,
+    counts: ChannelCounts,
+    weighted: tuple[float, float, float] | None = None,
+) -> tuple[float, float, float]:
+    """(deliveries, engagements, activity events) of ``profile``, ``counts`` being one of
+    its channels, counted plainly (:func:`_plain`); ``weighted`` are their weighted sums
+    (:func:`_positive_sum`) when the caller has them already."""
+    if weighted is None:
+        weighted = (
+            float(_positive_sum(counts.deliveries)),
+            float(_positive_sum(counts.engaged())),
+            float(_positive_sum(profile.activity)),
+        )
+    delivered, engaged, active = weighted
+    return (
+        _plain(counts.sent, delivered),
+        _plain(counts.answered, engaged),
+        _plain(profile.active_hours, active),
+    )
+
+
+def _evidence(plain: tuple[float, float, float]) -> Evidence:
+    return Evidence(*(int(round(count)) for count in plain))
 
 
 def evidence_of(profile: EngagementProfile, channel: str) -> Evidence:
     """:class:`Evidence` of ``profile`` on ``channel``: plain counts (how much there is,
     whatever its age; the answer weighs recent evidence more)."""
-    counts = profile.channel(channel)
-    return Evidence(
-        deliveries=int(round(_plain_deliveries(counts))),
-        engagements=int(round(_plain_engagements(counts))),
-        activity_events=int(round(_plain_activity(profile))),
-    )
+    return _evidence(_plain_counts(profile, profile.channel(channel)))
 
 
 def channel_source(profile: EngagementProfile) -> str:
     """Where a channel ranking comes from: ``"user"`` when the person has at least
     :data:`MIN_USER_DELIVERIES` deliveries over all message channels, else
     ``"global_prior"`` (the channels' overall rates decide)."""
-    delivered = sum(_plain_deliveries(c) for c in profile.channels.values())
+    delivered = sum(
+        _plain(c.sent, float(_positive_sum(c.deliveries))) for c in profile.channels.values()
+    )
     return "user" if delivered >= MIN_USER_DELIVERIES else "global_prior"
 
 
@@ -1338,8 +1540,9 @@ def plan_send(
 ) -> SendPlan:
     """The whole ``PredictSendTime`` answer for one person, planned in ``timezone`` (also
     the priors' segment): :func:`hour_probabilities`, the hour-of-week layer
-    (:func:`week_probabilities`), then :func:`choose_slots`. The service and the
-    evaluations call this one function, so what is measured is what is served.
+    (:func:`week_probabilities`), then :func:`choose_slots`. The service, the campaign
+    planner and the evaluations all plan through :func:`plan_sends` (this is it with one
+    question), so what is measured is what is served.
 
     ``counted_in`` is the zone whose hours the profile's counts are in when the person
     has no known zone (the default zone their events were read in); planning in another
@@ -1351,18 +1554,120 @@ def plan_send(
     ValueError
         as :func:`hour_probabilities` and :func:`choose_slots` do.
     """
-    if profile.timezone is None and counted_in and counted_in != timezone:
-        profile = moved_to_zone(profile, counted_in, timezone, not_before)
-    day, source, evidence = hour_probabilities(profile, channel, priors, timezone)
-    week = week_probabilities(profile, channel, priors, timezone, day=day)
-    slots = choose_slots(
-        week,
-        timezone,
-        not_before,
-        window_hours,
-        quiet,
-        explore_rate=explore_rate,
-        rng=rng,
-        alternatives=alternatives,
+    question = SendQuestion(profile, channel, timezone, not_before, window_hours, quiet, rng)
+    return plan_sends([question], priors, explore_rate, alternatives, counted_in)[0]
+
+
+@dataclass(frozen=True)
+class SendQuestion:
+    """One person's question to :func:`plan_sends`: when to send to them on ``channel``
+    in ``[not_before, not_before + window_hours)`` outside the local ``quiet`` hours,
+    planned in ``timezone``; ``rng`` draws for them when exploring."""
+
+    profile: EngagementProfile
+    channel: str
+    timezone: str
+    not_before: datetime
+    window_hours: int
+    quiet: tuple[int, int] | None
+    rng: np.random.Generator | None = None
+
+
+#: The counts of a channel a person has none on (read, never written).
+_NO_COUNTS = ChannelCounts()
+
+
+def plan_sends(
+    questions: Sequence[SendQuestion],
+    priors: Priors,
+    explore_rate: float = 0.0,
+    alternatives: int = 3,
+    counted_in: str | None = None,
+) -> list[SendPlan]:
+    """:func:`plan_send`'s answer to each question, worked out together: the day's and the
+    week's probabilities of every person in arrays of (people, hours), then the slots.
+    Each answer is the one that question alone gets, to the last bit; exploring draws
+    from each question's ``rng`` in the order of the questions, as one :func:`plan_send`
+    after another would.
+
+    Raises
+    ------
+    ValueError
+        as :func:`plan_send`, for the first question at fault.
+    """
+    profiles = []
+    for q in questions:
+        profile = q.profile
+        if profile.timezone is None and counted_in and counted_in != q.timezone:
+            profile = moved_to_zone(profile, counted_in, q.timezone, q.not_before)
+        _check_channel(q.channel)
+        _check_window_and_zone(q.window_hours, q.timezone)
+        profiles.append(profile)
+    if not questions:
+        return []
+    counts = [
+        p.channels.get(q.channel) or _NO_COUNTS for p, q in zip(profiles, questions, strict=True)
+    ]
+    curves: dict[tuple[str, str], np.ndarray] = {}
+    shares: dict[str, np.ndarray] = {}
+    for q in questions:
+        if (q.channel, q.timezone) not in curves:
+            curves[q.channel, q.timezone] = prior_curve(priors, q.channel, q.timezone)
+        if q.timezone not in shares:
+            shares[q.timezone] = activity_prior(priors, q.timezone)
+
+    def stacked(rows: Iterable[np.ndarray]) -> np.ndarray:
+        # People on axis 0, then a lone axis before the hours: smooth() and pool() then
+        # multiply each person's row as a vector (BLAS gemv), exactly as for one person;
+        # a (people, 24) matrix would go through gemm, whose rounding differs.
+        return np.array(list(rows), dtype=np.float64)[:, None, :]
+
+    activity = stacked(p.activity for p in profiles)
+    deliveries = stacked(c.deliveries for c in counts)
+    engaged = np.maximum(stacked(c.opens for c in counts), stacked(c.clicks for c in counts))
+    day, overall, awake = _day_rates(
+        activity,
+        deliveries,
+        engaged,
+        stacked(curves[q.channel, q.timezone] for q in questions),
+        stacked(shares[q.timezone] for q in questions),
+        np.array([channel_rate(priors, q.channel) for q in questions])[:, None, None],
+        priors.tuning,
     )
-    return SendPlan(slots, source, evidence, evidence_of(profile, channel))
+    weekly_activity = stacked(p.weekly_activity for p in profiles)
+    weekly_deliveries = stacked(c.weekly_deliveries for c in counts)
+    weekly_engaged = np.maximum(
+        stacked(c.weekly_opens for c in counts), stacked(c.weekly_clicks for c in counts)
+    )
+    week = np.repeat(day, DAYS, axis=1)
+    # People without weekly counts keep the day on every day.
+    rows = np.flatnonzero(_has_week(weekly_activity, weekly_deliveries, weekly_engaged)[:, 0])
+    if len(rows):
+        week[rows] = _week_table(
+            day[rows],
+            awake[rows],
+            overall[rows],
+            weekly_deliveries[rows],
+            weekly_engaged[rows],
+            weekly_activity[rows],
+            priors.tuning,
+        )[:, 0]
+    slots = _choose_all(
+        week,
+        [(q.timezone, q.not_before, q.window_hours, q.quiet) for q in questions],
+        [q.rng for q in questions],
+        explore_rate,
+        alternatives,
+    )
+    weighted = zip(
+        *(_positive_sum(values)[:, 0].tolist() for values in (deliveries, engaged, activity)),
+        strict=True,
+    )
+    plans = []
+    for q, profile, c, chosen, sums in zip(
+        questions, profiles, counts, slots, weighted, strict=True
+    ):
+        plain = _plain_counts(profile, c, sums)
+        source, evidence = _source(plain[0], plain[2], q.channel, priors, q.timezone)
+        plans.append(SendPlan(chosen, source, evidence, _evidence(plain)))
+    return plans

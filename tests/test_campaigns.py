@@ -21,23 +21,30 @@ from omnirec.v1 import campaigns_pb2 as cpb
 from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service import campaigns as campaigns_core
 from service.bundle import ModelBundle
 from service.campaigns import (
     AudienceModel,
     Campaign,
     NoAudienceModel,
     PageToken,
+    Placement,
+    Recipient,
     place,
+    place_all,
     top_order,
 )
 from service.catalogue import Catalogue
 from service.config import feature_store
-from service.contact import ContactPolicy, ContactState
+from service.contact import ContactPolicy, ContactState, allowed, earliest_send
+from service.engagement import open_window
 from service.errors import BadInput, NotAllowed, NotFound
+from service.events import MESSAGE_CHANNELS
 from service.registry import ModelRegistry
-from service.send_time import EngagementProfile, Priors
+from service.send_time import EngagementProfile, Priors, plan_send, rank_channels
 from service.server import build_server
 from tests.conftest import deployment_env, publish_log
+from tests.test_send_time import varied_person, varied_priors
 
 NOW = 1_790_000_000.0
 HOUR = 3600
@@ -248,6 +255,106 @@ def test_a_window_left_only_with_quiet_hours_is_quiet():
     assert planned(contact(), window=5, quiet=(22, 8), start=night) == "quiet"
 
 
+def placed_alone(
+    member: Recipient,
+    priors: Priors,
+    policy: ContactPolicy,
+    channels: tuple[str, ...],
+    start: float,
+    window: int,
+    quiet: tuple[int, int] | None,
+    zone: str,
+    explore_rate: float,
+) -> Placement | str:
+    """A member planned as before pages were planned together: channel after channel,
+    one ``plan_send`` each."""
+    open_ = set(allowed(member.contact, channels))
+    if not open_:
+        return "opted_out"
+    why = "fatigued"
+    here = member.profile.timezone or zone
+    for channel, _, _ in rank_channels(member.profile, priors, member.contact.unanswered):
+        if channel not in open_:
+            continue
+        allowed_from = earliest_send(member.contact, channel, policy, start)
+        begin, hours = open_window(start, window, allowed_from)
+        if hours < 1:
+            continue
+        plan = plan_send(
+            member.profile,
+            channel,
+            priors,
+            here,
+            datetime.fromtimestamp(begin, UTC),
+            hours,
+            quiet,
+            explore_rate,
+            member.rng,
+            alternatives=0,
+            counted_in=zone,
+        )
+        if not plan.slots:
+            why = "quiet"
+            continue
+        slot = plan.slots[0]
+        return Placement(channel, slot.send_at, slot.probability, slot.local_hour, here)
+    return why
+
+
+def varied_members(rng: np.random.Generator, count: int) -> list[Recipient]:
+    """People in many zones (or none; some with no profile at all), some opted out of
+    channels, some with recent deliveries and unanswered streaks."""
+    members = []
+    for _ in range(count):
+        opted_out = frozenset(c for c in MESSAGE_CHANNELS if rng.random() < 0.25)
+        deliveries = tuple(
+            (str(rng.choice(MESSAGE_CHANNELS)), int(NOW - rng.integers(60, 72 * HOUR)))
+            for _ in range(rng.integers(0, 4))
+        )
+        unanswered = {c: int(rng.integers(1, 5)) for c, _ in deliveries}
+        members.append(
+            Recipient(varied_person(rng), ContactState(opted_out, deliveries, unanswered))
+        )
+    return members
+
+
+def with_rngs(members: list[Recipient], seed: int | None) -> list[Recipient]:
+    """``members``, each with a fresh generator seeded from ``seed`` (None: none, not
+    exploring): two calls give two sets that draw the same numbers."""
+    if seed is None:
+        return members
+    seeds = np.random.default_rng(seed).integers(1 << 31, size=len(members))
+    return [
+        replace(m, rng=np.random.default_rng(int(s))) for m, s in zip(members, seeds, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("explore_rate", [0.0, 0.3])
+def test_a_page_planned_together_gets_what_each_member_gets_alone(explore_rate):
+    rng = np.random.default_rng(15)
+    priors = varied_priors(rng)
+    seed = 7 if explore_rate else None
+    outcomes = set()
+    for channels, start, window, quiet, gap, cap in [
+        (MESSAGE_CHANNELS, NOW, 24, (22, 8), 0.0, 0),
+        (("email", "sms", "push"), NOW + 1234, 72, (20, 9), 48.0, 0),
+        (("email", "push"), NOW - NOW % HOUR, 3, (9, 21), 10.0, 2),
+        (("sms",), NOW, 168, None, 24.0, 1),
+        (MESSAGE_CHANNELS, NOW + 5 * HOUR, 1, (3, 3), 1.5, 0),
+    ]:
+        rules = (priors, ContactPolicy(gap, cap), channels, start, window, quiet, "Asia/Tokyo")
+        members = varied_members(rng, 120)
+        together = place_all(with_rngs(members, seed), *rules, explore_rate)
+        alone = [placed_alone(m, *rules, explore_rate) for m in with_rngs(members, seed)]
+        assert together == alone
+        assert together == [
+            place(m.profile, m.contact, *rules, explore_rate, m.rng)
+            for m in with_rngs(members, seed)
+        ]
+        outcomes |= {o if isinstance(o, str) else "placed" for o in together}
+    assert outcomes == {"placed", "opted_out", "fatigued", "quiet"}
+
+
 def test_bundles_keep_their_interactions_matrix(tmp_path):
     bundle = similarity_bundle("item_knn")
     back = ModelBundle.load(bundle.save(tmp_path / "b"))
@@ -440,6 +547,37 @@ def test_pages_are_disjoint_and_cover_what_one_big_page_holds(campaigns, truth, 
     assert len(ids) == len(set(ids))
     assert ids == [m.user_id for m in big.members]
     assert big.model_version == "omnirec/1"
+
+
+@pytest.mark.integration
+def test_pages_planned_together_answer_as_members_planned_one_by_one(
+    campaigns, truth, start, monkeypatch
+):
+    requests = [
+        {"category": truth["categories"][0], "limit": 50},
+        {"category": "bags", "channels": ["sms", "push"], "window_hours": 72, "limit": 33},
+        # Three hours, most of them quiet somewhere: some are left out as quiet.
+        {"category": truth["categories"][1], "window_hours": 3, "quiet_start_hour": 23},
+    ]
+
+    def pages(fields: dict) -> list[cpb.AudienceResponse]:
+        replies, token = [], ""
+        while True:
+            replies.append(audience(campaigns, page_token=token, not_before=stamp(start), **fields))
+            token = replies[-1].next_page_token
+            if not token:
+                return replies
+
+    together = [pages(fields) for fields in requests]
+    batched = campaigns_core.place_all
+    monkeypatch.setattr(
+        campaigns_core,
+        "place_all",
+        lambda members, *rules: [batched([m], *rules)[0] for m in members],
+    )
+    assert [pages(fields) for fields in requests] == together
+    assert sum(r.left_out.quiet for r in together[2]) > 0
+    assert sum(len(r.members) for replies in together for r in replies) > 100
 
 
 @pytest.mark.integration

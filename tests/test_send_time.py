@@ -20,8 +20,10 @@ from service.send_time import (
     EngagementProfile,
     Evidence,
     Priors,
+    SendQuestion,
     Tuning,
     awake_factor,
+    channel_rankings,
     channel_source,
     choose_slots,
     evidence_of,
@@ -29,6 +31,7 @@ from service.send_time import (
     is_quiet,
     moved_to_zone,
     plan_send,
+    plan_sends,
     profile_from_events,
     rank_channels,
     served_profile,
@@ -742,3 +745,173 @@ def test_a_weekend_habit_from_activity_alone_gives_weekend_slots() -> None:
     saturday = datetime(2026, 10, 24, tzinfo=ZoneInfo(BERLIN))
     plan = plan_send(person, "email", priors, BERLIN, saturday, 24, None)
     assert plan.slots[0].local_hour == 11
+
+
+# --- many people at once -------------------------------------------------------------------
+
+#: Zones with DST both ways, half- and 45-minute offsets, a 30-minute DST shift, and none.
+VARIED_ZONES = (
+    None,
+    "UTC",
+    BERLIN,
+    "America/New_York",
+    "Asia/Kolkata",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+)
+
+
+def varied_priors(rng: np.random.Generator) -> Priors:
+    """Priors as training learns them: segments for some zones, per-channel strengths,
+    fatigue, and an activity share with empty hours."""
+
+    def curve() -> list[float]:
+        return rng.uniform(0.01, 0.4, HOURS).tolist()
+
+    share = rng.random(HOURS) * (rng.random(HOURS) > 0.2)
+    return Priors(
+        channel_rate={c: float(rng.uniform(0.02, 0.3)) for c in MESSAGE_CHANNELS[1:]},
+        channel_hour_rate={c: curve() for c in MESSAGE_CHANNELS[2:]},
+        segment_hour_rate={BERLIN: {"email": curve()}, "Asia/Kolkata": {"sms": curve()}},
+        activity=(share / share.sum()).tolist(),
+        segment_activity={BERLIN: [1.0 / HOURS] * HOURS},
+        tuning=Tuning(strength=5.0, day_type_strength=2.0, channel_strength={"email": 12.0}),
+        fatigue=[1.0, 0.8, 0.6, 0.5],
+    )
+
+
+def varied_person(rng: np.random.Generator) -> EngagementProfile:
+    """Anyone from nobody (an empty profile) to a reader with weekly counts on several
+    channels, in any of :data:`VARIED_ZONES`."""
+    if rng.random() < 0.15:
+        return EngagementProfile()
+
+    def counts(size: int, keep: float) -> np.ndarray:
+        return rng.random(size) * 4 * (rng.random(size) < keep)
+
+    weekly = rng.random() < 0.7
+    channels = {}
+    for channel in MESSAGE_CHANNELS:
+        if rng.random() < 0.4:
+            channels[channel] = ChannelCounts(
+                counts(HOURS, 0.5),
+                counts(HOURS, 0.3),
+                counts(HOURS, 0.2),
+                *(counts(WEEK_HOURS, 0.2 * weekly) for _ in range(3)),
+                sent=float(rng.integers(0, 20)),
+                answered=float(rng.integers(0, 5)),
+            )
+    return EngagementProfile(
+        timezone=VARIED_ZONES[rng.integers(len(VARIED_ZONES))],
+        channels=channels,
+        activity=counts(HOURS, 0.4),
+        as_of=float(NOW),
+        weekly_activity=counts(WEEK_HOURS, 0.3 * weekly),
+        active_hours=float(rng.integers(0, 30)),
+    )
+
+
+def varied_questions(rng: np.random.Generator, count: int) -> list[SendQuestion]:
+    """Windows of 1 h to a week, starting on and off the hour (some across DST changes),
+    naive and aware, with quiet hours that wrap, do not, or are ignored."""
+    questions = []
+    for _ in range(count):
+        person = varied_person(rng)
+        zone = person.timezone or VARIED_ZONES[1 + rng.integers(len(VARIED_ZONES) - 1)]
+        start = datetime(2026, 3, 25, tzinfo=UTC) + timedelta(
+            hours=int(rng.integers(0, 24 * 40)), seconds=int(rng.integers(0, 2)) * 1234
+        )
+        quiet = [None, (22, 8), (9, 17), (3, 3)][rng.integers(4)]
+        questions.append(
+            SendQuestion(
+                person,
+                MESSAGE_CHANNELS[rng.integers(len(MESSAGE_CHANNELS))],
+                zone,
+                start if rng.random() < 0.8 else start.replace(tzinfo=None),
+                int(rng.choice([1, 3, 8, rng.integers(1, 169)])),
+                quiet,
+            )
+        )
+    return questions
+
+
+def reseeded(questions: list[SendQuestion], seed: int) -> list[SendQuestion]:
+    """``questions``, each with a fresh generator seeded from ``seed``: two calls give two
+    sets that draw the same numbers."""
+    seeds = np.random.default_rng(seed).integers(1 << 31, size=len(questions))
+    return [
+        replace(q, rng=np.random.default_rng(int(s))) for q, s in zip(questions, seeds, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("explore_rate", [0.0, 0.5])
+def test_planning_many_people_at_once_answers_each_as_planned_alone(explore_rate) -> None:
+    rng = np.random.default_rng(23)
+    priors = varied_priors(rng)
+    questions = varied_questions(rng, 150)
+    together = plan_sends(reseeded(questions, 1), priors, explore_rate, 2, counted_in="UTC")
+    alone = [
+        plan_send(
+            q.profile,
+            q.channel,
+            priors,
+            q.timezone,
+            q.not_before,
+            q.window_hours,
+            q.quiet,
+            explore_rate,
+            q.rng,
+            2,
+            counted_in="UTC",
+        )
+        for q in reseeded(questions, 1)
+    ]
+    assert together == alone
+    assert {plan.source for plan in together} == set(SOURCES)
+    assert any(plan.slots for plan in together) and any(not plan.slots for plan in together)
+    for plan in together:
+        assert all(type(s.probability) is float and type(s.local_hour) is int for s in plan.slots)
+
+
+def test_planning_at_once_is_the_per_person_model_to_the_last_bit() -> None:
+    # The day's and the week's probabilities from arrays of people are those of the
+    # per-person functions: no row's rounding depends on the others on the page.
+    rng = np.random.default_rng(4)
+    priors = varied_priors(rng)
+    questions = [
+        replace(q, profile=replace(q.profile, timezone=q.timezone))
+        for q in varied_questions(rng, 120)
+    ]
+    planned = plan_sends(questions, priors, alternatives=30)
+    for q, plan in zip(questions, planned, strict=True):
+        day, source, evidence = hour_probabilities(q.profile, q.channel, priors, q.timezone)
+        week = week_probabilities(q.profile, q.channel, priors, q.timezone, day=day)
+        slots = choose_slots(week, q.timezone, q.not_before, q.window_hours, q.quiet, 0.0, None, 30)
+        assert (plan.slots, plan.source, plan.evidence) == (slots, source, evidence)
+        assert plan.detail == evidence_of(q.profile, q.channel)
+
+
+def test_channels_ranked_at_once_are_ranked_as_alone() -> None:
+    rng = np.random.default_rng(5)
+    priors = varied_priors(rng)
+    people = [varied_person(rng) for _ in range(80)]
+    unanswered = [
+        {c: int(rng.integers(0, 6)) for c in MESSAGE_CHANNELS if rng.random() < 0.3} or None
+        for _ in people
+    ]
+    together = channel_rankings(people, priors, unanswered)
+    assert together == [
+        rank_channels(p, priors, u) for p, u in zip(people, unanswered, strict=True)
+    ]
+    assert channel_rankings([], priors) == [] and plan_sends([], priors) == []
+
+
+def test_planning_at_once_refuses_what_one_plan_refuses() -> None:
+    good = SendQuestion(EngagementProfile(), "email", BERLIN, datetime.now(UTC), 24, None)
+    for bad, message in (
+        (replace(good, channel="web"), "not one of"),
+        (replace(good, window_hours=0), "at least 1"),
+        (replace(good, timezone="Mars/Olympus"), "not a known IANA time zone"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            plan_sends([good, bad], flat_priors())

@@ -25,9 +25,9 @@ from training.transitions import fit_transitions
 ALL = [
     "als",
     "item_knn",
-    "ease_lambda_100",
     "ease_lambda_300",
     "ease_lambda_1000",
+    "ease_lambda_100",
     "ease_lambda_3000",
 ]
 
@@ -140,19 +140,25 @@ def test_auto_validates_inside_the_training_part_only(auto_run):
         assert test and test <= frame
 
 
-def test_validation_ranks_people_exactly_as_recommend_does(synthetic):
-    """The served ranker validation uses gives each person the same top items, in the
+@pytest.mark.parametrize(
+    ("kind", "weight"),
+    [("als", 0.5), ("als", 0.0), ("item_knn", 0.35), ("ease", 0.2), ("ease", 0.0)],
+)
+def test_validation_ranks_people_exactly_as_recommend_does(synthetic, kind, weight):
+    """The served ranker validation uses (a block of people at a time, the transition
+    blend re-ranking the model's top items) gives each person the same top items, in the
     same order, as ``Recommend(exclude_seen=true)`` with the same bundle and history."""
     frame = load_events(synthetic.events).frame
     prepared = evaluation.prepare(frame, DEFAULT_WEIGHTS)
     train = prepared.train
-    model = fit(ModelParams(factors=8, iterations=3), train.matrix)
+    params = ModelParams(kind=kind, factors=8, iterations=3)
+    model = fit(params, train.matrix)
     bundle = to_bundle(
         model,
-        ModelParams(factors=8, iterations=3),
+        params,
         train.user_ids,
         train.item_ids,
-        {"weights": dict(DEFAULT_WEIGHTS), "serving": Blend(3.0, 0.5, 3).to_metadata()},
+        {"weights": dict(DEFAULT_WEIGHTS), "serving": Blend(3.0, weight, 3).to_metadata()},
     )
     bundle.transitions = fit_transitions(prepared.split.train, DEFAULT_WEIGHTS, train.item_ids)
     recommender = Recommender(bundle)

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         + ") by validation on the latest part of the training part",
     )
     tr.add_argument(
+        "--budget-seconds",
+        type=float,
+        help="--model auto: seconds validation may spend on model candidates "
+        "(default: OMNIREC_TRAIN_BUDGET_SECONDS, 120)",
+    )
+    tr.add_argument(
         "--backend",
         choices=("implicit", "spark"),
         default="implicit",
@@ -271,7 +277,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     if not 0 < args.test_fraction < 1:
         raise OmnirecError(f"--test-fraction: must be between 0 and 1, got {args.test_fraction}")
-    for flag in ("half_life_days", "popularity_half_life_days"):
+    for flag in ("half_life_days", "popularity_half_life_days", "budget_seconds"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise OmnirecError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
@@ -308,6 +314,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         transitions=not args.no_transitions,
         popularity_half_life_days=args.popularity_half_life_days,
         choose_model=args.model == AUTO and not spark,
+        budget_seconds=args.budget_seconds or settings.train_budget_seconds,
     )
     result = train(settings, cfg)
     print(f"registered {settings.model_name}/{result.version} ({result.kind}, run {result.run_id})")

@@ -41,8 +41,8 @@ from service.send_time import (
     awake_from_share,
     channel_rate,
     channel_score,
+    day_type_counts,
     day_type_rates,
-    day_type_share,
     hour_probabilities,
     is_known_zone,
     plan_send,
@@ -50,7 +50,9 @@ from service.send_time import (
     prior_curve,
     rank_channels,
     served_profile,
+    shrunk_share,
     smooth,
+    smoothed_counts,
 )
 
 log = logging.getLogger(__name__)
@@ -973,28 +975,36 @@ def _tune_activity(split: _Validation, tuning: Tuning, report: TuningReport) -> 
             len(a_people),
         )
         rows_of = np.searchsorted(a_people, a_users)
+        # Each held-out hour as a slot (person, day type, hour of day): the grid below
+        # scores the distinct slots, each counted as often as it was held out.
+        slot_flat, slot_count = np.unique(
+            (rows_of * 2 + a_weekend) * HOURS + a_hours, return_counts=True
+        )
+        slot_rows, slot_hours = np.divmod(slot_flat, HOURS)
+        held = float(len(a_hours))
         scored: list[tuple[float, float, tuple[float, ...]]] = []
         for hl in grid["activity_half_life_days"]:
             counts = _counts(past, 30.0, hl)
-            hourly = _rows_on(counts.activity, a_people, HOURS)
+            hourly = np.maximum(_rows_on(counts.activity, a_people, HOURS), 0.0)
             weekly = _rows_on(counts.weekly_activity, a_people, WEEK_HOURS)
             for sd in grid["activity_smoothing_hours"]:
+                # activity_share and day_type_share with what no strength changes
+                # worked out once per smoothing: the same arithmetic, 25 times less.
+                smoothed = smoothed_counts(hourly, sd)
+                weekday_counts, weekend_counts = day_type_counts(weekly, sd)
                 for s in grid["activity_strength"]:
+                    overall = shrunk_share(smoothed, s, prior_share)
                     for k in grid["day_type_strength"]:
-                        t = replace(
-                            tuning,
-                            activity_smoothing_hours=sd,
-                            activity_strength=s,
-                            day_type_strength=k,
-                        )
-                        overall = activity_share(hourly, t, prior_share)
-                        weekday, weekend = day_type_share(weekly, overall, t)
-                        share = np.where(a_weekend[:, None], weekend[rows_of], weekday[rows_of])
-                        guess = np.argmax(share, axis=1)
-                        hit = float(np.mean(_within_an_hour(a_hours, guess)))
+                        weekday = shrunk_share(weekday_counts, k, overall)
+                        weekend = shrunk_share(weekend_counts, k, overall)
+                        # (person, day type) rows: each distinct held-out slot is scored
+                        # once and counted as often as it was held out.
+                        share = np.stack([weekday, weekend], axis=1).reshape(-1, HOURS)
+                        guess = np.argmax(share, axis=1)[slot_rows]
+                        hit = float(_within_an_hour(slot_hours, guess) @ slot_count) / held
                         share = share / share.sum(axis=1, keepdims=True)
-                        at = share[np.arange(len(a_hours)), a_hours]
-                        ll = float(np.mean(np.log(np.maximum(at, LOG_FLOOR))))
+                        at = share.reshape(-1)[slot_flat]
+                        ll = float(np.log(np.maximum(at, LOG_FLOOR)) @ slot_count) / held
                         scored.append((hit, ll, (hl, sd, s, k)))
         # The one-standard-error rule: hit rates this close are noise, so among the
         # candidates within one standard error of the best, the best log likelihood.

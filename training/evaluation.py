@@ -16,6 +16,7 @@ training items, so those could never be hit):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -24,12 +25,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.events import ITEM_EVENT_TYPES
-from service.recommender import Recommender, top_k
+from service.recommender import Recommender
 from service.store.codecs import HistoryEntry
 from training.matrix import Interactions, build_interactions, index_of
 from training.publish import user_features
 
 METRICS = ("recall", "ndcg", "map", "coverage")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,29 +117,47 @@ def relevant_items(
     return out
 
 
+def sample(
+    relevant: dict[int, np.ndarray], limit: int, what: str, n_items: int, max_scores: int
+) -> dict[int, np.ndarray]:
+    """At most ``limit`` of ``relevant``, the same ones every run (a seeded draw), with
+    one logged line saying so when it draws."""
+    if len(relevant) <= limit:
+        return relevant
+    log.info(
+        "%s: ranking %d of %d people (%s items: at most %s scores a ranking)",
+        what,
+        limit,
+        len(relevant),
+        f"{n_items:,}",
+        f"{max_scores:,}",
+    )
+    rows = np.random.default_rng(0).choice(sorted(relevant), limit, replace=False)
+    return {int(u): relevant[int(u)] for u in sorted(rows)}
+
+
 def ranking_metrics(
     recommended: np.ndarray, relevant: list[np.ndarray], n_items: int, k: int
 ) -> dict[str, float]:
-    """Metrics of ranked lists (``recommended``: people × ≥k item indices, -1 = none)."""
+    """Metrics of ranked lists (``recommended``: people × ≥k item indices, -1 = none;
+    ``relevant``: each person's distinct relevant items)."""
     if len(relevant) == 0:
         return {m: 0.0 for m in METRICS}
     top = recommended[:, :k]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    recall = ndcg = ap = 0.0
-    for row, rel in zip(top, relevant, strict=True):
-        hits = np.isin(row, rel) & (row >= 0)
-        n_rel = len(rel)
-        recall += hits.sum() / n_rel
-        ndcg += (discounts * hits).sum() / discounts[: min(n_rel, k)].sum()
-        if hits.any():
-            precision_at = np.cumsum(hits) / np.arange(1, k + 1)
-            ap += (precision_at * hits).sum() / min(n_rel, k)
-    shown = np.unique(top[top >= 0])
     n = len(relevant)
+    n_rel = np.array([len(rel) for rel in relevant], dtype=np.int64)
+    # Every (person, item) as one number, so all hits are found by one isin.
+    wanted = np.repeat(np.arange(n), n_rel) * (n_items + 1) + np.concatenate(relevant)
+    keys = np.arange(n)[:, None] * (n_items + 1) + top
+    hits = np.isin(keys, wanted) & (top >= 0)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.minimum(n_rel, k) - 1]
+    precision_at = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    shown = np.unique(top[top >= 0])
     return {
-        "recall": recall / n,
-        "ndcg": ndcg / n,
-        "map": ap / n,
+        "recall": float((hits.sum(axis=1) / n_rel).sum() / n),
+        "ndcg": float(((hits * discounts).sum(axis=1) / ideal).sum() / n),
+        "map": float(((precision_at * hits).sum(axis=1) / np.minimum(n_rel, k)).sum() / n),
         "coverage": len(shown) / n_items if n_items else 0.0,
     }
 
@@ -206,22 +227,121 @@ def served_ranker(
     history: Mapping[int, list[HistoryEntry]],
     train_matrix: sp.csr_matrix,
 ) -> Ranker:
-    """Rank as ``Recommend`` does (``Recommender.score_history``: the model, recency
-    weighting and transitions of its bundle) from each person's ``history``, minus the
-    items in their training row. The bundle's items must be ``train_matrix``'s columns."""
+    """Rank as ``Recommend`` does (the model, recency weighting and transitions of the
+    recommender's bundle, :meth:`Recommender.score_history`) from each person's
+    ``history``, minus the items in their training row. The bundle's items must be
+    ``train_matrix``'s columns. People are scored a block at a time with one matrix
+    product (:meth:`Recommender.score_people`), as cheap per person as serving is."""
+    blend = recommender.blend
+    transitions = recommender.bundle.transitions if blend.transition_weight > 0 else None
 
     def rank(users: np.ndarray, k: int) -> np.ndarray:
         out = np.full((len(users), k), -1, dtype=np.int64)
-        for n, u in enumerate(users):
-            scores = recommender.score_history(history.get(int(u), []))
-            if scores is None:
+        for block in blocks(len(users), train_matrix.shape[1]):
+            people = recommender.positives([history.get(int(u), []) for u in users[block]])
+            scores = recommender.score_people(people)
+            seen = train_matrix[users[block]]
+            own = model_top(scores, seen, k)
+            if transitions is None:
+                out[block] = own.items
                 continue
-            scores = np.array(scores, dtype=np.float32, copy=True)
-            scores[
-                train_matrix.indices[train_matrix.indptr[u] : train_matrix.indptr[u + 1]]
-            ] = -np.inf
-            top = top_k(scores, k)
-            out[n, : len(top)] = top
+            part = recommender.transition_parts(people, transitions, blend.transition_events)
+            out[block] = own.blend(part, blend.transition_weight, seen, k)
         return out
 
     return rank
+
+
+#: Scores held at once while ranking many people (people × items, float32): 64 MB.
+BLOCK_CELLS = 16_000_000
+
+
+def blocks(n_people: int, n_items: int) -> list[slice]:
+    """``n_people`` in slices of at most :data:`BLOCK_CELLS` scores each."""
+    size = max(1, BLOCK_CELLS // max(n_items, 1))
+    return [slice(start, min(start + size, n_people)) for start in range(0, n_people, size)]
+
+
+@dataclass(frozen=True)
+class ModelTop:
+    """A block of people's best ``k`` unseen items by the model's own scores, with what a
+    transition blend needs to re-rank them exactly (:meth:`blend`)."""
+
+    items: np.ndarray
+    """people × k item indices, best first, -1 where a person has fewer (or nothing)."""
+    scaled: np.ndarray
+    """people × items: the model's scores over each row's largest ``|score|`` (how
+    serving scales the model's part before adding the transition part), seen items and
+    rows with nothing known at -inf."""
+
+    def blend(self, part: sp.csr_matrix, weight: float, seen: sp.csr_matrix, k: int) -> np.ndarray:
+        """The top ``k`` of the scaled model scores plus ``weight`` × ``part`` (serving's
+        blend), without ranking every item again: an item outside the model's top ``k``
+        and outside the transition part keeps its model score, which no top-``k`` item's
+        blended score is below, so only those two sets can hold the answer."""
+        n, n_items = self.scaled.shape
+        part = sp.csr_matrix(part)
+        part.sort_indices()
+        rows = np.repeat(np.arange(n), np.diff(part.indptr))
+        cols = part.indices.astype(np.int64)
+        keys = rows * n_items + cols  # ascending: rows in order, columns sorted in each
+        # The top k, with their own transition part where they have one.
+        valid = self.items >= 0
+        top_keys = np.arange(n)[:, None] * n_items + np.where(valid, self.items, 0)
+        found = _find(keys, top_keys)
+        own = np.where(found >= 0, part.data[np.maximum(found, 0)], 0.0)
+        top_scores = np.take_along_axis(self.scaled, np.where(valid, self.items, 0), 1)
+        top_scores = np.where(valid, top_scores + weight * own, -np.inf)
+        # The rest of the transition part: not in the top k, not seen, of people the
+        # model can score.
+        base = self.scaled[rows, cols]
+        keep = np.isfinite(base) & ~np.isin(keys, top_keys[valid]) & (_find(_keys(seen), keys) < 0)
+        rows, cols = rows[keep], cols[keep]
+        extra = base[keep] + weight * part.data[keep]
+        width = int(np.bincount(rows, minlength=n).max()) if len(rows) else 0
+        cand = np.full((n, k + width), -1, dtype=np.int64)
+        score = np.full((n, k + width), -np.inf, dtype=np.float64)
+        cand[:, :k], score[:, :k] = self.items, top_scores
+        if width:
+            slot = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place within its row
+            cand[rows, k + slot], score[rows, k + slot] = cols, extra
+        best = np.argsort(-score, axis=1, kind="stable")[:, :k]
+        picked = np.take_along_axis(cand, best, 1)
+        return np.where(np.isfinite(np.take_along_axis(score, best, 1)), picked, -1)
+
+
+def _keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """``row × columns + column`` of each stored entry, ascending."""
+    matrix = sp.csr_matrix(matrix)
+    matrix.sort_indices()
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices.astype(np.int64)
+
+
+def _find(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each of ``wanted`` in ``sorted_keys``, or -1."""
+    if not len(sorted_keys):
+        return np.full(np.shape(wanted), -1)
+    at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
+    return np.where(sorted_keys[at] == wanted, at, -1)
+
+
+def model_top(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> ModelTop:
+    """:class:`ModelTop` of a block of ``scores`` (people × items, NaN rows: nothing
+    known; overwritten), each person's ``seen`` items left out. Every step is one pass
+    over the block in place: at a million items a block is the whole cost of ranking."""
+    known = ~np.isnan(scores[:, 0]) if scores.shape[1] else np.zeros(len(scores), bool)
+    largest = np.zeros(len(scores), dtype=np.float32)
+    rows = scores if known.all() else scores[known]  # a copy only when some are unknown
+    if len(rows):
+        largest[known] = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+    scores *= (1.0 / np.maximum(largest, 1e-12))[:, None]
+    scores[~known] = -np.inf
+    seen = sp.csr_matrix(seen)
+    scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
+    k = min(k, scores.shape[1])
+    top = np.argpartition(scores, -k, axis=1)[:, -k:]
+    order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, 1)
+    top = np.where(np.isfinite(np.take_along_axis(scores, top, 1)), top, -1)
+    return ModelTop(top, scores)

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from service.ann import training_index
-from service.bundle import POPULARITY, SIMILARITY_KINDS
+from service.bundle import POPULARITY, SIMILARITY_KINDS, ModelBundle
 from service.config import Settings, feature_store, identity_secret
 from service.errors import BadInput
 from service.identity import Identities
@@ -23,8 +23,9 @@ from training import evaluation, mlflow_view, validation
 from training.catalogue import load_catalogue
 from training.engagement import evaluate_send_time, learn_priors, learn_tuning, user_profiles
 from training.event_log import load_events
+from training.guarded_fit import FitFailed, fit_bundle
 from training.matrix import DEFAULT_WEIGHTS, Interactions, build_interactions
-from training.models import SPARK, ModelParams, fit, popularity_bundle, to_bundle
+from training.models import SPARK, ModelParams, fit, popularity_bundle
 from training.publish import popularity, publish
 from training.transitions import fit_transitions
 
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 #: The metric that decides promotion, at the configured k.
 PRIMARY = "ndcg"
+#: The holdout ranks everybody held out, but on large catalogues at most as many as keep
+#: one ranking under this many scores (a seeded sample; about 30 s on 2 cores), and never
+#: fewer than :data:`HOLDOUT_MIN_PEOPLE`: at a million items and 20,000 people, 7,800.
+HOLDOUT_MAX_SCORES = 5_000_000_000
+HOLDOUT_MIN_PEOPLE = 5000
 #: What the popularity baseline's holdout metrics start with in MLflow.
 BASELINE_PREFIX = f"baseline_{POPULARITY}_"
 
@@ -63,6 +69,10 @@ class TrainConfig:
     popularity_half_life_days: float = 30.0
     transitions: bool = True
     """Let validation weigh in item transitions (``--no-transitions``: never)."""
+    budget_seconds: float = 120.0
+    """``--model auto``: seconds validation may spend on model candidates
+    (``OMNIREC_TRAIN_BUDGET_SECONDS``, ``--budget-seconds``); see
+    :func:`training.validation.choose`."""
     choose_model: bool = False
     """``--model auto``: choose the kind (and EASE's λ) by validation inside the training
     part (:mod:`training.validation`); ``params`` gives the candidates' other settings.
@@ -155,8 +165,10 @@ def evaluate_holdout(
     """Fit on the past of each person, score the latest part: model vs popularity.
 
     With a ``blend``, the model is ranked as serving ranks (``evaluation.served_ranker``:
-    recency-weighted history, and transitions of ``window`` steps when it is > 0);
-    without one, by the model's own ``recommend`` (how the bench scores its peers)."""
+    recency-weighted history, and transitions of ``window`` steps when it is > 0), fitted
+    in a process of its own (:func:`training.guarded_fit.fit_bundle`, which raises
+    :class:`~training.guarded_fit.FitFailed`); without one, by the model's own
+    ``recommend`` (how the bench scores its peers)."""
     prepared = evaluation.prepare(
         frame,
         weights,
@@ -164,29 +176,29 @@ def evaluate_holdout(
         test_fraction=test_fraction,
         min_user_events=min_user_events,
     )
-    train, relevant = prepared.train, prepared.relevant
+    train, n_items = prepared.train, prepared.train.matrix.shape[1]
     log.info(
         "holdout: %d held-out events, %d people with something new to find",
         len(prepared.split.test),
-        len(relevant),
+        len(prepared.relevant),
     )
-    model = fit(params, train.matrix)
-    n_items = train.matrix.shape[1]
-    ranker = evaluation.model_ranker(model, train.matrix)
-    if blend is not None:
-        transitions = (
-            fit_transitions(prepared.split.train, weights, train.item_ids, window=window)
-            if window
-            else None
-        )
-        bundle = to_bundle(
-            model,
+    limit = max(HOLDOUT_MIN_PEOPLE, HOLDOUT_MAX_SCORES // max(n_items, 1))
+    relevant = evaluation.sample(prepared.relevant, limit, "holdout", n_items, HOLDOUT_MAX_SCORES)
+    if blend is None:
+        ranker = evaluation.model_ranker(fit(params, train.matrix), train.matrix)
+    else:
+        bundle = fit_bundle(
             params,
+            train.matrix,
             train.user_ids,
             train.item_ids,
             {"weights": dict(weights), "serving": blend.to_metadata()},
-        )
-        bundle.transitions = transitions
+            label=f"{validation.label(params)} (holdout)",
+        ).bundle
+        if window:
+            bundle.transitions = fit_transitions(
+                prepared.split.train, weights, train.item_ids, window=window
+            )
         history = evaluation.histories(prepared.split.train, train.user_ids, history_length)
         ranker = evaluation.served_ranker(Recommender(bundle), history, train.matrix)
     metrics = {
@@ -226,20 +238,9 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     choice = _choose(frame, cfg, full.matrix.shape[1], settings.history_length)
     print(choice.table(), flush=True)
     print(f"chosen by {choice.text}", flush=True)
-    cfg = replace(cfg, params=choice.params)
-
-    holdout = evaluate_holdout(
-        frame,
-        cfg.params,
-        cfg.weights,
-        half_life_days=cfg.half_life_days,
-        test_fraction=cfg.test_fraction,
-        min_user_events=cfg.min_user_events,
-        k=cfg.k,
-        blend=choice.blend,
-        window=choice.window,
-        history_length=settings.history_length,
-    )
+    served = _holdout_and_fit(frame, full, cfg, choice, settings.history_length)
+    cfg = replace(cfg, params=served.params)
+    holdout = served.holdout
     print(holdout.table(), flush=True)
     sendtime = evaluate_send_time(
         frame,
@@ -262,7 +263,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
         frame, message_half_life, settings.default_timezone, activity_half_life
     )
 
-    chosen = select(holdout, cfg.params.kind)
+    chosen = served.selection
     print(chosen.text, flush=True)
 
     registry = ModelRegistry(settings)
@@ -279,7 +280,7 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     summary = mlflow_view.events_summary(frame)
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
         mlflow.log_params(_params(cfg, sources, frame, bad_rows))
-        mlflow.log_params(choice.params_logged())
+        mlflow.log_params(served.params_logged())
         mlflow.log_metrics(holdout.flat())
         mlflow.log_metrics(sendtime.flat())
         mlflow.log_metrics(tuning.flat())
@@ -307,22 +308,19 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
                 popularity(frame, cfg.weights, cfg.popularity_half_life_days), meta
             )
         else:
-            log.info("fitting the final model on all %d events", len(frame))
-            model = fit(
-                cfg.params,
-                full.matrix,
-                on_iteration=lambda it, _s, name, value: mlflow.log_metric(name, value, step=it),
-            )
-            meta["serving"] = choice.blend.to_metadata()
-            meta["transition_window"] = choice.window
-            bundle = to_bundle(model, cfg.params, full.user_ids, full.item_ids, meta)
+            for iteration, _seconds, metric, value in served.progress:
+                mlflow.log_metric(metric, value, step=iteration)
+            meta["serving"] = served.blend.to_metadata()
+            meta["transition_window"] = served.window
+            bundle = served.bundle
+            bundle.metadata = {**bundle.metadata, **meta}
             if bundle.kind in SIMILARITY_KINDS:
                 # Campaigns.Audience ranks everybody with it (the factor kinds have their
                 # user factors for that).
                 bundle.interactions = full.matrix
-            if choice.window:
+            if served.window:
                 bundle.transitions = fit_transitions(
-                    frame, cfg.weights, full.item_ids, window=choice.window
+                    frame, cfg.weights, full.item_ids, window=served.window
                 )
             # The approximate-search index serving will use (OMNIREC_ANN; by default only
             # for catalogues above its threshold), with the recall its build measured.
@@ -341,6 +339,12 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
             "omnirec.decision": decision,
         }
         tags["omnirec.chosen_by"] = choice.text
+        if choice.skipped:
+            tags["omnirec.validation_skipped"] = _clip(
+                "; ".join(f"{s.label} {s.reason}" for s in choice.skipped)
+            )
+        if served.fallback:
+            tags["omnirec.fallback"] = _clip(served.fallback)
         headline = mlflow_view.headline_tags(
             holdout.metrics[chosen.kind], holdout.users_evaluated, cfg.k, data_end
         )
@@ -389,6 +393,90 @@ def train(settings: Settings, cfg: TrainConfig) -> TrainResult:
     )
 
 
+@dataclass
+class Served:
+    """What the run registers when the model wins: validation's choice, or the best
+    candidate after it whose fits succeeded (:func:`_holdout_and_fit`)."""
+
+    params: ModelParams
+    blend: Blend
+    window: int
+    holdout: HoldoutResult
+    selection: Selection
+    bundle: ModelBundle | None
+    """Fitted on every event; None when the popularity baseline won the holdout."""
+    progress: list[tuple[int, float, str, float]]
+    """The final fit's per-iteration figures, for MLflow."""
+    fallback: str = ""
+    """Why validation's first choice is not the one served, in words ("" when it is)."""
+
+    def params_logged(self) -> dict[str, Any]:
+        return {
+            "serving.recency_half_life_events": self.blend.recency_half_life_events,
+            "serving.transition_weight": self.blend.transition_weight,
+            "serving.transition_events": self.blend.transition_events,
+            "serving.transition_window": self.window,
+        }
+
+
+def _holdout_and_fit(
+    frame: pd.DataFrame,
+    full: Interactions,
+    cfg: TrainConfig,
+    choice: validation.Choice,
+    history_length: int,
+) -> Served:
+    """The holdout of validation's choice and, when it beats popularity, its fit on every
+    event, both in processes of their own. Where either fit fails (crash, memory), the
+    next candidate by validation NDCG takes its place with the default blend (the chosen
+    one was tuned for the model that failed), so no candidate can take the run down."""
+    failures: list[str] = []
+    for params in choice.fallbacks():
+        first = params == choice.params
+        blend, window = (choice.blend, choice.window) if first else (Blend(), 0)
+        try:
+            holdout = evaluate_holdout(
+                frame,
+                params,
+                cfg.weights,
+                half_life_days=cfg.half_life_days,
+                test_fraction=cfg.test_fraction,
+                min_user_events=cfg.min_user_events,
+                k=cfg.k,
+                blend=blend,
+                window=window,
+                history_length=history_length,
+            )
+            selection = select(holdout, params.kind)
+            bundle, progress = None, []
+            if selection.kind != POPULARITY:
+                log.info("fitting the final model on all %d events", len(frame))
+                fitted = fit_bundle(
+                    params,
+                    full.matrix,
+                    full.user_ids,
+                    full.item_ids,
+                    {},
+                    label=validation.label(params),
+                )
+                bundle, progress = fitted.bundle, fitted.progress
+        except FitFailed as exc:
+            failures.append(str(exc))
+            log.warning("%s: trying the next candidate", exc)
+            print(f"{exc}: trying the next candidate", flush=True)
+            continue
+        fallback = ""
+        if failures:
+            fallback = f"{'; '.join(failures)}: serving {validation.label(params)} instead"
+        return Served(params, blend, window, holdout, selection, bundle, progress, fallback)
+    raise FitFailed("training", "every candidate's fit failed: " + "; ".join(failures))
+
+
+def _clip(text: str) -> str:
+    """MLflow tag values are limited in length: long lists of reasons are cut."""
+    return text if len(text) <= 4000 else text[:3997] + "..."
+
+
 def _choose(
     frame: pd.DataFrame, cfg: TrainConfig, n_items: int, history_length: int
 ) -> validation.Choice:
@@ -399,6 +487,7 @@ def _choose(
         training_part,
         validation.candidates(cfg.params, n_items) if cfg.choose_model else [cfg.params],
         cfg.weights,
+        budget_seconds=cfg.budget_seconds if cfg.choose_model else None,
         history_length=history_length,
         transitions=cfg.transitions,
         half_life_days=cfg.half_life_days,

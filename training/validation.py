@@ -32,8 +32,9 @@ Cost: one fit per model candidate on the validation part, then ~40 rankings of a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,15 +44,16 @@ import scipy.sparse as sp
 from service.bundle import EASE, ModelBundle
 from service.recommender import Blend, Recommender
 from training import ease, evaluation
-from training.models import ModelParams, fit, to_bundle
+from training.guarded_fit import FitFailed, available_memory, fit_bundle
+from training.models import Cost, ModelParams, predicted_cost
 from training.transitions import fit_transitions
 
 log = logging.getLogger(__name__)
 
 #: What ``--model`` names to choose by validation.
 AUTO = "auto"
-#: EASE's λ candidates.
-EASE_LAMBDAS = (100.0, 300.0, 1000.0, 3000.0)
+#: EASE's λ candidates, in the order a time budget admits them: the default first.
+EASE_LAMBDAS = (300.0, 1000.0, 100.0, 3000.0)
 #: Recency half-lives (events) tried; serving's old fixed value first.
 HALF_LIVES = (10.0, 2.0, 3.0, 5.0, 20.0)
 #: Transition windows (steps ahead counted) tried.
@@ -60,8 +62,13 @@ WINDOWS = (1, 3, 5, 10)
 TRANSITION_EVENTS = (1, 3, 5)
 #: Weights of the transition part tried (beside 0: none).
 TRANSITION_WEIGHTS = (0.1, 0.2, 0.35, 0.5, 1.0)
-#: Validation ranks at most this many people (a fixed sample above it).
+#: Validation ranks at most this many people (a fixed sample above it)...
 MAX_PEOPLE = 5000
+#: ... and fewer on large catalogues, so one ranking scores at most this many items
+#: (about 10 s on 2 cores) ...
+MAX_SCORES = 1_000_000_000
+#: ... but never fewer than this many: below it NDCG@10's noise swamps the differences.
+MIN_PEOPLE = 1000
 
 
 def candidates(base: ModelParams, n_items: int) -> list[ModelParams]:
@@ -114,6 +121,16 @@ def describe_transitions(blend: Blend, window: int) -> str:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A model candidate validation did not score, and why in words."""
+
+    label: str
+    reason: str
+    """``left out: its fit should take …`` (the budget, memory) or ``skipped: its fit
+    crashed (SIGSEGV)`` (:class:`training.guarded_fit.FitFailed`)."""
+
+
+@dataclass(frozen=True)
 class Choice:
     """Every trial, in the order tried, and the best of them."""
 
@@ -123,11 +140,19 @@ class Choice:
     events: int
     """Validation events (the latest part of the training part)."""
     k: int
+    skipped: list[Skipped] = field(default_factory=list)
+    """Candidates left out by the budget or skipped when their fit failed."""
 
     @property
     def best(self) -> Trial:
         """The best trial; a tie keeps the earlier (simpler) one."""
         return max(self.trials, key=lambda t: t.ndcg)  # max keeps the first of equals
+
+    def fallbacks(self) -> list[ModelParams]:
+        """The chosen model's params, then every other fitted candidate's, best
+        validation NDCG first (what the run falls back to when a fit fails later)."""
+        models = sorted(self.stage("model"), key=lambda t: -t.ndcg)
+        return [self.params] + [t.params for t in models if t.params != self.params]
 
     def stage(self, name: str) -> list[Trial]:
         return [t for t in self.trials if t.stage == name]
@@ -201,6 +226,8 @@ class Choice:
         ]
         for name in ("model", "recency"):
             lines += [f"  {t.label:<24}ndcg@{self.k} {t.ndcg:.4f}" for t in self.stage(name)]
+            if name == "model":
+                lines += [f"  {s.label:<24}{s.reason}" for s in self.skipped]
         moves = sorted(self.stage("transitions"), key=lambda t: -t.ndcg)[:3]
         lines += [f"  {t.label:<50}ndcg@{self.k} {t.ndcg:.4f}" for t in moves]
         return "\n".join(lines)
@@ -211,6 +238,7 @@ def choose(
     options: list[ModelParams],
     weights: Mapping[str, float],
     *,
+    budget_seconds: float | None = None,
     history_length: int = 200,
     half_life_days: float | None = None,
     test_fraction: float = 0.2,
@@ -219,7 +247,21 @@ def choose(
     transitions: bool = True,
 ) -> Choice:
     """Run the three stages on a time split of ``training_part`` (give it the training
-    part of the final holdout, and nothing of the holdout itself)."""
+    part of the final holdout, and nothing of the holdout itself).
+
+    Every candidate is fitted in a process of its own (:mod:`training.guarded_fit`): one
+    that crashes, runs out of memory or passes the budget is skipped with its reason and
+    the others go on. With ``budget_seconds``, every candidate after the first (the
+    named kind, or ALS for ``auto``, which always runs) is left out up front when its
+    predicted time (:func:`training.models.predicted_cost`) exceeds what is left of the
+    budget, and stopped when its fit passes it.
+
+    Raises
+    ------
+    FitFailed
+        when no candidate could be fitted (the reason of the first).
+    """
+    started = time.perf_counter()
     prepared = evaluation.prepare(
         training_part,
         weights,
@@ -227,55 +269,142 @@ def choose(
         test_fraction=test_fraction,
         min_user_events=min_user_events,
     )
-    train, relevant = prepared.train, _sample(prepared.relevant)
-    history = evaluation.histories(prepared.split.train, train.user_ids, history_length)
+    train = prepared.train
     n_items = train.matrix.shape[1]
+    relevant = _sample(prepared.relevant, n_items)
+    history = evaluation.histories(prepared.split.train, train.user_ids, history_length)
 
-    def score(bundle: ModelBundle, blend: Blend, transitions: sp.csr_matrix | None) -> float:
-        served = replace(
-            bundle,
-            transitions=transitions,
-            metadata={**bundle.metadata, "serving": blend.to_metadata()},
-        )
+    def score(bundle: ModelBundle, blend: Blend) -> float:
+        served = replace(bundle, metadata={**bundle.metadata, "serving": blend.to_metadata()})
         ranker = evaluation.served_ranker(Recommender(served), history, train.matrix)
         return evaluation.evaluate(ranker, relevant, n_items, k)["ndcg"]
 
     trials: list[Trial] = []
+    skipped: list[Skipped] = []
     bundles: dict[ModelParams, ModelBundle] = {}
     default = Blend()
-    for params in options:
-        model = fit(params, train.matrix)
-        bundles[params] = to_bundle(
-            model, params, train.user_ids, train.item_ids, {"weights": dict(weights)}
+    for n, params in enumerate(options):
+        name = label(params)
+        limit = None
+        if n and budget_seconds is not None:
+            limit = budget_seconds - (time.perf_counter() - started)
+            reason = _left_out(predicted_cost(params, train.matrix), limit)
+            if reason:
+                skipped.append(Skipped(name, f"left out: {reason}"))
+                log.warning("validation: %s left out: %s", name, reason)
+                continue
+        try:
+            fitted = fit_bundle(
+                params,
+                train.matrix,
+                train.user_ids,
+                train.item_ids,
+                {"weights": dict(weights)},
+                label=name,
+                time_limit=limit,
+            )
+        except FitFailed as exc:
+            if not trials and n == len(options) - 1 and not skipped:
+                raise
+            skipped.append(Skipped(name, f"skipped: its fit {exc.reason}"))
+            log.warning("validation: %s skipped: its fit %s", name, exc.reason)
+            continue
+        bundles[params] = fitted.bundle
+        trials.append(Trial("model", params, default, 0, score(fitted.bundle, default)))
+        log.info(
+            "validation: %s ndcg@%d %.4f (fit %.1f s)", name, k, trials[-1].ndcg, fitted.seconds
         )
-        trials.append(Trial("model", params, default, 0, score(bundles[params], default, None)))
-        log.info("validation: %s ndcg@%d %.4f", label(params), k, trials[-1].ndcg)
+    if not trials:
+        raise FitFailed("validation", "; ".join(f"{s.label} {s.reason}" for s in skipped))
     best = max(trials, key=lambda t: t.ndcg)
     bundle = bundles[best.params]
     for half_life in HALF_LIVES[1:]:
         blend = Blend(recency_half_life_events=half_life)
-        trials.append(Trial("recency", best.params, blend, 0, score(bundle, blend, None)))
+        trials.append(Trial("recency", best.params, blend, 0, score(bundle, blend)))
     best = max(trials, key=lambda t: t.ndcg)
+    done = Choice(trials, len(relevant), len(prepared.split.test), k, skipped)
     if not transitions:
-        return Choice(trials, len(relevant), len(prepared.split.test), k)
+        return done
     log.info("validation: %s; trying %d transition blends", best.label, _blends())
-    for window in WINDOWS:
-        transitions = fit_transitions(prepared.split.train, weights, train.item_ids, window=window)
-        for events in TRANSITION_EVENTS:
-            for weight in TRANSITION_WEIGHTS:
-                blend = replace(best.blend, transition_weight=weight, transition_events=events)
-                ndcg = score(bundle, blend, transitions)
-                trials.append(Trial("transitions", best.params, blend, window, ndcg))
-    return Choice(trials, len(relevant), len(prepared.split.test), k)
+    followers = {
+        window: fit_transitions(prepared.split.train, weights, train.item_ids, window=window)
+        for window in WINDOWS
+    }
+    trials += _transition_trials(bundle, best, followers, history, train.matrix, relevant, k)
+    log.info("validation took %.1f s", time.perf_counter() - started)
+    return replace(done, trials=trials)
+
+
+def _transition_trials(
+    bundle: ModelBundle,
+    best: Trial,
+    followers: Mapping[int, sp.csr_matrix],
+    history: Mapping[int, list],
+    train_matrix: sp.csr_matrix,
+    relevant: Mapping[int, np.ndarray],
+    k: int,
+) -> list[Trial]:
+    """Every blend of the transition grid for the best model and half-life. The model
+    scores each block of people once; each blend then only re-ranks its top items and
+    the transition part's (``evaluation.ModelTop.blend``), so the grid costs about one
+    ranking, not sixty."""
+    recommender = Recommender(
+        replace(bundle, metadata={**bundle.metadata, "serving": best.blend.to_metadata()})
+    )
+    users = np.fromiter(relevant, dtype=np.int64, count=len(relevant))
+    grid = [
+        (window, events, weight)
+        for window in WINDOWS
+        for events in TRANSITION_EVENTS
+        for weight in TRANSITION_WEIGHTS
+    ]
+    ranked = {cell: np.full((len(users), k), -1, dtype=np.int64) for cell in grid}
+    for block in evaluation.blocks(len(users), train_matrix.shape[1]):
+        people = recommender.positives([history.get(int(u), []) for u in users[block]])
+        seen = train_matrix[users[block]]
+        own = evaluation.model_top(recommender.score_people(people), seen, k)
+        for window, transitions in followers.items():
+            for events in TRANSITION_EVENTS:
+                part = recommender.transition_parts(people, transitions, events)
+                for weight in TRANSITION_WEIGHTS:
+                    ranked[window, events, weight][block] = own.blend(part, weight, seen, k)
+    wanted = [relevant[int(u)] for u in users]
+    n_items = train_matrix.shape[1]
+    out = []
+    for (window, events, weight), top in ranked.items():
+        ndcg = evaluation.ranking_metrics(top, wanted, n_items, k)["ndcg"]
+        blend = replace(best.blend, transition_weight=weight, transition_events=events)
+        out.append(Trial("transitions", best.params, blend, window, ndcg))
+    return out
+
+
+def _left_out(cost: Cost, seconds_left: float) -> str:
+    """Why a candidate of ``cost`` cannot be fitted now, or "" when it can."""
+    if cost.seconds > seconds_left:
+        return (
+            f"its fit should take about {cost.seconds:,.0f} s and "
+            f"{max(seconds_left, 0):,.0f} s of the budget are left"
+        )
+    free = available_memory()
+    if free is not None and cost.memory_bytes > 0.8 * free:
+        return (
+            f"its fit needs about {cost.memory_bytes / 2**30:,.1f} GiB and "
+            f"{free / 2**30:,.1f} GiB are free"
+        )
+    return ""
 
 
 def _blends() -> int:
     return len(WINDOWS) * len(TRANSITION_EVENTS) * len(TRANSITION_WEIGHTS)
 
 
-def _sample(relevant: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """At most :data:`MAX_PEOPLE` of ``relevant``, the same ones every run."""
-    if len(relevant) <= MAX_PEOPLE:
-        return relevant
-    rows = np.random.default_rng(0).choice(sorted(relevant), MAX_PEOPLE, replace=False)
-    return {int(u): relevant[int(u)] for u in sorted(rows)}
+def _sample(relevant: dict[int, np.ndarray], n_items: int) -> dict[int, np.ndarray]:
+    """At most :func:`people_for` of ``relevant``, the same ones every run."""
+    return evaluation.sample(relevant, people_for(n_items), "validation", n_items, MAX_SCORES)
+
+
+def people_for(n_items: int) -> int:
+    """How many people validation ranks over ``n_items``: :data:`MAX_PEOPLE`, fewer on
+    catalogues where that many would pass :data:`MAX_SCORES` scores a ranking, never
+    fewer than :data:`MIN_PEOPLE`."""
+    return int(min(MAX_PEOPLE, max(MIN_PEOPLE, MAX_SCORES // max(n_items, 1))))

@@ -4,7 +4,7 @@ The key each value lives under is :mod:`service.store.keys`' business."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,9 +59,26 @@ def encode_entry(entry: HistoryEntry) -> str:
     return f"[{_string(item)},{_string(kind)},{int(ts)}]"
 
 
-def decode_entry(raw: bytes | str) -> HistoryEntry:
-    item, kind, ts = json.loads(raw)
-    return str(item), str(kind), int(ts)
+def decode_entries(raws: Sequence[bytes | str]) -> list[HistoryEntry]:
+    """The entries :func:`encode_entry` wrote (a person's history list), in one parse."""
+    return [(str(item), str(kind), int(ts)) for item, kind, ts in _each_json(raws)]
+
+
+def _each_json(raws: Sequence[bytes | str]) -> list[Any]:
+    """``json.loads`` of each of ``raws``, parsed as one JSON array of them all: reading a
+    page of people decodes thousands of short entries, and one parse per list costs a
+    quarter of one per entry. Should an entry not be JSON on its own (a corrupt value),
+    each is parsed alone, so that the error is that entry's."""
+    if not raws:
+        return []
+    parts = [raw if isinstance(raw, bytes) else raw.encode() for raw in raws]
+    try:
+        values = json.loads(b"[" + b",".join(parts) + b"]")
+    except ValueError:
+        values = None
+    if values is None or len(values) != len(raws):
+        return [json.loads(raw) for raw in raws]
+    return values
 
 
 def merge_features(live: UserFeatures, published: UserFeatures, limit: int) -> UserFeatures:
@@ -126,9 +143,12 @@ def encode_engagement(event: EngagementEvent) -> str:
     return f"[{_string(channel)},{_string(kind)},{int(ts)},{_string(zone)},{flag}]"
 
 
-def decode_engagement(raw: bytes | str) -> EngagementEvent:
-    channel, kind, ts, zone, automated = json.loads(raw)
-    return str(channel), str(kind), int(ts), str(zone), bool(automated)
+def decode_engagements(raws: Sequence[bytes | str]) -> list[EngagementEvent]:
+    """The events :func:`encode_engagement` wrote (a person's list), in one parse."""
+    return [
+        (str(channel), str(kind), int(ts), str(zone), bool(automated))
+        for channel, kind, ts, zone, automated in _each_json(raws)
+    ]
 
 
 def is_empty(features: UserFeatures) -> bool:

@@ -21,8 +21,8 @@ from service import metrics
 from service.store.codecs import (
     EngagementEvent,
     UserFeatures,
-    decode_engagement,
-    decode_entry,
+    decode_engagements,
+    decode_entries,
     decode_user,
     is_empty,
     merge_features,
@@ -390,11 +390,11 @@ class ServingReads:
             if features_live:
                 history, purchased, disliked = next(it), next(it), next(it)
                 live = UserFeatures(
-                    history=[decode_entry(e) for e in history],
+                    history=decode_entries(history),
                     purchased={text(i) for i in purchased},
                     disliked={text(i) for i in disliked},
                 )
-            events = [decode_engagement(e) for e in next(it)] if engagement_live else []
+            events = decode_engagements(next(it)) if engagement_live else []
             contact = {text(m): float(t) for m, t in next(it)} if engagement_live else {}
             aliases = [text(a) for a in next(it)] if with_live else []
             stored = [text(t) for t in next(it)] if tokens else []
