@@ -65,8 +65,8 @@ def predicted_seconds(n_items: int) -> float:
     """How long :func:`ease_weights` will take for ``n_items``: the factorisation's cube
     law from one timed factorisation of :data:`CALIBRATION_ITEMS` on this machine (once
     per process), plus a fifth for the Gram matrix, the copies and the bundle's trip
-    back from the fit's process. At 16,198 items it predicted 44 s where the fit took
-    41 s on 2 cores."""
+    back from the fit's process. At 16,198 items it predicted 50 s where the
+    factorisation took 37 s on 2 cores; on a busy machine both grow."""
     if not _calibrated:
         rng = np.random.default_rng(0)
         a = rng.random((CALIBRATION_ITEMS, CALIBRATION_ITEMS), dtype=np.float32)
