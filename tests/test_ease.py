@@ -8,6 +8,7 @@ from dataclasses import replace
 import grpc
 import numpy as np
 import pytest
+import scipy.linalg.lapack
 import scipy.sparse as sp
 
 from omnirec.v1 import recommender_pb2 as pb
@@ -148,3 +149,54 @@ def test_train_model_ease_registers_and_serves(
         running.stop(grace=1)
     assert reply.model_version == "omnirec/1" and len(reply.items) == 5
     assert any(r.reason.startswith(("recent: ", "similar: ")) for r in reply.items)
+
+
+def test_the_inverse_falls_back_to_float64_where_float32_is_not_positive_definite():
+    # A rank-6 Gram matrix of 40 items with λ 1e-6: exact in float32, but its float32
+    # factorisation loses positive definiteness (condition number ~1e8).
+    x = (np.random.default_rng(0).random((6, 40)) < 0.5).astype(np.float32)
+    gram = x.T @ x
+    gram[np.diag_indices(40)] += np.float32(1e-6)
+    assert scipy.linalg.lapack.spotrf(gram.copy(), lower=True)[1] > 0
+    p = ease.spd_inverse(gram.copy())
+    exact = np.linalg.inv(gram.astype(np.float64))
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        ease.spd_inverse(np.array([[1.0, 2.0], [2.0, 1.0]], dtype=np.float32))
+
+
+def test_ease_fits_a_16k_item_shop_on_this_machine():
+    """At 16,198 items the general inverse crashed this machine's default OpenBLAS kernel
+    (issue 23). The Cholesky fit, in a child process so that a crash fails this test with
+    its reason instead of taking pytest down, matches columns of B solved independently
+    (conjugate gradients on the sparse Gram matrix, float64)."""
+    from scipy.sparse.linalg import cg
+
+    from training.guarded_fit import fit_bundle
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, per_user = 2_400, 16_198, 25
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.7
+    cols = rng.choice(n_items, size=n_users * per_user, p=popularity / popularity.sum())
+    rows = np.repeat(np.arange(n_users), per_user)
+    x = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(n_users, n_items))
+    x.data[:] = 1.0  # repeats summed: back to binary
+    fitted = fit_bundle(
+        ModelParams(kind="ease"),
+        x,
+        np.array([f"u{u}" for u in range(n_users)]),
+        np.array([f"i{i}" for i in range(n_items)]),
+        {},
+    )
+    b = fitted.bundle.similarity
+    assert b.shape == (n_items, n_items) and b.dtype == np.float32
+    gram = (x.T @ x).astype(np.float64) + 300.0 * sp.identity(n_items)
+    for j in (0, 1, 57, 4_000, n_items - 1):
+        e = np.zeros(n_items)
+        e[j] = 1.0
+        p, info = cg(gram, e, rtol=1e-12)
+        assert info == 0
+        expected = -p / p[j]
+        expected[j] = 0.0
+        np.testing.assert_allclose(b[:, j], expected, atol=1e-5 * np.abs(expected).max())

@@ -117,9 +117,15 @@ def spd_inverse(gram: np.ndarray) -> np.ndarray:
     """The inverse of a symmetric positive definite float32 matrix, by its Cholesky
     factor; ``gram`` is overwritten. Falls back to float64 where float32 finds it not
     positive definite; raises :class:`numpy.linalg.LinAlgError` where float64 does too."""
+    diagonal = np.diag(gram).astype(np.float64)
     p, info = _cholesky_inverse(gram)
     if info > 0:
-        p, info = _cholesky_inverse(gram.astype(np.float64))
+        # potrf overwrote the lower triangle and the diagonal only: the matrix is still
+        # there in the upper triangle and the diagonal kept aside.
+        original = np.triu(gram, 1).astype(np.float64)
+        original += original.T
+        original[np.diag_indices(len(original))] = diagonal
+        p, info = _cholesky_inverse(original)
         if info > 0:
             raise np.linalg.LinAlgError(f"matrix not positive definite (LAPACK info {info})")
         p = p.astype(np.float32)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -104,7 +105,9 @@ def fit_bundle(
         np.save(work / _ITEMS, np.asarray(item_ids, dtype=np.str_), allow_pickle=False)
         job = {"params": asdict(params), "metadata": metadata}
         (work / _JOB).write_text(json.dumps(job, default=str), encoding="utf-8")
-        child = subprocess.Popen([sys.executable, "-m", "training.guarded_fit", str(work)])
+        child = subprocess.Popen(
+            [sys.executable, "-m", "training.guarded_fit", str(work)], env=_child_env()
+        )
         try:
             code = child.wait(timeout=time_limit)
         except subprocess.TimeoutExpired:
@@ -121,6 +124,16 @@ def fit_bundle(
         bundle = ModelBundle.load(work / _BUNDLE)
         steps = [tuple(step) for step in json.loads((work / _PROGRESS).read_text())]
     return Fitted(bundle, time.perf_counter() - started, steps)
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment, with the folder that holds ``training`` on the path,
+    so the child imports this very code even where it is run from a checkout that is not
+    installed (a bench that put the checkout on ``sys.path``)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), root) if p)
+    return env
 
 
 def available_memory() -> int | None:
