@@ -411,12 +411,7 @@ class Served:
     """Why validation's first choice is not the one served, in words ("" when it is)."""
 
     def params_logged(self) -> dict[str, Any]:
-        return {
-            "serving.recency_half_life_events": self.blend.recency_half_life_events,
-            "serving.transition_weight": self.blend.transition_weight,
-            "serving.transition_events": self.blend.transition_events,
-            "serving.transition_window": self.window,
-        }
+        return validation.serving_params(self.blend, self.window)
 
 
 def _holdout_and_fit(

@@ -204,12 +204,7 @@ class Choice:
 
     def params_logged(self) -> dict[str, Any]:
         """What was chosen, as MLflow params."""
-        return {
-            "serving.recency_half_life_events": self.blend.recency_half_life_events,
-            "serving.transition_weight": self.blend.transition_weight,
-            "serving.transition_events": self.blend.transition_events,
-            "serving.transition_window": self.window,
-        }
+        return serving_params(self.blend, self.window)
 
     def rows(self) -> dict[str, list[Any]]:
         """Every trial as columns (logged as an MLflow table)."""
@@ -236,6 +231,16 @@ class Choice:
         moves = sorted(self.stage("transitions"), key=lambda t: -t.ndcg)[:3]
         lines += [f"  {t.label:<50}ndcg@{self.k} {t.ndcg:.4f}" for t in moves]
         return "\n".join(lines)
+
+
+def serving_params(blend: Blend, window: int) -> dict[str, Any]:
+    """A served blend and transition window as MLflow params (``serving.*``)."""
+    return {
+        "serving.recency_half_life_events": blend.recency_half_life_events,
+        "serving.transition_weight": blend.transition_weight,
+        "serving.transition_events": blend.transition_events,
+        "serving.transition_window": window,
+    }
 
 
 def choose(
