@@ -10,6 +10,10 @@ HERE = Path(__file__).resolve().parent
 BENCHES = (
     ("recommendation quality, served through gRPC (MovieLens 100K)", ["bench_quality.py"]),
     ("send-time quality (independent regimes, MovieLens 100K)", ["bench_send_time.py"]),
+    (
+        "send-time quality on real logs: held-out active days, first activity hour",
+        ["bench_send_time_real.py"],
+    ),
     ("latency and throughput vs a bare gRPC echo server", ["bench_latency.py"]),
     ("scoring cost against catalogue size vs a bare top-k", ["bench_scoring.py"]),
     ("approximate search at 10k, 100k and 1M items: recall, Recommend p99", ["bench_ann.py"]),

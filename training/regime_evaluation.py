@@ -181,7 +181,7 @@ def evaluate(regime: Regime, model: ModelFactory = served_model) -> RegimeReport
     metrics: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     for method, predicted in hours.items():
-        scores, counts = _hour_scores(queries, predicted)
+        scores, counts = hour_scores(queries, predicted)
         metrics.setdefault(method, {}).update(scores)
     if users:
         truth = [regime.channel_truth[u] for u in users]
@@ -219,7 +219,7 @@ def _top_channel(model: SendTimePredictor, user_id: str) -> str:
     return ranked[0] if ranked else ""
 
 
-def _hour_scores(
+def hour_scores(
     queries: list[Query], predicted: np.ndarray
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Metric -> score and metric -> count, by query label (labels in first-seen order)."""

@@ -291,7 +291,8 @@ def choose(
 
     trials: list[Trial] = []
     skipped: list[Skipped] = []
-    bundles: dict[ModelParams, ModelBundle] = {}
+    # Only the best so far is kept: four EASE bundles at 16k items would be 4 GB.
+    bundle: ModelBundle | None = None
     default = Blend()
     for n, params in enumerate(options):
         name = label(params)
@@ -319,15 +320,16 @@ def choose(
             skipped.append(Skipped(name, f"skipped: its fit {exc.reason}"))
             log.warning("validation: %s skipped: its fit %s", name, exc.reason)
             continue
-        bundles[params] = fitted.bundle
-        trials.append(Trial("model", params, default, 0, score(fitted.bundle, default)))
+        trial = Trial("model", params, default, 0, score(fitted.bundle, default))
+        if bundle is None or trial.ndcg > max(t.ndcg for t in trials):
+            bundle = fitted.bundle  # strictly better: a tie keeps the earlier
+        trials.append(trial)
         log.info(
             "validation: %s ndcg@%d %.4f (fit %.1f s)", name, k, trials[-1].ndcg, fitted.seconds
         )
-    if not trials:
+    if bundle is None:
         raise FitFailed("validation", "; ".join(f"{s.label} {s.reason}" for s in skipped))
     best = max(trials, key=lambda t: t.ndcg)
-    bundle = bundles[best.params]
     for half_life in HALF_LIVES[1:]:
         blend = Blend(recency_half_life_events=half_life)
         trials.append(Trial("recency", best.params, blend, 0, score(bundle, blend)))
