@@ -92,6 +92,11 @@ class Positives:
         empty = np.empty(0, dtype=np.int64)
         return cls(empty, np.empty(0, dtype=np.float64), empty)
 
+    def summed(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct items (ascending) and each one's summed weight."""
+        items, inverse = np.unique(self.items, return_inverse=True)
+        return items, np.bincount(inverse, weights=self.weights)
+
 
 class Transitions(NamedTuple):
     """The transition part of one person's scores: :class:`Following` but the blend."""
@@ -124,21 +129,29 @@ class Following:
         """For each of ``top``: the history item whose followers scored it most where the
         transition part is larger than the model's own, else -1."""
         part = np.zeros(len(top))
-        found = _lookup(self.columns, top)
+        found = positions(self.columns, top)
         part[found >= 0] = self.part[found[found >= 0]]
         won = part > self.blended[top] - part
         weighted = np.zeros((len(self.rows), len(top)))
         for r, (columns, values) in enumerate(self.rows):
-            at = _lookup(columns, top)
+            at = positions(columns, top)
             weighted[r, at >= 0] = values[at[at >= 0]] * self.weight[r]
         best = np.argmax(weighted, axis=0)
         return np.where(won & (weighted.max(axis=0) > 0), self.items[best], -1)
 
 
-def _lookup(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each of ``wanted`` in ``sorted_keys``, or -1."""
+def _transition_query(history: np.ndarray, events: int) -> tuple[np.ndarray, np.ndarray]:
+    """The items whose followers make a person's transition part (their newest ``events``
+    distinct ``history`` items, newest first) and each one's weight: the newest 1, each
+    one before it half as much."""
+    items = history[:events]
+    return items, 0.5 ** np.arange(len(items))
+
+
+def positions(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each of ``wanted`` (any shape) in ``sorted_keys``, or -1."""
     if not len(sorted_keys):
-        return np.full(len(wanted), -1)
+        return np.full(np.shape(wanted), -1)
     at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
     return np.where(sorted_keys[at] == wanted, at, -1)
 
@@ -490,10 +503,7 @@ class Recommender:
         if self.bundle.kind in FACTOR_KINDS:
             vectors = np.empty((len(rows), self._factors.shape[1]))
             for n, r in enumerate(rows.tolist()):
-                items, inverse = np.unique(positives[r].items, return_inverse=True)
-                vectors[n] = self._fold_in(
-                    items, np.bincount(inverse, weights=positives[r].weights)
-                )
+                vectors[n] = self._fold_in(*positives[r].summed())
             # float32 halves the product's cost; the scores are ranked as float32 anyway.
             out[rows] = vectors.astype(np.float32) @ self._item_factors32.T
             return out
@@ -521,11 +531,10 @@ class Recommender:
         :meth:`recommend` blends them. A row with no follower is empty."""
         rows, cols, values = [], [], []
         for n, p in enumerate(positives):
-            items, _ = self._history_indices(p)
-            items = items[:events]
+            items, weight = _transition_query(self._history_indices(p)[0], events)
             rows.append(np.full(len(items), n))
             cols.append(items)
-            values.append(0.5 ** np.arange(len(items)))
+            values.append(weight)
         query = sp.csr_matrix(
             (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
             shape=(len(positives), transitions.shape[0]),
@@ -691,9 +700,8 @@ class Recommender:
         """The person's transition part, or None without one."""
         if self._transitions is None or not len(positives.items):
             return None
-        items, _ = memo["history"] if memo else self._history_indices(positives)
-        items = items[: self.blend.transition_events]
-        weight = 0.5 ** np.arange(len(items))
+        history, _ = memo["history"] if memo else self._history_indices(positives)
+        items, weight = _transition_query(history, self.blend.transition_events)
         # Straight from the CSR arrays: a handful of short rows, where scipy's slicing
         # and products cost more than the arithmetic.
         t = self._transitions
@@ -722,8 +730,7 @@ class Recommender:
             return self._factors @ vector if folded else b.item_factors @ vector
         if not len(positives.items):
             return None
-        items, inverse = np.unique(positives.items, return_inverse=True)
-        summed = np.bincount(inverse, weights=positives.weights)
+        items, summed = positives.summed()
         if b.kind == EASE:
             # Dense: only the history's rows take part.
             return summed @ b.similarity[items]
@@ -738,8 +745,7 @@ class Recommender:
         if len(positives.items):
             if memo is not None and "vector" in memo:
                 return memo["vector"], True
-            items, inverse = np.unique(positives.items, return_inverse=True)
-            vector = self._fold_in(items, np.bincount(inverse, weights=positives.weights))
+            vector = self._fold_in(*positives.summed())
             if memo is not None:
                 memo["vector"] = vector
             return vector, True

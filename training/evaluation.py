@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from service.events import ITEM_EVENT_TYPES
-from service.recommender import Recommender
+from service.recommender import Recommender, positions
 from service.store.codecs import HistoryEntry
 from training.matrix import Interactions, build_interactions, index_of
 from training.publish import user_features
@@ -115,6 +115,14 @@ def relevant_items(
         if len(fresh):
             out[int(u)] = fresh
     return out
+
+
+def people_for(n_items: int, max_scores: int, min_people: int, max_people: int | None) -> int:
+    """How many people a ranking over ``n_items`` may score: as many as keep it under
+    ``max_scores`` scores, never fewer than ``min_people``, never more than
+    ``max_people`` (None: no such cap)."""
+    limit = max(min_people, max_scores // max(n_items, 1))
+    return int(limit if max_people is None else min(max_people, limit))
 
 
 def sample(
@@ -246,7 +254,7 @@ def served_ranker(
                 out[block] = own.items
                 continue
             part = recommender.transition_parts(people, transitions, blend.transition_events)
-            out[block] = own.blend(part, blend.transition_weight, seen, k)
+            out[block] = own.blend(part, blend.transition_weight, k)
         return out
 
     return rank
@@ -273,8 +281,10 @@ class ModelTop:
     """people × items: the model's scores over each row's largest ``|score|`` (how
     serving scales the model's part before adding the transition part), seen items and
     rows with nothing known at -inf."""
+    seen: np.ndarray
+    """The seen (person, item) pairs as ``row × items + column``, ascending."""
 
-    def blend(self, part: sp.csr_matrix, weight: float, seen: sp.csr_matrix, k: int) -> np.ndarray:
+    def blend(self, part: sp.csr_matrix, weight: float, k: int) -> np.ndarray:
         """The top ``k`` of the scaled model scores plus ``weight`` × ``part`` (serving's
         blend), without ranking every item again: an item outside the model's top ``k``
         and outside the transition part keeps its model score, which no top-``k`` item's
@@ -288,14 +298,16 @@ class ModelTop:
         # The top k, with their own transition part where they have one.
         valid = self.items >= 0
         top_keys = np.arange(n)[:, None] * n_items + np.where(valid, self.items, 0)
-        found = _find(keys, top_keys)
+        found = positions(keys, top_keys)
         own = np.where(found >= 0, part.data[np.maximum(found, 0)], 0.0)
         top_scores = np.take_along_axis(self.scaled, np.where(valid, self.items, 0), 1)
         top_scores = np.where(valid, top_scores + weight * own, -np.inf)
         # The rest of the transition part: not in the top k, not seen, of people the
         # model can score.
         base = self.scaled[rows, cols]
-        keep = np.isfinite(base) & ~np.isin(keys, top_keys[valid]) & (_find(_keys(seen), keys) < 0)
+        keep = (
+            np.isfinite(base) & ~np.isin(keys, top_keys[valid]) & (positions(self.seen, keys) < 0)
+        )
         rows, cols = rows[keep], cols[keep]
         extra = base[keep] + weight * part.data[keep]
         width = int(np.bincount(rows, minlength=n).max()) if len(rows) else 0
@@ -318,14 +330,6 @@ def _keys(matrix: sp.csr_matrix) -> np.ndarray:
     return rows * matrix.shape[1] + matrix.indices.astype(np.int64)
 
 
-def _find(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each of ``wanted`` in ``sorted_keys``, or -1."""
-    if not len(sorted_keys):
-        return np.full(np.shape(wanted), -1)
-    at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
-    return np.where(sorted_keys[at] == wanted, at, -1)
-
-
 def model_top(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> ModelTop:
     """:class:`ModelTop` of a block of ``scores`` (people × items, NaN rows: nothing
     known; overwritten), each person's ``seen`` items left out. Every step is one pass
@@ -337,11 +341,11 @@ def model_top(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> ModelTop:
         largest[known] = np.maximum(rows.max(axis=1), -rows.min(axis=1))
     scores *= (1.0 / np.maximum(largest, 1e-12))[:, None]
     scores[~known] = -np.inf
-    seen = sp.csr_matrix(seen)
-    scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
+    seen_keys = _keys(seen)
+    np.put(scores, seen_keys, -np.inf)  # flat positions: row × items + column
     k = min(k, scores.shape[1])
     top = np.argpartition(scores, -k, axis=1)[:, -k:]
     order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
     top = np.take_along_axis(top, order, 1)
     top = np.where(np.isfinite(np.take_along_axis(scores, top, 1)), top, -1)
-    return ModelTop(top, scores)
+    return ModelTop(top, scores, seen_keys)

@@ -182,7 +182,7 @@ def evaluate_holdout(
         len(prepared.split.test),
         len(prepared.relevant),
     )
-    limit = max(HOLDOUT_MIN_PEOPLE, HOLDOUT_MAX_SCORES // max(n_items, 1))
+    limit = evaluation.people_for(n_items, HOLDOUT_MAX_SCORES, HOLDOUT_MIN_PEOPLE, None)
     relevant = evaluation.sample(prepared.relevant, limit, "holdout", n_items, HOLDOUT_MAX_SCORES)
     if blend is None:
         ranker = evaluation.model_ranker(fit(params, train.matrix), train.matrix)

@@ -379,7 +379,7 @@ def _transition_trials(
             for events in TRANSITION_EVENTS:
                 part = recommender.transition_parts(people, transitions, events)
                 for weight in TRANSITION_WEIGHTS:
-                    ranked[window, events, weight][block] = own.blend(part, weight, seen, k)
+                    ranked[window, events, weight][block] = own.blend(part, weight, k)
     wanted = [relevant[int(u)] for u in users]
     n_items = train_matrix.shape[1]
     out = []
@@ -419,4 +419,4 @@ def people_for(n_items: int) -> int:
     """How many people validation ranks over ``n_items``: :data:`MAX_PEOPLE`, fewer on
     catalogues where that many would pass :data:`MAX_SCORES` scores a ranking, never
     fewer than :data:`MIN_PEOPLE`."""
-    return int(min(MAX_PEOPLE, max(MIN_PEOPLE, MAX_SCORES // max(n_items, 1))))
+    return evaluation.people_for(n_items, MAX_SCORES, MIN_PEOPLE, MAX_PEOPLE)
