@@ -2,9 +2,10 @@
 
     python bench/bench_send_time_real.py [--only NAME] [--fraction F]
 
-Logs: ``completejourney`` and ``onlineretail`` (``bench/real_logs``); a log whose raw file
-is absent is skipped with one line saying why. Their events are purchases with a
-``timezone`` column.
+Logs: ``completejourney``, ``onlineretail`` and ``instacart`` (``bench/real_logs``); a log
+whose raw file is absent is skipped with one line saying why. Their events are purchases
+with a ``timezone`` column (Instacart's dates are reconstructed from weekdays and days
+between orders; its hours are as recorded).
 
 Protocol. A person's *active days* are the distinct local days (in their latest zone in
 the log, else UTC) with at least one event. The latest ``floor(fraction * days)`` of them
@@ -20,12 +21,14 @@ when the predicted hour is within ±1 h (circular) of it (a random hour scores 3
 The model is the served send-time model (``training.regime_evaluation.served_model``)
 fitted on the training frame and asked through ``regime_evaluation.evaluate`` with quiet
 hours off; the baselines of ``training.engagement_baselines`` come from the same call and
-learn from the training frame only. One baseline is added here: the person's own activity
-hour histogram on the query day's kind of day (weekdays or weekends; distinct clock
-hours), falling back to the all-days histogram, then the global best hour.
+learn from the training frame only. Beside them, the best of the family of plain
+per-person rules (``engagement_baselines.PLAIN_RULES``: ±0/1/2 h, weekday vs weekend or
+not, all history or a half-life of 30/90/365 days) *chosen on the held-out days
+themselves*: no method could pick its rule that way, so it is a ceiling for the family,
+the bar the learnt mix has to clear.
 
-Prints one table (hit rate within ±1 h per method, people and held-out days counted) and
-which method is best on each log.
+Prints one table (hit rate within ±1 h per method, people and held-out days counted),
+which rule the ceiling is, and omnirec minus the best other column on each log.
 """
 
 from __future__ import annotations
@@ -34,12 +37,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
-
-import numpy as np
-import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,11 +47,12 @@ sys.path.insert(0, str(ROOT))
 import real_logs  # noqa: E402
 
 from training.engagement_baselines import (  # noqa: E402
-    TrainingLog,
-    active_hour_histogram,
+    PLAIN_RULES,
+    PlainRule,
+    own_hours,
     prepare,
 )
-from training.engagement_regimes import Query, Regime  # noqa: E402
+from training.engagement_regimes import held_out_days  # noqa: E402
 from training.regime_evaluation import (  # noqa: E402
     MODEL,
     RANDOM_HIT,
@@ -62,100 +61,29 @@ from training.regime_evaluation import (  # noqa: E402
     hour_scores,
 )
 
-LOGS = ("completejourney", "onlineretail")
+LOGS = ("completejourney", "onlineretail", "instacart")
 #: Label of every query (its metric is ``hit_1h_day``).
 LABEL = "day"
-#: Own weekday-vs-weekend histogram, computed here (not in engagement_baselines).
+#: The own histogram by kind of day, unsmoothed (a rule of the family, shown on its own).
 DAY_TYPE_HISTOGRAM = "day_type_histogram"
+#: The family's best rule on the held-out days (a ceiling; see the module docstring).
+BEST_RULE = "best_plain_rule"
 #: Table columns: method key in the report -> heading.
 COLUMNS = {
     MODEL: "omnirec",
     "active_hour_histogram": "own hour histogram",
     DAY_TYPE_HISTOGRAM: "own histogram, weekday vs weekend",
+    "own_hours_1h": "own hours ±1 h",
+    "own_hours_1h_day_type": "own hours ±1 h, weekday vs weekend",
     "last_active_hour": "last active hour",
     "global_best_hour": "global best hour",
+    BEST_RULE: "best plain rule (chosen on the held-out days)",
 }
 STARTED = time.monotonic()
 
 
 def say(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:6.1f}s] {message}", flush=True)
-
-
-def held_out_days(frame: pd.DataFrame, name: str, fraction: float = 0.2) -> Regime:
-    """The log split by active days (see the module docstring) as a :class:`Regime`: the
-    training frame and one query per held-out day, its first local activity hour the
-    target."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
-    frame = frame.reset_index(drop=True)
-    users = frame["user_id"].astype(str)
-    zoned = frame.assign(user_id=users)
-    zoned = zoned[zoned["timezone"].fillna("").astype(str) != ""]
-    latest = zoned.sort_values("timestamp", kind="stable").groupby("user_id")["timezone"].last()
-    zone = users.map(latest).fillna("UTC").to_numpy(dtype=object)
-
-    ts = frame["timestamp"].to_numpy(dtype=np.int64)
-    day = np.empty(len(frame), dtype="datetime64[D]")
-    hour = np.empty(len(frame), dtype=np.int64)
-    for name_ in pd.unique(zone):
-        rows = np.flatnonzero(zone == name_)
-        local = pd.DatetimeIndex(pd.to_datetime(ts[rows], unit="s", utc=True)).tz_convert(
-            str(name_)
-        )
-        day[rows] = local.tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
-        hour[rows] = local.hour
-
-    days = pd.DataFrame({"u": users, "day": day, "ts": ts, "hour": hour, "zone": zone})
-    first = days.sort_values("ts", kind="stable").groupby(["u", "day"], sort=True).first()
-    first = first.reset_index()
-    rank = first.groupby("u").cumcount(ascending=False).to_numpy()  # 0: latest day
-    count = first.groupby("u")["day"].transform("size").to_numpy()
-    first["held"] = rank < np.floor(fraction * count)
-
-    held_keys = pd.MultiIndex.from_frame(first.loc[first["held"], ["u", "day"]])
-    row_keys = pd.MultiIndex.from_arrays([users, day])
-    train = frame[~row_keys.isin(held_keys)].reset_index(drop=True)
-
-    queries = []
-    for row in first[first["held"]].itertuples(index=False):
-        local_zone = ZoneInfo(str(row.zone))
-        date = pd.Timestamp(row.day).date()
-        midnight = datetime(date.year, date.month, date.day, tzinfo=local_zone)
-        following = midnight.date() + timedelta(days=1)
-        next_midnight = datetime(following.year, following.month, following.day, tzinfo=local_zone)
-        start = midnight.astimezone(UTC)
-        window = round((next_midnight.astimezone(UTC) - start).total_seconds() / 3600)
-        queries.append(
-            Query(
-                str(row.u),
-                "email",
-                start,
-                window,
-                str(row.zone),
-                (int(row.hour),),
-                LABEL,
-                day_type="weekend" if date.weekday() >= 5 else "weekday",
-            )
-        )
-    return Regime(name, f"{name}: latest {fraction:.0%} of active days held out", train, queries)
-
-
-def day_type_histogram(log: TrainingLog, queries: list[Query]) -> np.ndarray:
-    """The person's most frequent activity hour on the query day's kind of day (distinct
-    clock hours; ties: the earliest), else :func:`active_hour_histogram` (which falls back
-    to the global best hour)."""
-    fallback = active_hour_histogram(log, queries)
-    at = np.asarray(log.users.get_indexer([q.user_id for q in queries]), dtype=np.int64)
-    out = fallback.copy()
-    for kind, on_weekend in (("weekday", False), ("weekend", True)):
-        counts = log.per_person(log.active & (log.weekend == on_weekend))
-        has = counts.sum(axis=1) > 0
-        best = np.argmax(counts, axis=1)
-        for k, query in enumerate(queries):
-            if query.day_type == kind and at[k] >= 0 and has[at[k]]:
-                out[k] = best[at[k]]
-    return out
 
 
 def score_log(name: str, fraction: float) -> dict[str, object] | str:
@@ -165,7 +93,7 @@ def score_log(name: str, fraction: float) -> dict[str, object] | str:
         return real_logs.missing(name)
     frame = real_logs.events(name, raw)
     say(real_logs.summary(name, frame))
-    regime = held_out_days(frame, name, fraction)
+    regime = held_out_days(frame, name, LABEL, fraction)
     say(f"{name}: {len(regime.frame):,} training events, {len(regime.queries):,} held-out days")
     report = evaluate(regime)
     say(
@@ -175,8 +103,15 @@ def score_log(name: str, fraction: float) -> dict[str, object] | str:
     metric = hour_metric(LABEL)
     hits = {m: row[metric] for m, row in report.metrics.items() if metric in row}
     log = prepare(regime.frame, regime.queries)
-    extra, _ = hour_scores(regime.queries, day_type_histogram(log, regime.queries))
-    hits[DAY_TYPE_HISTOGRAM] = extra[metric]
+
+    def scored(rule: PlainRule) -> float:
+        return hour_scores(regime.queries, own_hours(log, regime.queries, rule))[0][metric]
+
+    hits[DAY_TYPE_HISTOGRAM] = scored(PlainRule(0, True, None))
+    by_rule = {rule: scored(rule) for rule in PLAIN_RULES}
+    best = max(by_rule, key=lambda rule: by_rule[rule])
+    hits[BEST_RULE] = by_rule[best]
+    say(f"{name}: best plain rule on the held-out days: {best.name} ({by_rule[best]:.3f})")
     return {"people": report.people, "days": report.counts[metric], "hits": hits}
 
 

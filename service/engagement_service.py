@@ -159,6 +159,7 @@ class EngagementService(epb_grpc.EngagementServicer):
                 deliveries=plan.detail.deliveries,
                 engagements=plan.detail.engagements,
                 activity_events=plan.detail.activity_events,
+                rule=plan.detail.rule,
             ),
         )
 

@@ -603,6 +603,15 @@ def served_profile(
 
 # --- priors ------------------------------------------------------------------------------
 
+#: The learnt mix: message evidence, activity, day type and priors, as tuned.
+LEARNT_MIX = "learnt_mix"
+#: The plain rule of the person's own habit: the hours they were around most, all days.
+OWN_HOURS = "own_hours"
+#: The same per kind of day (weekdays, weekends).
+OWN_HOURS_BY_DAY_TYPE = "own_hours_by_day_type"
+#: What an answer can rest on (``Tuning.rule``).
+RULES = (LEARNT_MIX, OWN_HOURS, OWN_HOURS_BY_DAY_TYPE)
+
 
 @dataclass(frozen=True)
 class Tuning:
@@ -629,6 +638,15 @@ class Tuning:
     channel_strength: dict[str, float] = field(default_factory=dict)
     """Per channel, pseudo-deliveries of the person's overall open rate prior (empirical
     Bayes, beta-binomial); absent: ``strength``."""
+    curve_exponent: float = 1.0
+    """How much of everybody's hour-by-hour rate shapes a person's prior: the curve's
+    shape (its ratio to its mean) to this power; 0: a flat curve, no population pull
+    towards the hours everybody answers at."""
+    rule: str = LEARNT_MIX
+    """Which answer training chose (:data:`RULES`): the learnt mix of message evidence,
+    activity, day type and priors, or a plain rule of the person's own habit (the same
+    arithmetic with long memories, no population pull and no delivery evidence). Said in
+    every answer (``evidence_detail.rule``)."""
 
     def recency(self, default_days: float) -> tuple[float, float]:
         """``(message, activity)`` half-lives in days, ``default_days`` where not learnt."""
@@ -643,6 +661,8 @@ class Tuning:
             "activity_smoothing_hours": float(self.activity_smoothing_hours),
             "day_type_strength": float(self.day_type_strength),
             "channel_strength": {c: float(v) for c, v in self.channel_strength.items()},
+            "curve_exponent": float(self.curve_exponent),
+            "rule": self.rule,
         }
         if self.half_life_days is not None:
             out["half_life_days"] = float(self.half_life_days)
@@ -673,7 +693,15 @@ class Tuning:
             half_life_days=number("half_life_days", None),
             activity_half_life_days=number("activity_half_life_days", None),
             channel_strength={str(c): float(v) for c, v in d.get("channel_strength", {}).items()},
+            curve_exponent=number("curve_exponent", 1.0),
+            rule=str(d.get("rule", LEARNT_MIX)),
         )
+        if tuning.rule not in RULES:
+            raise ValueError(f"tuning rule must be one of {', '.join(RULES)}, got {tuning.rule!r}")
+        if not 0 <= tuning.curve_exponent <= 1:
+            raise ValueError(
+                f"tuning curve_exponent must be in [0, 1], got {tuning.curve_exponent}"
+            )
         for name in (
             "strength",
             "activity_strength",
@@ -882,12 +910,20 @@ def awake_factor(activity: np.ndarray, priors: Priors, segment: str | None) -> n
 
 def prior_curve(priors: Priors, channel: str, segment: str | None) -> np.ndarray:
     """Everybody's engagement rate per delivery by local hour on ``channel``: the
-    segment's curve, else the global one, else the channel's flat rate (float64[24])."""
+    segment's curve, else the global one, else the channel's flat rate (float64[24]);
+    its shape tempered by ``tuning.curve_exponent``."""
     by_channel = priors.segment_hour_rate.get(segment, {}) if segment else {}
     curve = by_channel.get(channel) or priors.channel_hour_rate.get(channel)
-    if curve:
-        return np.asarray(curve, dtype=np.float64)
-    return np.full(HOURS, channel_rate(priors, channel))
+    if not curve:
+        return np.full(HOURS, channel_rate(priors, channel))
+    curve = np.asarray(curve, dtype=np.float64)
+    exponent = priors.tuning.curve_exponent
+    if exponent == 1.0:
+        return curve
+    mean = curve.mean()
+    if mean <= 0:
+        return curve
+    return mean * (np.maximum(curve, 0.0) / mean) ** exponent
 
 
 def posterior_rates(
@@ -1193,6 +1229,7 @@ def channel_rankings(
     engaged = np.zeros((people, width, HOURS))
     sent = np.zeros((people, width))
     fatigue = np.ones((people, width))
+    tuning = priors.tuning
     for n, profile in enumerate(profiles):
         for name, counts in profile.channels.items():
             if (at := _CHANNEL_AT.get(name)) is not None:
@@ -1203,7 +1240,6 @@ def channel_rankings(
             if (at := _CHANNEL_AT.get(name)) is not None:
                 fatigue[n, at] = fatigue_factor(priors, times)
     delivered = _positive_sum(deliveries)
-    tuning = priors.tuning
     strength = np.array([tuning.channel_strength.get(c, tuning.strength) for c in MESSAGE_CHANNELS])
     rate = np.array([channel_rate(priors, c) for c in MESSAGE_CHANNELS])
     score = channel_score(_positive_sum(engaged), delivered, rate, strength)
@@ -1458,6 +1494,8 @@ class Evidence:
     deliveries: int
     engagements: int
     activity_events: int
+    rule: str = LEARNT_MIX
+    """The tuning's rule the answer was made under (``Tuning.rule``)."""
 
 
 def _plain(count: float, weighted: float) -> float:
@@ -1493,8 +1531,9 @@ def _plain_counts(
     )
 
 
-def _evidence(plain: tuple[float, float, float]) -> Evidence:
-    return Evidence(*(int(round(count)) for count in plain))
+def _evidence(plain: tuple[float, float, float], rule: str = LEARNT_MIX) -> Evidence:
+    deliveries, engagements, activity = (int(round(count)) for count in plain)
+    return Evidence(deliveries, engagements, activity, rule)
 
 
 def evidence_of(profile: EngagementProfile, channel: str) -> Evidence:
@@ -1605,16 +1644,64 @@ def plan_sends(
         profiles.append(profile)
     if not questions:
         return []
-    counts = [
-        p.channels.get(q.channel) or _NO_COUNTS for p, q in zip(profiles, questions, strict=True)
-    ]
+    week, (deliveries, engaged, activity), counts = _week_rates(
+        profiles, [q.channel for q in questions], [q.timezone for q in questions], priors
+    )
+    slots = _choose_all(
+        week,
+        [(q.timezone, q.not_before, q.window_hours, q.quiet) for q in questions],
+        [q.rng for q in questions],
+        explore_rate,
+        alternatives,
+    )
+    weighted = zip(
+        *(_positive_sum(values)[:, 0].tolist() for values in (deliveries, engaged, activity)),
+        strict=True,
+    )
+    plans = []
+    for q, profile, c, chosen, sums in zip(
+        questions, profiles, counts, slots, weighted, strict=True
+    ):
+        plain = _plain_counts(profile, c, sums)
+        source, evidence = _source(plain[0], plain[2], q.channel, priors, q.timezone)
+        plans.append(SendPlan(chosen, source, evidence, _evidence(plain, priors.tuning.rule)))
+    return plans
+
+
+def week_tables(
+    profiles: Sequence[EngagementProfile],
+    channels: Sequence[str],
+    timezones: Sequence[str],
+    priors: Priors,
+) -> np.ndarray:
+    """(people, 7, 24) rates by local weekday and hour, each person on their channel and
+    in their zone (the priors' segment) as :func:`week_probabilities` gives them (the
+    counts as they are: no move between zones). What :func:`plan_sends` chooses slots
+    from; training scores its candidate tunings on it (the served arithmetic)."""
+    for channel in channels:
+        _check_channel(channel)
+    if not profiles:
+        return np.zeros((0, DAYS, HOURS))
+    return _week_rates(profiles, channels, timezones, priors)[0]
+
+
+def _week_rates(
+    profiles: Sequence[EngagementProfile],
+    channels: Sequence[str],
+    timezones: Sequence[str],
+    priors: Priors,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], list[ChannelCounts]]:
+    """:func:`week_tables`, the stacked (deliveries, engagements, activity) of each person
+    behind it (a lone axis between the people and the hours) and their channel's counts."""
+    asked = list(zip(channels, timezones, strict=True))
+    counts = [p.channels.get(c) or _NO_COUNTS for p, (c, _) in zip(profiles, asked, strict=True)]
     curves: dict[tuple[str, str], np.ndarray] = {}
     shares: dict[str, np.ndarray] = {}
-    for q in questions:
-        if (q.channel, q.timezone) not in curves:
-            curves[q.channel, q.timezone] = prior_curve(priors, q.channel, q.timezone)
-        if q.timezone not in shares:
-            shares[q.timezone] = activity_prior(priors, q.timezone)
+    for channel, zone in asked:
+        if (channel, zone) not in curves:
+            curves[channel, zone] = prior_curve(priors, channel, zone)
+        if zone not in shares:
+            shares[zone] = activity_prior(priors, zone)
 
     def stacked(rows: Iterable[np.ndarray]) -> np.ndarray:
         # People on axis 0, then a lone axis before the hours: smooth() and pool() then
@@ -1629,9 +1716,9 @@ def plan_sends(
         activity,
         deliveries,
         engaged,
-        stacked(curves[q.channel, q.timezone] for q in questions),
-        stacked(shares[q.timezone] for q in questions),
-        np.array([channel_rate(priors, q.channel) for q in questions])[:, None, None],
+        stacked(curves[c, zone] for c, zone in asked),
+        stacked(shares[zone] for _, zone in asked),
+        np.array([channel_rate(priors, c) for c, _ in asked])[:, None, None],
         priors.tuning,
     )
     weekly_activity = stacked(p.weekly_activity for p in profiles)
@@ -1652,22 +1739,4 @@ def plan_sends(
             weekly_activity[rows],
             priors.tuning,
         )[:, 0]
-    slots = _choose_all(
-        week,
-        [(q.timezone, q.not_before, q.window_hours, q.quiet) for q in questions],
-        [q.rng for q in questions],
-        explore_rate,
-        alternatives,
-    )
-    weighted = zip(
-        *(_positive_sum(values)[:, 0].tolist() for values in (deliveries, engaged, activity)),
-        strict=True,
-    )
-    plans = []
-    for q, profile, c, chosen, sums in zip(
-        questions, profiles, counts, slots, weighted, strict=True
-    ):
-        plain = _plain_counts(profile, c, sums)
-        source, evidence = _source(plain[0], plain[2], q.channel, priors, q.timezone)
-        plans.append(SendPlan(chosen, source, evidence, _evidence(plain)))
-    return plans
+    return week, (deliveries, engaged, activity), counts

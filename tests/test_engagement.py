@@ -4,6 +4,7 @@ on hand-made frames and on synthetic data with planted hours and channels."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,31 @@ import pytest
 from service.events import COLUMNS, EVENT_TYPES, MESSAGE_CHANNELS
 from service.send_time import (
     HOURS,
+    LEARNT_MIX,
+    OWN_HOURS,
+    OWN_HOURS_BY_DAY_TYPE,
     EngagementProfile,
     Priors,
+    Tuning,
     hour_probabilities,
     profile_from_events,
     rank_channels,
     smooth,
 )
-from training.engagement import SendTimeReport, evaluate_send_time, learn_priors, user_profiles
+from training.engagement import (
+    SendTimeModel,
+    SendTimeReport,
+    TuningReport,
+    _choose_rule,
+    _events,
+    _held_out_days,
+    _validation,
+    evaluate_send_time,
+    learn_priors,
+    learn_tuning,
+    plain_rule,
+    user_profiles,
+)
 from training.event_log import load_events
 from training.synthetic import generate
 
@@ -326,3 +344,68 @@ def test_degenerate_logs_report_nothing_to_evaluate() -> None:
     assert user_profiles(one_moment.iloc[:0]) == {}
     with pytest.raises(ValueError, match="test_fraction"):
         evaluate_send_time(one_moment, test_fraction=1.0)
+
+
+# --- validation on whole days, and the plain rules -----------------------------------------
+
+
+def habit_log(people: int = 40, days: int = 15, pull: int = 0) -> pd.DataFrame:
+    """People each active at their own UTC hour (3 + 2k mod 18) on ``days`` days, bursts of
+    three views; ``pull`` more people all at 12, a crowd to pull the others there."""
+    rows = []
+    for k in range(people + pull):
+        hour = 12 if k >= people else 3 + (2 * k) % 18
+        for d in range(days):
+            ts = T0 + d * DAY + hour * HOUR - (T0 % DAY)
+            rows += [(f"u{k:02d}", "view", ts + 60 * m, "web", "UTC", False) for m in range(3)]
+    return frame_of(rows)
+
+
+def test_validation_holds_out_whole_days() -> None:
+    rows = [
+        ("a", "view", T0 + d * DAY + m * 60, "web", "UTC", False)
+        for d in range(10)
+        for m in range(4)
+    ]
+    rows += [("b", "view", T0 + d * DAY, "web", "UTC", False) for d in range(4)]
+    events = _events(frame_of(rows), "UTC")
+    held = _held_out_days(events, 0.2)
+    a = events.codes == list(events.users).index("a")
+    # a's latest two of ten days, every row of them; b has too few days to hold any out.
+    assert held[a].sum() == 8 and held[a][-8:].all() and not held[a][:-8].any()
+    assert not held[~a].any()
+
+
+def test_a_plain_rule_answers_the_persons_own_hours_against_the_crowd() -> None:
+    frame = habit_log(people=3, days=12, pull=60)
+    mix = SendTimeModel.fit(frame, tuning=Tuning(activity_strength=64.0))
+    rule = SendTimeModel.fit(frame, tuning=plain_rule(OWN_HOURS, 1.0, Tuning()))
+    start = datetime.fromtimestamp(T0 + 30 * DAY - (T0 % DAY), UTC)
+    # u01 is around at 5 every day; the crowd at 12 pulls a mix with a strong prior there.
+    assert mix.plan("u01", "email", start, 24, quiet=None).slots[0].local_hour == 12
+    plan = rule.plan("u01", "email", start, 24, quiet=None)
+    assert plan.slots[0].local_hour == 5
+    assert plan.detail.rule == OWN_HOURS and plan.source == "user"
+    with pytest.raises(ValueError, match="not a plain rule"):
+        plain_rule(LEARNT_MIX, 1.0, Tuning())
+
+
+def test_the_rule_is_chosen_on_held_out_days() -> None:
+    frame = habit_log(people=40, days=15)
+    split = _validation(frame, "UTC")
+    # A mix that ignores activity (exponent 0) answers the flat prior: it cannot know.
+    report = TuningReport(Tuning())
+    chosen = _choose_rule(split, Tuning(activity_exponent=0.0), report)
+    assert chosen.rule in (OWN_HOURS, OWN_HOURS_BY_DAY_TYPE)
+    hits = report.rule_hit_rates
+    assert set(hits) == {LEARNT_MIX, OWN_HOURS, OWN_HOURS_BY_DAY_TYPE}
+    assert hits[chosen.rule] == max(hits.values()) > hits[LEARNT_MIX] + 0.5
+    assert report.rule_hours == len(split.a_hours) > 0
+    report.tuning = chosen
+    assert "answers: own hours" in report.summary()
+    # The learnt tuning: whatever wins, it is the best of the three, the mix on ties.
+    learnt = learn_tuning(frame)
+    best = max(learnt.rule_hit_rates.values())
+    assert learnt.rule_hit_rates[learnt.tuning.rule] == best
+    if learnt.rule_hit_rates[LEARNT_MIX] == best:
+        assert learnt.tuning.rule == LEARNT_MIX

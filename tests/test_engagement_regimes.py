@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from service.events import COLUMNS
-from training.engagement_baselines import channel_baselines, hour_baselines
+from training.engagement_baselines import (
+    PlainRule,
+    channel_baselines,
+    hour_baselines,
+    own_hours,
+    prepare,
+)
 from training.engagement_regimes import (
     END,
     REGIMES,
@@ -21,6 +27,7 @@ from training.engagement_regimes import (
     activity_only,
     few_opens,
     habit_change,
+    held_out_days,
     no_timezone,
     proxy_opens,
     sparse_biased,
@@ -56,7 +63,14 @@ def test_every_regime_has_the_loader_shape_and_is_deterministic(name: str) -> No
     assert (frame.loc[frame["event_type"].str.startswith("message"), "item_id"] == "").all()
     for query in first.queries:
         assert query.not_before.tzinfo is not None
-        assert query.not_before.timestamp() >= frame["timestamp"].max()
+        # Planted questions come after the log; held-out days (held_out_days) lie within
+        # it, and none of the person's events that day trained the model.
+        if query.label != "day":
+            assert query.not_before.timestamp() >= frame["timestamp"].max()
+        else:
+            end = query.not_before.timestamp() + query.window_hours * 3600
+            mine = frame.loc[frame["user_id"] == query.user_id, "timestamp"]
+            assert not ((mine >= query.not_before.timestamp()) & (mine < end)).any()
         assert query.window_hours == 24 and query.target_hours
         assert all(0 <= h < 24 for h in query.target_hours)
 
@@ -67,7 +81,9 @@ def test_activity_only_has_no_channel_and_no_zone() -> None:
     assert (frame["channel"] == "").all() and (frame["timezone"] == "").all()
     assert not frame["event_type"].str.startswith("message").any()
     assert regime.channel_truth == {}
-    assert all(q.held_out and q.timezone == "UTC" for q in regime.queries)
+    # Whole held-out days, one question each: its first active hour (held_out_days).
+    assert regime.queries and all(q.timezone == "UTC" for q in regime.queries)
+    assert all(len(q.target_hours) == 1 and q.label == "day" for q in regime.queries)
     # Sessions are bursts: many events per person and clock hour.
     bursts = frame.groupby(["user_id", frame["timestamp"] // H]).size()
     assert bursts.mean() > 3
@@ -169,6 +185,52 @@ def test_activity_holdout_keeps_the_latest_fifth_per_person_out() -> None:
     assert a.target_hours == (8, 9) and a.held_out and a.timezone == "UTC"
     assert train.groupby("user_id")["timestamp"].max()["a"] < T0 + 8 * 86400
     assert a.not_before.timestamp() >= train["timestamp"].max()
+
+
+def test_held_out_days_asks_for_the_first_hour_of_each_latest_day() -> None:
+    rows = []
+    for user, days in (("a", 10), ("c", 4)):
+        for d in range(days):
+            # Two bursts a day: at 8 + d % 3 and at 20; the first is the day's answer.
+            for hour in (8 + d % 3, 20):
+                rows += [(user, "i1", "view", T0 + d * 86400 + hour * H + k, "", "Europe/Paris",
+                          np.nan, False) for k in range(3)]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    regime = held_out_days(frame, "t", "day")
+    # a's latest fifth of ten days (days 8 and 9) is held out, whole; c has too few days.
+    # Local hours in Paris (UTC+2 in June): 10 + d % 3 first, then 22.
+    assert [(q.user_id, q.target_hours) for q in regime.queries] == [("a", (12,)), ("a", (10,))]
+    # Paris is UTC+2 in June: the local day runs from 22:00 UTC the day before, 24 h.
+    first = regime.queries[0]
+    assert first.timezone == "Europe/Paris" and first.window_hours == 24
+    assert first.not_before == datetime.fromtimestamp(T0 + 8 * 86400 - 2 * H, UTC)
+    assert all(q.label == "day" and q.day_type == "weekday" for q in regime.queries)
+    kept = regime.frame.groupby("user_id")["timestamp"].agg(["size", "max"])
+    assert kept.loc["a", "size"] == 8 * 6 and kept.loc["a", "max"] < T0 + 8 * 86400
+    assert kept.loc["c", "size"] == 4 * 6
+    with pytest.raises(ValueError, match="fraction"):
+        held_out_days(frame, "t", "day", fraction=1.0)
+
+
+def test_own_hours_counts_the_hours_within_an_hour() -> None:
+    # On weekdays (T0 is a Monday): hours 9 and 11 twice each, 10 never, 21 three times.
+    # Within ±1 h, 10 gathers four hours; 21 has the most of its own.
+    days_hours = zip((0, 1, 2, 3, 4, 7, 8), (9, 9, 11, 11, 21, 21, 21), strict=True)
+    rows = [_event("u", "view", T0 + d * 86400 + h * H, "web", item="i") for d, h in days_hours]
+    # Two Saturdays at 6, the latest events.
+    rows += [_event("u", "view", T0 + d * 86400 + 6 * H, "web", item="i") for d in (12, 19)]
+    log = prepare(_frame(rows))
+    weekday, weekend = _query("u", day_type="weekday"), _query("u", day_type="weekend")
+    assert own_hours(log, [weekday], PlainRule(1, False, None))[0] == 10
+    assert own_hours(log, [weekday], PlainRule(0, False, None))[0] == 21
+    # A lone peak answers itself (5, 6 and 7 each have both Saturdays within ±1 h).
+    assert own_hours(log, [weekend], PlainRule(1, True, None))[0] == 6
+    assert own_hours(log, [weekday], PlainRule(1, True, None))[0] == 10
+    # A short memory keeps the latest habit: the Saturdays at 6 came last.
+    assert own_hours(log, [weekday], PlainRule(1, False, 1.0))[0] == 6
+    answers = hour_baselines(_frame(rows), [weekday, weekend])
+    assert list(answers["own_hours_1h"]) == [10, 10]
+    assert list(answers["own_hours_1h_day_type"]) == [10, 6]
 
 
 def _event(user, kind, ts, channel="", automated=False, zone="UTC", item=""):
@@ -281,6 +343,8 @@ def _check_report(regime: Regime, factory=None) -> None:
         MODEL,
         "global_best_hour",
         "active_hour_histogram",
+        "own_hours_1h",
+        "own_hours_1h_day_type",
         "last_active_hour",
         "open_hour_histogram",
         "opens_per_delivery",
@@ -321,14 +385,33 @@ def test_harness_with_the_served_model(generate) -> None:
 #: Where the model does not beat the best baseline, by how much it may trail it, and why
 #: (the same exceptions `make bench` prints, at the bench's size).
 TIES = {
-    # The held-out fifth continues the last session in the same clock hour: the last
-    # active hour is the Bayes answer there, and the model learns to give it (0.730 vs
-    # 0.731 in the bench, 0.639 vs 0.638 on MovieLens).
-    ("activity_only", "hit_1h_hour"): 0.01,
-    # Steady people are best served by a long memory of opens, changed people by a short
-    # one; the validation picks one memory for everybody, so the steady two thirds trail
-    # the open-hour histogram a little while the changed third leads by 0.1 (the regime
-    # as a whole leads every baseline by 0.05: test_habit_change_as_a_whole).
+    # Site bursts only: the held-out days ask for each day's first hour, and the
+    # recency-weighted heuristic reaches 0.733 where the model gives 0.728 (a plain rule of
+    # the person's own hours 0.72).
+    ("activity_only", "hit_1h_day"): 0.01,
+    # Against the plain rule of the person's own hours (±1 h, every human open counted at
+    # its own time beside their distinct active hours, all history alike): the learnt mix
+    # trails it where the validation keeps the mix, or picks the model's own plain rule,
+    # which smooths and counts a little differently (model vs rule in the bench: sparse
+    # 0.572 vs 0.581, few opens 0.547 vs 0.550, proxied 0.653 vs 0.683 and 0.649 vs 0.682,
+    # weekday/weekend 0.677 vs 0.683 and 0.589 vs 0.594, everything 0.487 vs 0.506 and
+    # 0.451 vs 0.468, channel hours 0.647 vs 0.655). Issue 24 stays open on exactly this.
+    ("sparse_biased", "hit_1h_hour"): 0.015,
+    ("few_opens", "hit_1h_hour"): 0.01,
+    ("proxy_opens", "hit_1h_hour"): 0.04,
+    ("proxy_opens", "hit_1h_proxied_hour"): 0.04,
+    ("weekday_weekend", "hit_1h_weekday_hour"): 0.01,
+    ("weekday_weekend", "hit_1h_saturday_hour"): 0.01,
+    ("everything_at_once", "hit_1h_weekday_hour"): 0.025,
+    ("everything_at_once", "hit_1h_saturday_hour"): 0.025,
+    ("channel_hours", "hit_1h_hour"): 0.015,
+    # With 1-5 opens per person, the message memory chosen on held-out whole days ranks
+    # channels a little below the count of opens (0.461 vs 0.492).
+    ("few_opens", "channel_top1"): 0.04,
+    # Steady people are best served by a long memory, changed people by a short one; the
+    # validation picks one memory for everybody, so the steady two thirds trail the plain
+    # rule of all their history while the changed third leads by 0.07 (the regime as a
+    # whole leads every baseline: test_habit_change_as_a_whole).
     ("habit_change", "hit_1h_steady_hour"): 0.04,
 }
 

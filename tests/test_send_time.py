@@ -14,6 +14,8 @@ from service.events import MESSAGE_CHANNELS
 from service.send_time import (
     DAYS,
     HOURS,
+    LEARNT_MIX,
+    OWN_HOURS,
     SOURCES,
     WEEK_HOURS,
     ChannelCounts,
@@ -32,11 +34,13 @@ from service.send_time import (
     moved_to_zone,
     plan_send,
     plan_sends,
+    prior_curve,
     profile_from_events,
     rank_channels,
     served_profile,
     smooth,
     week_probabilities,
+    week_tables,
 )
 
 DAY = 86_400
@@ -727,6 +731,43 @@ def test_tuning_round_trips_and_old_priors_read_with_defaults() -> None:
     assert Priors.from_dict(old).tuning == Tuning(strength=5.0, activity_strength=5.0)
     with pytest.raises(ValueError, match="strength must be positive"):
         Tuning.from_dict({"strength": 0})
+    # What training chose (a plain rule, no population curve) survives the bundle.
+    plain = Tuning(curve_exponent=0.0, rule=OWN_HOURS)
+    assert Tuning.from_dict(json.loads(json.dumps(plain.to_dict()))) == plain
+    assert Tuning.from_dict({}).rule == LEARNT_MIX and Tuning.from_dict({}).curve_exponent == 1
+    with pytest.raises(ValueError, match="rule must be one of"):
+        Tuning.from_dict({"rule": "best_guess"})
+    with pytest.raises(ValueError, match="curve_exponent"):
+        Tuning.from_dict({"curve_exponent": 2.0})
+
+
+def test_the_curve_exponent_tempers_the_population_curve() -> None:
+    curve = [0.05 + 0.01 * h for h in range(HOURS)]
+    priors = flat_priors(channel_hour_rate={c: curve for c in MESSAGE_CHANNELS})
+    np.testing.assert_allclose(prior_curve(priors, "email", None), curve)
+    flat = replace(priors, tuning=Tuning(curve_exponent=0.0))
+    np.testing.assert_allclose(prior_curve(flat, "email", None), np.full(HOURS, np.mean(curve)))
+    half = prior_curve(replace(priors, tuning=Tuning(curve_exponent=0.5)), "email", None)
+    assert np.argmax(half) == np.argmax(curve) and np.ptp(half) < np.ptp(curve)
+
+
+def test_week_tables_are_each_persons_week_probabilities() -> None:
+    weekly = np.zeros(WEEK_HOURS)
+    weekly[5 * HOURS + 10] = 6.0  # Saturdays at 10
+    people = [
+        profile(deliveries=at_hour(9, 20.0), opens=at_hour(9, 8.0), activity=at_hour(20, 5.0)),
+        profile("sms", deliveries=at_hour(18, 4.0), opens=at_hour(18, 1.0)),
+        replace(profile(activity=at_hour(10, 6.0)), weekly_activity=weekly),
+        EngagementProfile(),
+    ]
+    channels, zones = ["email", "sms", "push", "email"], [BERLIN, BERLIN, "UTC", "Asia/Tokyo"]
+    priors = flat_priors()
+    tables = week_tables(people, channels, zones, priors)
+    assert tables.shape == (len(people), DAYS, HOURS)
+    for person, channel, zone, table in zip(people, channels, zones, tables, strict=True):
+        np.testing.assert_allclose(table, week_probabilities(person, channel, priors, zone))
+    with pytest.raises(ValueError, match="channel"):
+        week_tables(people[:1], ["fax"], [BERLIN], priors)
 
 
 def test_a_weekend_habit_from_activity_alone_gives_weekend_slots() -> None:

@@ -14,6 +14,12 @@ Hour baselines (:data:`HOUR_BASELINES`, :func:`hour_baselines`):
     per person and clock hour).
 ``active_hour_histogram``
     the person's own most frequent activity hour (distinct clock hours).
+``own_hours_1h``
+    the plain rule of a person's own habit: the hour with the most of their past active
+    hours (activity, human opens and clicks; distinct clock hours) within ±1 h of it, all
+    history weighted alike, no population pull (:func:`own_hours`).
+``own_hours_1h_day_type``
+    the same on the query's kind of day (weekdays or weekends), else all days.
 ``last_active_hour``
     the hour of the person's latest activity, open or click.
 ``open_hour_histogram``
@@ -207,6 +213,84 @@ def active_hour_histogram(log: TrainingLog, queries: list[Query]) -> np.ndarray:
     return _answer(best, _rows(log, queries), _global_hour(log))
 
 
+@dataclass(frozen=True)
+class PlainRule:
+    """One plain per-person rule of the family :func:`own_hours` answers."""
+
+    within: int = 1
+    """Hours each side that count with an hour (0: the histogram's own mode)."""
+    day_type: bool = False
+    """Count only the query's kind of day (weekdays or weekends), else all days."""
+    half_life_days: float | None = None
+    """Recency half-life from the person's latest row; None: all history alike."""
+
+    @property
+    def name(self) -> str:
+        parts = [f"±{self.within}h"]
+        parts.append("weekday vs weekend" if self.day_type else "all days")
+        parts.append(
+            "all history" if self.half_life_days is None else f"half-life {self.half_life_days:g} d"
+        )
+        return "own hours " + ", ".join(parts)
+
+
+#: The family searched for the best plain rule: widths, day type or not, memories.
+PLAIN_RULES = tuple(
+    PlainRule(within, day_type, half_life)
+    for within in (0, 1, 2)
+    for day_type in (False, True)
+    for half_life in (None, 30.0, 90.0, 365.0)
+)
+
+
+def own_hours(log: TrainingLog, queries: list[Query], rule: PlainRule = PlainRule()) -> np.ndarray:
+    """The person's own habit as a plain rule: the local hour with the most of their past
+    active hours (activity, human opens and clicks; one per clock hour) within
+    ``rule.within`` hours of it (circular; ties: the hour with more of its own, then the
+    earliest, so a lone peak answers itself, not its neighbour), on the query's kind of day
+    when ``rule.day_type`` and they have any there, else on all days; the global best hour
+    for people without any."""
+    seen = log.active | log.engaged
+    weights = np.ones(len(log.ts))
+    if rule.half_life_days is not None:
+        latest = np.zeros(len(log.users), dtype=np.int64)
+        np.maximum.at(latest, log.user[seen], log.ts[seen])
+        weights = np.exp2(-(latest[log.user] - log.ts) / (rule.half_life_days * _DAY))
+
+    def best_of(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = log.per_person(seen & mask, weights)
+        near = sum(np.roll(counts, shift, axis=1) for shift in range(-rule.within, rule.within + 1))
+        total = counts.sum(axis=1, keepdims=True)
+        tie_break = 1e-6 * counts / np.maximum(total, 1e-12)
+        return np.argmax(
+            near + tie_break * np.maximum(near.max(axis=1, keepdims=True), 1e-12), axis=1
+        ), total[:, 0] > 0
+
+    fallback = _global_hour(log)
+    everywhere, has = best_of(np.ones(len(log.ts), dtype=bool))
+    best = {"": np.where(has, everywhere, fallback)}
+    if rule.day_type:
+        for kind, mask in (("weekday", ~log.weekend), ("weekend", log.weekend)):
+            mine, has_mine = best_of(mask)
+            best[kind] = np.where(has_mine, mine, best[""])
+    rows = _rows(log, queries)
+    out = np.empty(len(queries), dtype=np.int64)
+    for k, query in enumerate(queries):
+        hours = best.get(query.day_type, best[""])
+        out[k] = hours[rows[k]] if rows[k] >= 0 else fallback
+    return out
+
+
+def own_hours_1h(log: TrainingLog, queries: list[Query]) -> np.ndarray:
+    """:func:`own_hours`: ±1 h, all days, all history alike."""
+    return own_hours(log, queries, PlainRule(1, False, None))
+
+
+def own_hours_1h_day_type(log: TrainingLog, queries: list[Query]) -> np.ndarray:
+    """:func:`own_hours`: ±1 h, the query's kind of day, all history alike."""
+    return own_hours(log, queries, PlainRule(1, True, None))
+
+
 def last_active_hour(log: TrainingLog, queries: list[Query]) -> np.ndarray:
     """The hour of the person's latest activity, open or click (on equal times the later
     row)."""
@@ -309,6 +393,8 @@ def reference_heuristic(log: TrainingLog, queries: list[Query]) -> np.ndarray:
 HOUR_BASELINES: dict[str, Callable[[TrainingLog, list[Query]], np.ndarray]] = {
     "global_best_hour": global_best_hour,
     "active_hour_histogram": active_hour_histogram,
+    "own_hours_1h": own_hours_1h,
+    "own_hours_1h_day_type": own_hours_1h_day_type,
     "last_active_hour": last_active_hour,
     "open_hour_histogram": open_hour_histogram,
     "opens_per_delivery": opens_per_delivery,

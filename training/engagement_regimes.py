@@ -27,7 +27,9 @@ Each generator returns a :class:`Regime`: the TRAINING log in the loader's frame
 the queries to score on a day after it, with the planted answers. All are deterministic
 given ``seed`` and run in about a second at the default sizes. :func:`activity_holdout`
 turns any activity log (MovieLens too) into a regime-like split: each person's latest
-events held out, their distinct active clock hours the targets.
+events held out, their distinct active clock hours the targets; :func:`held_out_days`
+holds out whole days instead, each day's first active hour its target (the real-log
+benchmark's protocol).
 """
 
 from __future__ import annotations
@@ -403,21 +405,33 @@ class _Schedule:
     rest at any minute of any hour."""
     utc: bool = False
     """Whether ``hours`` are UTC hours (the brand does not know zones) or local ones."""
+    channel_hours: tuple[tuple[int, ...], ...] | None = None
+    """Per channel of ``MESSAGE_CHANNELS``, its own fixed hours (each channel's team keeps
+    its own schedule), the channels used evenly; None: ``hours`` for every channel and
+    the channels by :data:`BRAND_CHANNEL_MIX`."""
 
 
 def _delivery_times(
     rng: np.random.Generator, people: _People, schedule: _Schedule
-) -> tuple[np.ndarray, np.ndarray]:
-    """(user, epoch second) of every delivery, all inside the window."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(user, epoch second, channel) of every delivery, all inside the window; channel
+    None unless the schedule fixes each channel's hours (then drawn evenly here)."""
     low, high = schedule.deliveries
     user = np.repeat(np.arange(len(people.ids)), rng.integers(low, high + 1, len(people.ids)))
     ts = np.zeros(len(user), dtype=np.int64)
+    channel = None
+    if schedule.channel_hours is not None:
+        channel = rng.integers(0, len(MESSAGE_CHANNELS), len(user))
     todo = np.arange(len(user))
     # Redraw what fell outside the window so that every person keeps their count.
     while len(todo):
         n = len(todo)
         batch = rng.random(n) < schedule.share
-        fixed = np.asarray(schedule.hours)[rng.integers(0, len(schedule.hours), n)]
+        if channel is None:
+            fixed = np.asarray(schedule.hours)[rng.integers(0, len(schedule.hours), n)]
+        else:
+            own = [schedule.channel_hours[c] for c in channel[todo]]
+            fixed = np.array([hours[rng.integers(0, len(hours))] for hours in own])
         hour = np.where(batch, fixed, rng.integers(0, 24, n))
         second = np.where(batch, rng.integers(0, 900, n), rng.integers(0, _HOUR, n))
         day = rng.integers(0, _LOCAL_DAYS, n)
@@ -425,7 +439,7 @@ def _delivery_times(
         ts[todo] = moment if schedule.utc else _to_utc(moment, people.zone[user[todo]])
         todo = todo[(ts[todo] < _START) | (ts[todo] >= _END)]
     order = np.lexsort((ts, user))
-    return user[order], ts[order]
+    return user[order], ts[order], None if channel is None else channel[order]
 
 
 def _checks(rng: np.random.Generator, people: _People) -> np.ndarray:
@@ -471,9 +485,10 @@ def _add_messages(
     whose email a privacy proxy opens at delivery; their own email opens leave no open
     event (the pixel has already been fetched), only the occasional click.
     """
-    user, ts = _delivery_times(rng, people, schedule)
+    user, ts, channel = _delivery_times(rng, people, schedule)
     n = len(user)
-    channel = rng.choice(len(MESSAGE_CHANNELS), n, p=BRAND_CHANNEL_MIX)
+    if channel is None:
+        channel = rng.choice(len(MESSAGE_CHANNELS), n, p=BRAND_CHANNEL_MIX)
     channel_names = np.asarray(MESSAGE_CHANNELS, dtype=object)
     log.add("message_delivered", user, ts, channel_names[channel])
 
@@ -630,20 +645,20 @@ def _message_regime(
 
 
 def activity_only(seed: int = 1, people: int = 1500) -> Regime:
-    """Site/app activity only, no channel and no zone values; latest 20 % held out."""
+    """Site/app activity only, no channel and no zone values; each person's latest fifth
+    of active days held out, the first hour of each the target (:func:`held_out_days`)."""
     rng = np.random.default_rng(seed)
     crowd = _people(rng, people, "a", 1.0, active_days_mean=14.0, site_channels=False)
     # No planted hour here: every window is a habit of its own.
     crowd.windows[:, 0] = np.where(crowd.windows[:, 0] < 0, crowd.hour[:, 0], crowd.windows[:, 0])
     log = _Log(crowd, with_zone=False)
     _add_sessions(rng, crowd, log)
-    train, queries = activity_holdout(log.frame())
-    return Regime(
-        "activity_only",
-        "site/app bursts only (no channel, no zone): 1-3 habitual windows; latest 20 % held out",
-        train,
-        queries,
+    regime = held_out_days(log.frame(), "activity_only", "day")
+    regime.description = (
+        "site/app bursts only (no channel, no zone): 1-3 habitual windows; latest fifth of "
+        "active days held out, first hour of each"
     )
+    return regime
 
 
 def no_timezone(seed: int = 2, people: int = 1500) -> Regime:
@@ -783,6 +798,24 @@ def everything_at_once(seed: int = 8, people: int = 1500) -> Regime:
     return regime
 
 
+def channel_hours(seed: int = 9, people: int = 1500) -> Regime:
+    """Where counting opens misleads: every channel used evenly but each at its own fixed
+    hours (email 9, SMS 13, push 18, messenger 21 local, 80 % of sends), 30-90 deliveries
+    in all, so a few per channel. The channel sent nearest a person's hours gets most of
+    her opens whatever she prefers; the truth is her best rate per delivery."""
+    regime, crowd, _ = _message_regime(
+        "channel_hours",
+        "channels used evenly, each at its own hours (email 9, sms 13, push 18, messenger "
+        "21 local, 80 %); 30-90 deliveries in all",
+        seed,
+        people,
+        _Schedule((30, 90), (), 0.8, channel_hours=((9,), (13,), (18,), (21,))),
+        sessions_share=0.6,
+    )
+    regime.queries = _planted_queries(crowd)
+    return regime
+
+
 #: Every regime generator by name, in table order.
 REGIMES: dict[str, Callable[..., Regime]] = {
     "activity_only": activity_only,
@@ -793,6 +826,7 @@ REGIMES: dict[str, Callable[..., Regime]] = {
     "weekday_weekend": weekday_weekend,
     "habit_change": habit_change,
     "everything_at_once": everything_at_once,
+    "channel_hours": channel_hours,
 }
 
 
@@ -845,6 +879,82 @@ def activity_holdout(
         for u, g in clock.sort_values(["u", "h"]).groupby("u", sort=True)
     ]  # fmt: skip
     return train, queries
+
+
+def held_out_days(
+    frame: pd.DataFrame, name: str, label: str = "day", fraction: float = 0.2
+) -> Regime:
+    """Split a log by whole days, as a send-time question is asked: "on that later day,
+    at which local hour will she first be active?".
+
+    A person's *active days* are the distinct local days (in their latest zone in the
+    log, else UTC) with at least one event. The latest ``floor(fraction * days)`` of them
+    are held out; people with fewer than ``1 / fraction`` active days keep everything in
+    training and get no question. The training frame is every event on a person's other
+    days. Each held-out day is one :class:`Query` (label ``label``) for that day's window,
+    from its local midnight to the next (23, 24 or 25 h across a change of clock), in her
+    zone, channel ``email``; its target is the local hour of her FIRST event that day.
+
+    Why days and not the latest events (:func:`activity_holdout`): a session or a basket
+    is many rows within an hour, so the latest rows mostly continue the last session (on
+    MovieLens 77 % of them come within an hour of the last training rating), which
+    rewards remembering the last hour rather than knowing the person's hours.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    frame = frame.reset_index(drop=True)
+    users = frame["user_id"].astype(str)
+    zoned = frame.assign(user_id=users)
+    zoned = zoned[zoned["timezone"].fillna("").astype(str) != ""]
+    latest = zoned.sort_values("timestamp", kind="stable").groupby("user_id")["timezone"].last()
+    mapped = users.map(latest).to_numpy(dtype=object)  # NaN where no zone is known
+    zone = np.where(pd.isna(mapped), "UTC", mapped).astype(object)
+
+    ts = frame["timestamp"].to_numpy(dtype=np.int64)
+    day = np.empty(len(frame), dtype="datetime64[D]")
+    hour = np.empty(len(frame), dtype=np.int64)
+    for name_ in pd.unique(zone):
+        rows = np.flatnonzero(zone == name_)
+        local = pd.DatetimeIndex(pd.to_datetime(ts[rows], unit="s", utc=True)).tz_convert(
+            str(name_)
+        )
+        day[rows] = local.tz_localize(None).normalize().to_numpy().astype("datetime64[D]")
+        hour[rows] = local.hour
+
+    days = pd.DataFrame({"u": users, "day": day, "ts": ts, "hour": hour, "zone": zone})
+    first = days.sort_values("ts", kind="stable").groupby(["u", "day"], sort=True).first()
+    first = first.reset_index()
+    rank = first.groupby("u").cumcount(ascending=False).to_numpy()  # 0: latest day
+    count = first.groupby("u")["day"].transform("size").to_numpy()
+    first["held"] = rank < np.floor(fraction * count)
+
+    held_keys = pd.MultiIndex.from_frame(first.loc[first["held"], ["u", "day"]])
+    row_keys = pd.MultiIndex.from_arrays([users, day])
+    train = frame[~row_keys.isin(held_keys)].reset_index(drop=True)
+
+    queries = []
+    for row in first[first["held"]].itertuples(index=False):
+        local_zone = ZoneInfo(str(row.zone))
+        date = pd.Timestamp(row.day).date()
+        midnight = datetime(date.year, date.month, date.day, tzinfo=local_zone)
+        following = midnight.date() + timedelta(days=1)
+        next_midnight = datetime(following.year, following.month, following.day, tzinfo=local_zone)
+        start = midnight.astimezone(UTC)
+        window = round((next_midnight.astimezone(UTC) - start).total_seconds() / 3600)
+        queries.append(
+            Query(
+                str(row.u),
+                "email",
+                start,
+                window,
+                str(row.zone),
+                (int(row.hour),),
+                label,
+                day_type="weekend" if date.weekday() >= 5 else "weekday",
+            )
+        )
+    description = f"{name}: latest {fraction:.0%} of active days held out, first hour of each"
+    return Regime(name, description, train, queries)
 
 
 def _latest_zones(frame: pd.DataFrame) -> dict[str, str]:

@@ -10,6 +10,10 @@
 ``onlineretail``
     UCI Online Retail, a UK gift shop's invoices of 2010-11 (``onlineretail.rda``):
     :mod:`real_logs.onlineretail`.
+``instacart``
+    Instacart Online Grocery Shopping 2017: weekday, hour and days since the one before
+    of the first 49,999 orders (users 1-3,106) of ``orders.csv``, which has no dates, so
+    they are reconstructed: :mod:`real_logs.instacart`.
 
 Nothing here downloads: a log's raw file is looked for at ``--raw`` (the file or its
 folder) when it is given, else in this order in ``$OMNIREC_REAL_LOGS/NAME/``, in
@@ -39,7 +43,7 @@ from types import ModuleType
 
 import pandas as pd
 
-from . import completejourney, onlineretail
+from . import completejourney, instacart, onlineretail
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where a download belongs: git-ignored, beside the other local state.
@@ -86,6 +90,11 @@ LOGS: dict[str, RealLog] = {
             completejourney,
         ),
         RealLog.of("onlineretail", "UCI Online Retail invoices", onlineretail),
+        RealLog.of(
+            "instacart",
+            "Instacart Online Grocery Shopping 2017 orders (first 49,999: users 1-3,106)",
+            instacart,
+        ),
     )
 }
 

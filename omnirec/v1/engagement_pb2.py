@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from omnirec.v1 import identity_pb2 as omnirec_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bomnirec/v1/engagement.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"\xbe\x02\n\x16PredictSendTimeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12.\n\nnot_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cwindow_hours\x18\x04 \x01(\x05\x12\x10\n\x08timezone\x18\x05 \x01(\t\x12\x1d\n\x10quiet_start_hour\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0equiet_end_hour\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\x12ignore_quiet_hours\x18\x08 \x01(\x08\x12*\n\nidentifier\x18\t \x01(\x0b\x32\x16.omnirec.v1.IdentifierB\x13\n\x11_quiet_start_hourB\x11\n\x0f_quiet_end_hour\"`\n\x08SendSlot\x12+\n\x07send_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x12\n\nlocal_hour\x18\x03 \x01(\x05\"\x95\x02\n\x17PredictSendTimeResponse\x12+\n\x07send_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12*\n\x0c\x61lternatives\x18\x03 \x03(\x0b\x32\x14.omnirec.v1.SendSlot\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x10\n\x08\x65vidence\x18\x05 \x01(\x05\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x12\n\nlocal_hour\x18\x08 \x01(\x05\x12-\n\x0f\x65vidence_detail\x18\t \x01(\x0b\x32\x14.omnirec.v1.Evidence\"L\n\x08\x45vidence\x12\x12\n\ndeliveries\x18\x01 \x01(\x05\x12\x13\n\x0b\x65ngagements\x18\x02 \x01(\x05\x12\x17\n\x0f\x61\x63tivity_events\x18\x03 \x01(\x05\"R\n\x13RankChannelsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\nidentifier\x18\x02 \x01(\x0b\x32\x16.omnirec.v1.Identifier\"\x85\x01\n\x0c\x43hannelScore\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x65vidence\x18\x03 \x01(\x05\x12\x11\n\topted_out\x18\x04 \x01(\x08\x12\x30\n\x0cnext_allowed\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x14RankChannelsResponse\x12*\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x18.omnirec.v1.ChannelScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t2\xbb\x01\n\nEngagement\x12Z\n\x0fPredictSendTime\x12\".omnirec.v1.PredictSendTimeRequest\x1a#.omnirec.v1.PredictSendTimeResponse\x12Q\n\x0cRankChannels\x12\x1f.omnirec.v1.RankChannelsRequest\x1a .omnirec.v1.RankChannelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bomnirec/v1/engagement.proto\x12\nomnirec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19omnirec/v1/identity.proto\"\xbe\x02\n\x16PredictSendTimeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12.\n\nnot_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cwindow_hours\x18\x04 \x01(\x05\x12\x10\n\x08timezone\x18\x05 \x01(\t\x12\x1d\n\x10quiet_start_hour\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0equiet_end_hour\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\x12ignore_quiet_hours\x18\x08 \x01(\x08\x12*\n\nidentifier\x18\t \x01(\x0b\x32\x16.omnirec.v1.IdentifierB\x13\n\x11_quiet_start_hourB\x11\n\x0f_quiet_end_hour\"`\n\x08SendSlot\x12+\n\x07send_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x12\n\nlocal_hour\x18\x03 \x01(\x05\"\x95\x02\n\x17PredictSendTimeResponse\x12+\n\x07send_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12*\n\x0c\x61lternatives\x18\x03 \x03(\x0b\x32\x14.omnirec.v1.SendSlot\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x10\n\x08\x65vidence\x18\x05 \x01(\x05\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x12\n\nlocal_hour\x18\x08 \x01(\x05\x12-\n\x0f\x65vidence_detail\x18\t \x01(\x0b\x32\x14.omnirec.v1.Evidence\"Z\n\x08\x45vidence\x12\x12\n\ndeliveries\x18\x01 \x01(\x05\x12\x13\n\x0b\x65ngagements\x18\x02 \x01(\x05\x12\x17\n\x0f\x61\x63tivity_events\x18\x03 \x01(\x05\x12\x0c\n\x04rule\x18\x04 \x01(\t\"R\n\x13RankChannelsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\nidentifier\x18\x02 \x01(\x0b\x32\x16.omnirec.v1.Identifier\"\x85\x01\n\x0c\x43hannelScore\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x65vidence\x18\x03 \x01(\x05\x12\x11\n\topted_out\x18\x04 \x01(\x08\x12\x30\n\x0cnext_allowed\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x14RankChannelsResponse\x12*\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x18.omnirec.v1.ChannelScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t2\xbb\x01\n\nEngagement\x12Z\n\x0fPredictSendTime\x12\".omnirec.v1.PredictSendTimeRequest\x1a#.omnirec.v1.PredictSendTimeResponse\x12Q\n\x0cRankChannels\x12\x1f.omnirec.v1.RankChannelsRequest\x1a .omnirec.v1.RankChannelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTSENDTIMERESPONSE']._serialized_start=523
   _globals['_PREDICTSENDTIMERESPONSE']._serialized_end=800
   _globals['_EVIDENCE']._serialized_start=802
-  _globals['_EVIDENCE']._serialized_end=878
-  _globals['_RANKCHANNELSREQUEST']._serialized_start=880
-  _globals['_RANKCHANNELSREQUEST']._serialized_end=962
-  _globals['_CHANNELSCORE']._serialized_start=965
-  _globals['_CHANNELSCORE']._serialized_end=1098
-  _globals['_RANKCHANNELSRESPONSE']._serialized_start=1100
-  _globals['_RANKCHANNELSRESPONSE']._serialized_end=1205
-  _globals['_ENGAGEMENT']._serialized_start=1208
-  _globals['_ENGAGEMENT']._serialized_end=1395
+  _globals['_EVIDENCE']._serialized_end=892
+  _globals['_RANKCHANNELSREQUEST']._serialized_start=894
+  _globals['_RANKCHANNELSREQUEST']._serialized_end=976
+  _globals['_CHANNELSCORE']._serialized_start=979
+  _globals['_CHANNELSCORE']._serialized_end=1112
+  _globals['_RANKCHANNELSRESPONSE']._serialized_start=1114
+  _globals['_RANKCHANNELSRESPONSE']._serialized_end=1219
+  _globals['_ENGAGEMENT']._serialized_start=1222
+  _globals['_ENGAGEMENT']._serialized_end=1409
 # @@protoc_insertion_point(module_scope)

@@ -65,14 +65,16 @@ class PredictSendTimeResponse(_message.Message):
     def __init__(self, send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., probability: _Optional[float] = ..., alternatives: _Optional[_Iterable[_Union[SendSlot, _Mapping]]] = ..., source: _Optional[str] = ..., evidence: _Optional[int] = ..., timezone: _Optional[str] = ..., model_version: _Optional[str] = ..., local_hour: _Optional[int] = ..., evidence_detail: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("deliveries", "engagements", "activity_events")
+    __slots__ = ("deliveries", "engagements", "activity_events", "rule")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     ENGAGEMENTS_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     deliveries: int
     engagements: int
     activity_events: int
-    def __init__(self, deliveries: _Optional[int] = ..., engagements: _Optional[int] = ..., activity_events: _Optional[int] = ...) -> None: ...
+    rule: str
+    def __init__(self, deliveries: _Optional[int] = ..., engagements: _Optional[int] = ..., activity_events: _Optional[int] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class RankChannelsRequest(_message.Message):
     __slots__ = ("user_id", "identifier")
