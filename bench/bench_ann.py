@@ -308,9 +308,9 @@ def serve_and_measure(
     with_recall: bool,
 ) -> Served:
     from omnirec.v1 import recommender_pb2 as pb
+    from service.api.server import build_server
     from service.config import feature_store
     from service.registry import ServedModel
-    from service.server import build_server
 
     out = Served(mode)
     items = len(data.bundle.item_ids)

@@ -64,7 +64,7 @@ from service.store.reads import together  # noqa: E402
 
 if TYPE_CHECKING:
     from omnirec.v1.campaigns_pb2_grpc import CampaignsStub
-    from service.server import Engine
+    from service.served_model import Engine
 
 CATEGORIES = 50
 NEIGHBOURS = 50
@@ -176,7 +176,7 @@ def planning_table(args: argparse.Namespace) -> None:
     from service.config import feature_store, load_settings
     from service.recommender import ServingParams
     from service.registry import ServedModel
-    from service.server import Engine, build_server
+    from service.served_model import Engine, build_server
     from training.redis_server import LocalRedis
 
     people, items = args.planned, args.items

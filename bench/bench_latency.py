@@ -601,7 +601,7 @@ def profile_recommend(
     import cProfile
     import pstats
 
-    from service.server import build_server
+    from service.api.server import build_server
 
     clock = time.thread_time if args.profile_clock == "cpu" else time.perf_counter
     profiles: list[cProfile.Profile] = []
@@ -653,7 +653,7 @@ def profile_recommend(
     calls = sum(
         v[1]
         for (file, _, name), v in entries.items()
-        if name == "Recommend" and Path(file).parts[-2:] == ("service", "server.py")
+        if name == "Recommend" and Path(file).parts[-2:] == ("api", "recommender.py")
     )
     skip = set(PLUMBING) | (set(IDLE) if args.profile_clock == "wall" else set())
     print(

@@ -43,9 +43,9 @@ import numpy as np  # noqa: E402
 
 from omnirec.v1 import recommender_pb2 as pb  # noqa: E402
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
+from service.api.server import build_server  # noqa: E402
 from service.config import feature_store, load_settings  # noqa: E402
 from service.registry import ModelRegistry, quiet_mlflow  # noqa: E402
-from service.server import build_server  # noqa: E402
 from training import evaluation  # noqa: E402
 from training.event_log import write_events  # noqa: E402
 from training.matrix import DEFAULT_WEIGHTS, build_interactions, index_of  # noqa: E402

@@ -110,9 +110,9 @@ class ServedOverGrpc:
         import grpc
 
         from omnirec.v1 import engagement_pb2_grpc as epb_grpc
+        from service.api.server import build_server
         from service.config import feature_store, load_settings
         from service.registry import ModelRegistry, quiet_mlflow
-        from service.server import build_server
         from training.event_log import write_events
         from training.pipeline import TrainConfig, train
         from training.redis_server import LocalRedis

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from service import metrics
 from service.access import ROLES, add_entry, key_entry, new_key, valid_name
+from service.api.security import server_security
+from service.api.server import build_server
 from service.config import (
     Settings,
     feature_store,
@@ -26,8 +28,6 @@ from service.config import (
 )
 from service.errors import ConfigError, OmnirecError
 from service.registry import ModelRegistry, quiet_mlflow
-from service.security import server_security
-from service.server import build_server
 
 log = logging.getLogger("service")
 

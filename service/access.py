@@ -12,7 +12,7 @@ carry ``"calls_per_second"``: a per-process token bucket answers ``RESOURCE_EXHA
 beyond it (each server process counts on its own, so N processes allow N times that).
 
 This module is pure logic; the gRPC interceptor that applies it is
-:mod:`service.interceptors`.
+:mod:`service.api.interceptors`.
 """
 
 from __future__ import annotations

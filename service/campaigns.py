@@ -2,7 +2,7 @@
 
 The core of ``Campaigns.Audience`` and of ``python -m training export-audience``: both
 build an :class:`Audience` and run its :meth:`Audience.page_plan` (the gRPC layer in
-``campaigns_service.py`` only validates and translates). Ranking is numpy over the
+``service/api/campaigns.py`` only validates and translates). Ranking is numpy over the
 bundle; Redis is read through plans, so the server runs them on its asyncio reader and
 the export on the sync client.
 

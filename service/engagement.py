@@ -4,7 +4,7 @@ A person's engagement profile as the model reads it (published profile + live ev
 since, ``send_time`` being the pure model), the model's priors from a bundle, and the
 rules of a send window: how long, how far ahead, which quiet hours, and how the fatigue
 rules (``service/contact.py``) move its start. The gRPC servicer is
-``service/engagement_service.py``; ``service/campaigns.py`` plans audiences with the same
+``service/api/engagement.py``; ``service/campaigns.py`` plans audiences with the same
 rules.
 """
 

@@ -1,6 +1,6 @@
 """Domain exceptions, raised deep inside and mapped once at the edges.
 
-The gRPC layer maps them to status codes (``server.py``); the command lines map them to
+The gRPC layer maps them to status codes (``service/api/rpc.py``); the command lines map them to
 one readable line and a non-zero exit code (``__main__`` modules).
 """
 

@@ -23,13 +23,13 @@ import scipy.sparse as sp
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service import ann
+from service.api.server import build_server
 from service.bundle import ModelBundle
 from service.catalogue import Catalogue, ItemFilter
 from service.config import feature_store, load_settings, settings_table
 from service.errors import ConfigError, OmnirecError
 from service.recommender import ANN_MIN_FETCH, RankingOptions, Recommender, ServingParams
 from service.registry import ServedModel
-from service.server import build_server
 from service.store.codecs import UserFeatures
 from service.store.reads import ServingView
 from tests.conftest import make_settings

@@ -58,11 +58,11 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import RunningServer, build_server
 from service.bundle import ModelBundle
 from service.config import feature_store
 from service.registry import ServedModel
 from service.send_time import Priors
-from service.server import RunningServer, build_server
 from tests.conftest import make_settings
 from training.engagement import user_profiles
 from training.event_log import load_events, write_events

@@ -19,12 +19,12 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.bundle import ModelBundle
 from service.catalogue import Catalogue
 from service.events import ITEM_EVENT_TYPES
 from service.recommender import RankingOptions, Recommender
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import connect

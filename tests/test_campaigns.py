@@ -22,6 +22,7 @@ from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service import campaigns as campaigns_core
+from service.api.server import build_server
 from service.bundle import ModelBundle
 from service.campaigns import (
     AudienceModel,
@@ -42,7 +43,6 @@ from service.errors import BadInput, NotAllowed, NotFound
 from service.events import MESSAGE_CHANNELS
 from service.registry import ModelRegistry
 from service.send_time import EngagementProfile, Priors, plan_send, rank_channels
-from service.server import build_server
 from tests.conftest import deployment_env, publish_log
 from tests.test_send_time import varied_person, varied_priors
 

@@ -18,6 +18,7 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import feature_store
 from service.contact import (
     ContactPolicy,
@@ -27,7 +28,6 @@ from service.contact import (
     opted_out_channels,
 )
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store.reads import EngagementView
 
 HOUR = 3600

@@ -13,12 +13,12 @@ import scipy.sparse as sp
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.bundle import BundleError, ModelBundle
 from service.catalogue import Catalogue
 from service.errors import BadInput
 from service.recommender import RankingOptions, Recommender
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import connect

@@ -13,10 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.catalogue import Catalogue
 from service.recommender import RankingOptions, Recommender
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import connect

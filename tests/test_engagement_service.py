@@ -15,10 +15,10 @@ from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import feature_store
 from service.registry import ModelRegistry
 from service.send_time import RULES
-from service.server import build_server
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import feature_store
 from service.errors import ConfigError
 from service.experiments import Experiments
 from service.registry import ModelRegistry
-from service.server import build_server
 from training.event_log import load_events
 from training.export import export_events
 

@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import command, connect

@@ -14,9 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import feature_store
 from service.registry import ModelRegistry
-from service.server import build_server
 from tests.conftest import make_settings, publish_log
 from training.catalogue import load_catalogue
 from training.event_log import load_events

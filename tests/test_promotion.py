@@ -14,8 +14,8 @@ import pytest
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.plans import connect
 from tests.conftest import make_settings

@@ -39,10 +39,10 @@ from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import identity_pb2 as ipb
 from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import recommender_pb2 as pb
+from service.api.server import build_server
 from service.config import feature_store
 from service.events import CHANNELS, EVENT_TYPES
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store.plans import connect
 from tests.conftest import publish_log
 

@@ -14,9 +14,9 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import feature_store
 from service.registry import ModelRegistry
-from service.server import build_server
 from tests.conftest import publish_log
 
 pytestmark = pytest.mark.integration

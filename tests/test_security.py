@@ -37,11 +37,11 @@ from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.__main__ import main as service_main
 from service.access import KeyRing, hash_key, key_entry, new_key
+from service.api.security import server_security
+from service.api.server import build_server
 from service.config import Settings, feature_store, load_settings
 from service.errors import ConfigError
 from service.registry import ModelRegistry
-from service.security import server_security
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.plans import command, connect
 from tests.conftest import deployment_env, publish_log

@@ -23,9 +23,9 @@ import scipy.sparse as sp
 
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import Settings
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store import FeatureStore
 from service.store.plans import connect
 from tests.conftest import deployment_env, make_settings

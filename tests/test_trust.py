@@ -18,9 +18,9 @@ from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
+from service.api.server import build_server
 from service.config import feature_store
 from service.registry import ModelRegistry
-from service.server import build_server
 from service.store.identities import MAX_ALIASES
 from service.store.keys import live_key, person_key, stream_key
 from service.store.live import MAX_PERSON_ITEMS

@@ -91,7 +91,7 @@ def export_audience(
     :class:`OmnirecError` (one line) on bad input or an unusable parts folder."""
     from tqdm import tqdm
 
-    from service.server import Engine
+    from service.served_model import Engine
 
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise OmnirecError(f"--page-size: must be 1 to {MAX_PAGE_SIZE}, got {page_size}")

@@ -30,9 +30,9 @@ from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.access import add_entry, key_entry, new_key
+from service.api.server import build_server
 from service.config import Settings, feature_store
 from service.registry import ModelRegistry
-from service.server import build_server
 from training.catalogue import load_catalogue
 from training.pipeline import TrainConfig, train
 from training.redis_server import LocalRedis

@@ -17,13 +17,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
 from service.access import audit
+from service.api.rpc import rpc
 from service.catalogue import CatalogueCache
 from service.config import Settings
 from service.engagement import profile_of
 from service.errors import BadInput
 from service.identity import Identities, all_tokens
-from service.rpc import rpc
 from service.send_time import channel_source, hour_probabilities, rank_channels
+from service.served_model import ModelHolder
 from service.store import FeatureStore
 from service.store.codecs import HistoryEntry
 from service.store.plans import AsyncReader
@@ -40,7 +41,7 @@ class ProfilesService(ppb_grpc.ProfilesServicer):
     def __init__(
         self,
         settings: Settings,
-        models: object,
+        models: ModelHolder,
         store: FeatureStore,
         identities: Identities,
         reader: AsyncReader,

@@ -10,7 +10,7 @@ a flood of heavy calls or a missing key never makes a load balancer think we are
 1. **Key and role** (:mod:`service.access`): no valid ``authorization: Bearer <key>`` →
    ``UNAUTHENTICATED``; a key without the method's role → ``PERMISSION_DENIED``; over
    the key's ``calls_per_second`` → ``RESOURCE_EXHAUSTED``. Skipped without a keys file
-   (the server then listens on loopback only, see :func:`service.security.server_security`).
+   (the server then listens on loopback only, see :func:`service.api.security.server_security`).
 2. **Expired deadline** → ``DEADLINE_EXCEEDED`` before any work, so nothing the client
    gave up on is computed or written.
 3. **Concurrency limit**: beyond ``OMNIREC_MAX_CONCURRENT_CALLS`` calls in flight in this

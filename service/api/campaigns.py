@@ -12,6 +12,7 @@ import grpc
 
 from omnirec.v1 import campaigns_pb2 as cpb
 from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
+from service.api.rpc import check_timestamp, rpc, to_timestamp
 from service.campaigns import (
     DEFAULT_AUDIENCE_LIMIT,
     LEFT_OUT,
@@ -28,7 +29,7 @@ from service.config import Settings
 from service.contact import ContactPolicy
 from service.errors import BadInput
 from service.identity import Identities
-from service.rpc import check_timestamp, rpc, to_timestamp
+from service.served_model import ModelHolder
 from service.store.plans import AsyncReader, Plan
 
 
@@ -71,7 +72,7 @@ class CampaignsService(cpb_grpc.CampaignsServicer):
     def __init__(
         self,
         settings: Settings,
-        models: Any,
+        models: ModelHolder,
         identities: Identities,
         reader: AsyncReader,
         catalogue: CatalogueCache,

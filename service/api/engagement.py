@@ -16,6 +16,7 @@ import numpy as np
 
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
+from service.api.rpc import check_timestamp, rpc, to_timestamp
 from service.config import Settings
 from service.contact import ContactPolicy, ContactState, earliest_send
 from service.engagement import (
@@ -28,7 +29,6 @@ from service.engagement import (
 from service.errors import BadInput, NotAllowed, quote
 from service.events import MESSAGE_CHANNELS, is_valid_timezone
 from service.identity import Identities
-from service.rpc import check_timestamp, rpc, to_timestamp
 from service.send_time import (
     EngagementProfile,
     Priors,
@@ -36,6 +36,7 @@ from service.send_time import (
     plan_send,
     rank_channels,
 )
+from service.served_model import ModelHolder
 from service.store.plans import AsyncReader
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _token(identities: Identities, request: object) -> str:
 
 class EngagementService(epb_grpc.EngagementServicer):
     def __init__(
-        self, settings: Settings, models: object, identities: Identities, reader: AsyncReader
+        self, settings: Settings, models: ModelHolder, identities: Identities, reader: AsyncReader
     ) -> None:
         self.settings = settings
         self.models = models
