@@ -524,9 +524,7 @@ def in_process_rows(setup: Setup, seconds: float, redis_pids: list[int]) -> list
 
     s = setup.settings
     store = feature_store(s)
-    recommender = Recommender(
-        setup.model.bundle, ServingParams(s.recency_half_life_events or None, s.recent_events)
-    )
+    recommender = Recommender(setup.model.bundle, ServingParams.of(s))
     cache = CatalogueCache(store.catalogue)
     options = RankingOptions(limit=10)
     popular = recommender.popular_count(options)

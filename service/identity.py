@@ -132,12 +132,17 @@ class Identities:
         identifier = message.identifier  # type: ignore[attr-defined]
         return self.token(identifier.kind, identifier.value, "identifier")
 
-    def person_of(self, message: object, field: str = "user_id") -> str:
-        """The person a request names; :class:`BadInput` when it names nobody."""
+    def required_token(self, message: object, field: str = "user_id") -> str:
+        """:meth:`request_token`, or :class:`BadInput` naming ``field`` when the message
+        names nobody (every RPC about one person asks this)."""
         token = self.request_token(message, field)
         if token is None:
             raise BadInput(field, "is required (or give an identifier)")
-        return self.person(token)
+        return token
+
+    def person_of(self, message: object, field: str = "user_id") -> str:
+        """The person a request names; :class:`BadInput` when it names nobody."""
+        return self.person(self.required_token(message, field))
 
     # -- resolving --
 

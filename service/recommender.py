@@ -48,6 +48,7 @@ import scipy.sparse as sp
 from service import ann
 from service.bundle import EASE, FACTOR_KINDS, POPULARITY, ModelBundle
 from service.catalogue import Catalogue, ItemFilter
+from service.config import Settings
 from service.store.codecs import HistoryEntry
 from service.store.reads import ServingView
 
@@ -198,6 +199,14 @@ class ServingParams:
     ann: str = ann.OFF
     """Approximate search (``OMNIREC_ANN``: ``auto``, ``off`` or an index kind). The
     server passes the setting; elsewhere (training's validation, benches) exact."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServingParams:
+        """What the settings say, as the server serves it (the one place settings become
+        serving knobs: the server, the audience export and the latency bench)."""
+        return cls(
+            settings.recency_half_life_events or None, settings.recent_events, ann=settings.ann
+        )
 
 
 @dataclass(frozen=True)

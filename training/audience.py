@@ -107,9 +107,7 @@ def export_audience(
         if state
         else registry.load_alias(settings.model_alias)
     )
-    engine = Engine.of(
-        model, ServingParams(settings.recency_half_life_events or None, settings.recent_events)
-    )
+    engine = Engine.of(model, ServingParams.of(settings))
     ranker = AudienceModel(model.bundle)
     ranker.check(model.label)
     store = feature_store(settings, max(settings.redis_timeout_seconds, 10.0))

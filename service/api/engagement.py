@@ -44,13 +44,6 @@ log = logging.getLogger(__name__)
 ALTERNATIVES = 3
 
 
-def _token(identities: Identities, request: object) -> str:
-    token = identities.request_token(request)
-    if token is None:
-        raise BadInput("user_id", "is required (or give an identifier)")
-    return token
-
-
 class EngagementService(epb_grpc.EngagementServicer):
     def __init__(
         self, settings: Settings, models: ModelHolder, identities: Identities, reader: AsyncReader
@@ -79,7 +72,7 @@ class EngagementService(epb_grpc.EngagementServicer):
     async def PredictSendTime(  # noqa: N802
         self, request: epb.PredictSendTimeRequest, context: grpc.aio.ServicerContext
     ) -> epb.PredictSendTimeResponse:
-        token = _token(self.identities, request)
+        token = self.identities.required_token(request)
         if request.channel not in MESSAGE_CHANNELS:
             raise BadInput(
                 "channel", f"{quote(request.channel)} is not one of {', '.join(MESSAGE_CHANNELS)}"
@@ -168,7 +161,7 @@ class EngagementService(epb_grpc.EngagementServicer):
     async def RankChannels(  # noqa: N802
         self, request: epb.RankChannelsRequest, context: grpc.aio.ServicerContext
     ) -> epb.RankChannelsResponse:
-        token = _token(self.identities, request)
+        token = self.identities.required_token(request)
         priors, label = self._priors()
         profile, contact = await self._profile(token, priors)
         now = time.time()

@@ -76,9 +76,7 @@ MAX_RECORD_ATTEMPTS = 5
 def to_tracked(event: pb.Event, now: float, identities: Identities) -> TrackedEvent:
     """Validate one live event; raises :class:`BadInput` naming the field. The event's
     ``user_id`` is its identity token until the caller resolves it to a person."""
-    token = identities.request_token(event)
-    if token is None:
-        raise BadInput("user_id", "is required (or give an identifier)")
+    token = identities.required_token(event)
     validate_event(token, event.item_id, event.event_type, event.channel, event.timezone)
     if event.HasField("timestamp"):
         seconds = int(check_timestamp("timestamp", event.timestamp))
@@ -159,9 +157,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def Recommend(  # noqa: N802 (gRPC method name)
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
-        token = self.identities.request_token(request)
-        if token is None:
-            raise BadInput("user_id", "is required (or give an identifier)")
+        token = self.identities.required_token(request)
         now = time.time()
         # exclude_seen left unset: the shop default, not what was seen in the last hours.
         options = self._options(request, check_limit(request.limit, self.settings), now, True)
@@ -227,9 +223,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def Rank(  # noqa: N802
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext
     ) -> pb.RankResponse:
-        token = self.identities.request_token(request)
-        if token is None:
-            raise BadInput("user_id", "is required (or give an identifier)")
+        token = self.identities.required_token(request)
         if not request.item_ids:
             raise BadInput("item_ids", "must name at least one item")
         if len(request.item_ids) > MAX_RANK_ITEMS:

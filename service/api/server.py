@@ -214,9 +214,7 @@ def build_server(
     # Arm models load here, before the loop runs: a bad arm stops the start with one line.
     models = ModelHolder(
         model,
-        ServingParams(
-            settings.recency_half_life_events or None, settings.recent_events, ann=settings.ann
-        ),
+        ServingParams.of(settings),
         experiments,
         load_arm,
     )
