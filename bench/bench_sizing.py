@@ -69,7 +69,7 @@ def redis_sizes(people: int, tmp: Path) -> list[tuple[str, str, str]]:
     from service.store.codecs import TrackedEvent
     from service.store.keys import cobuy_key, item_key, live_key, user_key
     from service.store.plans import connect
-    from training.catalogue import load_catalogue
+    from training.catalogue_file import load_catalogue
     from training.matrix import DEFAULT_WEIGHTS
     from training.publish import publish
     from training.redis_server import LocalRedis

@@ -88,7 +88,7 @@ def deployment_env(settings: Settings) -> dict[str, str]:
 def publish_log(store, synthetic) -> None:
     """The synthetic log's features published under ``store``'s prefix, as training
     does: a module with a prefix of its own keeps its live events to itself."""
-    from training.catalogue import load_catalogue
+    from training.catalogue_file import load_catalogue
     from training.event_log import load_events
     from training.matrix import DEFAULT_WEIGHTS
     from training.publish import publish

@@ -21,7 +21,7 @@ from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import connect
 from service.store.reads import ServingView
-from training.catalogue import load_catalogue
+from training.catalogue_file import load_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from service.api.server import build_server
 from service.config import feature_store
 from service.registry import ModelRegistry
 from tests.conftest import make_settings, publish_log
-from training.catalogue import load_catalogue
+from training.catalogue_file import load_catalogue
 from training.event_log import load_events
 from training.export import export_events
 

@@ -22,7 +22,7 @@ from service.config import feature_store
 from service.registry import ModelRegistry
 from service.store.plans import connect
 from tests.conftest import make_settings
-from training.catalogue import load_catalogue
+from training.catalogue_file import load_catalogue
 from training.engagement import user_profiles
 from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS

@@ -222,7 +222,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _export_audience(args, settings)
     if args.command == "items":
         from service.config import feature_store
-        from training.catalogue import load_catalogue
+        from training.catalogue_file import load_catalogue
 
         catalogue = load_catalogue(args.file)
         created = feature_store(settings, 30.0).upsert_items(list(catalogue.items()))

@@ -33,7 +33,7 @@ from service.access import add_entry, key_entry, new_key
 from service.api.server import build_server
 from service.config import Settings, feature_store
 from service.registry import ModelRegistry
-from training.catalogue import load_catalogue
+from training.catalogue_file import load_catalogue
 from training.pipeline import TrainConfig, train
 from training.redis_server import LocalRedis
 from training.synthetic import generate

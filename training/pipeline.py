@@ -20,7 +20,7 @@ from service.identity import Identities
 from service.recommender import Blend, Recommender
 from service.registry import BUNDLE_ARTIFACT_PATH, ModelRegistry
 from training import evaluation, mlflow_view, validation
-from training.catalogue import load_catalogue
+from training.catalogue_file import load_catalogue
 from training.engagement import evaluate_send_time, learn_priors, learn_tuning, user_profiles
 from training.event_log import load_events
 from training.guarded_fit import FitFailed, fit_bundle
