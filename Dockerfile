@@ -28,6 +28,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY omnirec ./omnirec
 COPY service ./service
 COPY training ./training
+COPY devtools ./devtools
 RUN /opt/omnirec/bin/pip install --no-deps . \
  && /opt/omnirec/bin/pip check
 

@@ -495,9 +495,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="omnirec-bench-ann-"))
     local_redis = pool = None
     try:
+        from devtools.redis_server import LocalRedis
         from service import ann
         from service.config import feature_store, load_settings
-        from training.redis_server import LocalRedis
 
         if args.kind not in ann.KINDS:
             parser.error(f"--kind must be one of {ann.KINDS}")

@@ -170,6 +170,7 @@ def both_ways(run: Callable[[], Run]) -> tuple[Run, Run]:
 def planning_table(args: argparse.Namespace) -> None:
     import grpc
 
+    from devtools.redis_server import LocalRedis
     from omnirec.v1 import campaigns_pb2_grpc as cpb_grpc
     from omnirec.v1 import recommender_pb2 as pb
     from omnirec.v1 import recommender_pb2_grpc as pb_grpc
@@ -177,7 +178,6 @@ def planning_table(args: argparse.Namespace) -> None:
     from service.recommender import ServingParams
     from service.registry import ServedModel
     from service.served_model import Engine, build_server
-    from training.redis_server import LocalRedis
 
     people, items = args.planned, args.items
     rng = np.random.default_rng(1)

@@ -360,8 +360,8 @@ class ServeProcesses:
     def __init__(self, settings: object, processes: int | None) -> None:
         import subprocess
 
+        from devtools.redis_server import free_port
         from service.config import load_settings
-        from training.redis_server import free_port
 
         # The default is serve's own (what a person gets with no flag and no variable).
         count = processes or load_settings({}).processes
@@ -682,7 +682,7 @@ def profile_recommend(
 
 def start_redis(kind: str, tmp: Path) -> Any:
     """A throw-away redis-server, or a three-master Redis Cluster (``kind`` cluster)."""
-    from training.redis_server import LocalCluster, LocalRedis
+    from devtools.redis_server import LocalCluster, LocalRedis
 
     return LocalCluster(tmp / "cluster") if kind == "cluster" else LocalRedis(tmp / "redis")
 

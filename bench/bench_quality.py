@@ -41,6 +41,7 @@ import grpc  # noqa: E402
 import movielens  # noqa: E402
 import numpy as np  # noqa: E402
 
+from devtools.redis_server import LocalRedis  # noqa: E402
 from omnirec.v1 import recommender_pb2 as pb  # noqa: E402
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
 from service.api.server import build_server  # noqa: E402
@@ -51,7 +52,6 @@ from training.event_log import write_events  # noqa: E402
 from training.matrix import DEFAULT_WEIGHTS, build_interactions, index_of  # noqa: E402
 from training.models import ModelParams  # noqa: E402
 from training.pipeline import TrainConfig, evaluate_holdout, train  # noqa: E402
-from training.redis_server import LocalRedis  # noqa: E402
 
 K = 10
 ALS_GRID = {"factors": (16, 32, 64, 128), "regularization": (0.05, 1.0, 5.0), "alpha": (1.0, 3.0)}

@@ -109,13 +109,13 @@ class ServedOverGrpc:
     def fit(self, frame: object) -> ServedOverGrpc:
         import grpc
 
+        from devtools.redis_server import LocalRedis
         from omnirec.v1 import engagement_pb2_grpc as epb_grpc
         from service.api.server import build_server
         from service.config import feature_store, load_settings
         from service.registry import ModelRegistry, quiet_mlflow
         from training.event_log import write_events
         from training.pipeline import TrainConfig, train
-        from training.redis_server import LocalRedis
 
         quiet_mlflow()
         work = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="omnirec-")))

@@ -65,6 +65,7 @@ def mib(n: float) -> str:
 def redis_sizes(people: int, tmp: Path) -> list[tuple[str, str, str]]:
     import pandas as pd
 
+    from devtools.redis_server import LocalRedis
     from service.store import FeatureStore
     from service.store.codecs import TrackedEvent
     from service.store.keys import cobuy_key, item_key, live_key, user_key
@@ -72,7 +73,6 @@ def redis_sizes(people: int, tmp: Path) -> list[tuple[str, str, str]]:
     from training.catalogue_file import load_catalogue
     from training.matrix import DEFAULT_WEIGHTS
     from training.publish import publish
-    from training.redis_server import LocalRedis
     from training.synthetic import generate
 
     data = generate(people, max(200, people // 10), 60, 7, tmp / "log")

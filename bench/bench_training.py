@@ -334,7 +334,7 @@ def holdout_from_log(text: str) -> tuple[float, float] | None:
 def train(events: Path, flags: Sequence[str], timeout: float, label: str) -> Outcome:
     """``python -m training train --events EVENTS *flags`` against a throw-away Redis and
     MLflow store."""
-    from training.redis_server import LocalRedis
+    from devtools.redis_server import LocalRedis
 
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{label.replace(' ', '-')}.log"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.redis_server import LocalCluster, LocalRedis
 from service.config import Settings, load_settings
 from service.registry import quiet_mlflow
-from training.redis_server import LocalCluster, LocalRedis
 
 quiet_mlflow()
 

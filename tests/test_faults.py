@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.redis_server import LocalRedis, free_port
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.api.server import build_server
@@ -23,7 +24,6 @@ from service.store import FeatureStore
 from service.store.codecs import UserFeatures
 from service.store.plans import command, connect
 from tests.conftest import deployment_env
-from training.redis_server import LocalRedis, free_port
 
 pytestmark = pytest.mark.integration
 

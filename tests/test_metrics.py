@@ -15,12 +15,12 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.redis_server import free_port
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.access import key_entry, new_key
 from service.config import ConfigError, load_settings
 from tests.conftest import deployment_env
-from training.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

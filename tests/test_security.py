@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from devtools.redis_server import free_port
 from omnirec.v1 import identity_pb2 as ipb
 from omnirec.v1 import profiles_pb2 as ppb
 from omnirec.v1 import profiles_pb2_grpc as ppb_grpc
@@ -45,7 +46,6 @@ from service.registry import ModelRegistry
 from service.store import FeatureStore
 from service.store.plans import command, connect
 from tests.conftest import deployment_env, publish_log
-from training.redis_server import free_port
 
 PREFIX = "sec"
 EMAIL = "Grace.Hopper+Audit@Example.org"

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from devtools.redis_server import free_port
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
 from service.api.server import build_server
@@ -33,7 +34,6 @@ from training.__main__ import main as training_main
 from training.event_log import load_events
 from training.matrix import DEFAULT_WEIGHTS, build_interactions
 from training.models import ModelParams, fit, to_bundle
-from training.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

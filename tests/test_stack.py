@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devtools.redis_server import free_port
 from omnirec.v1 import recommender_pb2 as pb
 from omnirec.v1 import recommender_pb2_grpc as pb_grpc
-from training.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from devtools.redis_server import LocalRedis
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import identity_pb2 as ipb
@@ -25,7 +26,6 @@ from service.store.identities import MAX_ALIASES
 from service.store.keys import live_key, person_key, stream_key
 from service.store.live import MAX_PERSON_ITEMS
 from tests.conftest import publish_log
-from training.redis_server import LocalRedis
 
 pytestmark = pytest.mark.integration
 

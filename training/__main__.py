@@ -202,11 +202,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "train":
         return _train(args, settings)
     if args.command == "up":
-        from training.stack import up
+        from devtools.stack import up
 
         return up(args.users, args.items, args.days, args.seed)
     if args.command == "down":
-        from training.stack import down
+        from devtools.stack import down
 
         return down()
     if args.command == "export-events":
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             log_run=not args.no_mlflow,
         )
     if args.command == "demo":
-        from training.demo import run_demo
+        from devtools.demo import run_demo
 
         return run_demo(settings, args)
     raise AssertionError(args.command)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
+from devtools.redis_server import LocalRedis
 from omnirec.v1 import engagement_pb2 as epb
 from omnirec.v1 import engagement_pb2_grpc as epb_grpc
 from omnirec.v1 import identity_pb2 as ipb
@@ -35,7 +36,6 @@ from service.config import Settings, feature_store
 from service.registry import ModelRegistry
 from training.catalogue_file import load_catalogue
 from training.pipeline import TrainConfig, train
-from training.redis_server import LocalRedis
 from training.synthetic import generate
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.redis_server import answers, find_redis_server
 from service.config import Settings, load_settings, read_env_file
 from service.errors import OmnirecError
-from training.redis_server import answers, find_redis_server
 
 #: Where ``up`` keeps everything (``OMNIREC_STACK_DIR`` moves it).
 DEFAULT_DIR = Path(".omnirec/stack")
