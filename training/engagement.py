@@ -1248,24 +1248,32 @@ def _choose_rule(split: _Validation, mix: Tuning, report: TuningReport) -> Tunin
         return mix
     people = np.unique(a_users)
     rows_of = np.searchsorted(people, a_users)
-    main = np.zeros((len(people), len(MESSAGE_CHANNELS)))
-    counts_30 = _counts(split.past, 30.0)
-    for c, name in enumerate(MESSAGE_CHANNELS):
-        main[:, c] = counts_30.raw_deliveries[name][people]
-    channels = [MESSAGE_CHANNELS[int(np.argmax(row))] if row.any() else "email" for row in main]
+    profiles_by_recency: dict[tuple[float, float], list[EngagementProfile]] = {}
+
+    def profiles_of(recency: tuple[float, float]) -> list[EngagementProfile]:
+        if recency not in profiles_by_recency:
+            counts = _counts(split.past, *recency)
+            profiles_by_recency[recency] = [counts.profile(int(u)) for u in people]
+        return profiles_by_recency[recency]
+
+    # Plain delivery counts (``sent``) are the same under any memory: the mix's tell.
+    sent = np.array(
+        [
+            [p.channel(name).sent for name in MESSAGE_CHANNELS]
+            for p in profiles_of(mix.recency(30.0))
+        ]
+    ).reshape(len(people), len(MESSAGE_CHANNELS))
+    channels = np.where(
+        sent.any(axis=1), np.asarray(MESSAGE_CHANNELS)[sent.argmax(axis=1)], "email"
+    ).tolist()
     candidates = [(LEARNT_MIX, mix)] + [
         (rule, plain_rule(rule, sd, mix))
         for rule in (OWN_HOURS, OWN_HOURS_BY_DAY_TYPE)
         for sd in PLAIN_RULE_SMOOTHINGS
     ]
     best: dict[str, tuple[float, Tuning]] = {}
-    profiles_by_recency: dict[tuple[float, float], list[EngagementProfile]] = {}
     for rule, tuning in candidates:
-        recency = tuning.recency(30.0)
-        if recency not in profiles_by_recency:
-            counts = _counts(split.past, *recency)
-            profiles_by_recency[recency] = [counts.profile(int(u)) for u in people]
-        profiles = profiles_by_recency[recency]
+        profiles = profiles_of(tuning.recency(30.0))
         zones = [p.timezone or "UTC" for p in profiles]
         week = week_tables(profiles, channels, zones, replace(split.priors, tuning=tuning))
         # Rows 0 and 5 are a weekday's and a Saturday's (each kind of day is one row).

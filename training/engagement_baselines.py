@@ -260,11 +260,8 @@ def own_hours(log: TrainingLog, queries: list[Query], rule: PlainRule = PlainRul
     def best_of(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         counts = log.per_person(seen & mask, weights)
         near = sum(np.roll(counts, shift, axis=1) for shift in range(-rule.within, rule.within + 1))
-        total = counts.sum(axis=1, keepdims=True)
-        tie_break = 1e-6 * counts / np.maximum(total, 1e-12)
-        return np.argmax(
-            near + tie_break * np.maximum(near.max(axis=1, keepdims=True), 1e-12), axis=1
-        ), total[:, 0] > 0
+        # An hour's own count is at most its window's: a millionth of it breaks ties only.
+        return np.argmax(near + 1e-6 * counts, axis=1), counts.sum(axis=1) > 0
 
     fallback = _global_hour(log)
     everywhere, has = best_of(np.ones(len(log.ts), dtype=bool))
